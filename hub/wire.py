@@ -1,0 +1,186 @@
+"""Wire constants: topics, media types, claim keys and algorithm numbers.
+
+This is the one module the device simulator may import from the hub: it holds
+numbers and names only, never decoding or appraisal logic, so an encoder bug
+cannot be "verified" by the code that wrote it.
+
+Integer keys follow the standards where one exists (RFC 8392 CWT, RFC 9711
+EAT, RFC 9052/9053 COSE, draft-ietf-rats-ear, RFC 9783 PSA). Keys the
+standards do not define are taken from the CWT private-use range (below
+-65536) and documented in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- topics -----------------------------------------------------------------
+FLEET_ROOT: Final = "fleet"
+HUB_ROOT: Final = "hub"  # device ids live under fleet/, so no id collides here
+EPOCH_TOPIC: Final = "hub/epoch"
+MANIFEST_TOPIC_PREFIX: Final = "hub/manifests"
+
+EVIDENCE: Final = "evidence"
+DATA: Final = "data"
+COMMAND: Final = "cmd"
+RESULT: Final = "result"
+VERIFIED_DATA: Final = "verified-data"
+
+
+def device_topic(device_id: str, leaf: str) -> str:
+    """``fleet/{device_id}/{leaf}``."""
+    return f"{FLEET_ROOT}/{device_id}/{leaf}"
+
+
+def manifest_topic(device_class: str) -> str:
+    return f"{MANIFEST_TOPIC_PREFIX}/{device_class}"
+
+
+# --- media types (RFC 9782; MQTT v5 Content Type) ---------------------------
+FIRMWARE_PROFILE: Final = "tag:fleet-attest.org,2026:firmware-evidence/v1"
+DATA_PROFILE: Final = "tag:fleet-attest.org,2026:data-batch/v1"
+PSA_PROFILE: Final = "tag:psacertified.org,2023:psa#tfm"
+COMMAND_PROFILE: Final = "tag:fleet-attest.org,2026:command/v1"
+EPOCH_PROFILE: Final = "tag:fleet-attest.org,2026:epoch/v1"
+MANIFEST_PROFILE: Final = "tag:fleet-attest.org,2026:manifest/v1"
+EAR_PROFILE: Final = "tag:github.com,2023:veraison/ear"
+
+
+def eat_media_type(profile: str) -> str:
+    return f'application/eat+cwt; eat_profile="{profile}"'
+
+
+FIRMWARE_MEDIA_TYPE: Final = eat_media_type(FIRMWARE_PROFILE)
+DATA_MEDIA_TYPE: Final = eat_media_type(DATA_PROFILE)
+PSA_MEDIA_TYPE: Final = eat_media_type(PSA_PROFILE)
+TPM_MEDIA_TYPE: Final = "application/vnd.fleet-attest.tpm-quote+cbor"
+COMMAND_MEDIA_TYPE: Final = "application/cose; cose-type=cose-sign1"
+EAR_MEDIA_TYPE: Final = 'application/eat+cwt; eat_profile="tag:github.com,2023:veraison/ear"'
+
+# --- COSE (RFC 9052 / 9053 / 9864) ------------------------------------------
+COSE_SIGN1_TAG: Final = 18
+HDR_ALG: Final = 1
+HDR_CRIT: Final = 2
+HDR_CONTENT_TYPE: Final = 3
+HDR_KID: Final = 4
+HDR_X5CHAIN: Final = 33
+
+ALG_ES256: Final = -7
+ALG_ES384: Final = -35
+ALG_ES512: Final = -36
+ALG_EDDSA: Final = -8
+ALG_ESP256: Final = -9
+ALG_ED25519: Final = -19
+SHA256: Final = -16  # COSE/SUIT digest algorithm id
+
+# --- CWT / EAT claims (RFC 8392, RFC 9711) ------------------------------------
+ISS: Final = 1
+SUB: Final = 2
+AUD: Final = 3
+EXP: Final = 4
+NBF: Final = 5
+IAT: Final = 6
+CTI: Final = 7
+NONCE: Final = 10
+UEID: Final = 256
+OEMID: Final = 258
+HWMODEL: Final = 259
+HWVERSION: Final = 260
+UPTIME: Final = 261
+OEMBOOT: Final = 262
+DBGSTAT: Final = 263
+EAT_PROFILE: Final = 265
+SUBMODS: Final = 266
+BOOTCOUNT: Final = 267
+SWNAME: Final = 270
+SWVERSION: Final = 271
+MEASUREMENTS: Final = 273
+
+# dbgstat values (RFC 9711 4.2.9)
+DBG_ENABLED: Final = 0
+DBG_DISABLED: Final = 1
+DBG_DISABLED_SINCE_BOOT: Final = 2
+DBG_DISABLED_PERMANENTLY: Final = 3
+DBG_DISABLED_FULLY_AND_PERMANENTLY: Final = 4
+
+# measured component (draft-ietf-rats-eat-measured-component)
+MC_ID: Final = 1  # [name, ? version]
+MC_MEASUREMENT: Final = 2  # [alg, digest]
+MC_CONTENT_FORMAT: Final = 10000  # measurements[] entry content-format (provisional)
+
+# --- private-use claims of this project (below -65536) ----------------------
+EVIDENCE_SEQ: Final = -65537  # uint: per-device counter, monotonic within a boot
+RUNTIME_PROCESSES: Final = -65538  # [* tstr]
+RUNTIME_ENDPOINTS: Final = -65539  # [* tstr]
+
+CMD_TYPE: Final = -65550  # tstr, one of COMMAND_TYPES
+CMD_SEQ: Final = -65551  # uint: per-device command sequence number
+CMD_REASON: Final = -65552  # tstr
+CMD_RECEIPTS: Final = -65553  # [* [bootcount, seq]] evidence committed
+CMD_RELEASE_NAME: Final = -65554  # tstr: firmware release to install (remediate)
+
+EPOCH_ID: Final = -65560  # uint
+
+# attestation result extensions carried next to EAR's own keys
+RES_PROBLEMS: Final = -65570  # [* tstr]
+RES_EVIDENCE_REF: Final = -65571  # [bootcount, seq]
+RES_MANIFEST_REF: Final = -65572  # [device class, sequence number] or null
+RES_POLICY_REF: Final = -65573  # [device class, policy version]
+RES_ACTION: Final = -65574  # tstr: what the hub did
+
+COMMAND_QUARANTINE: Final = "quarantine"
+COMMAND_RELEASE: Final = "release"
+COMMAND_CHALLENGE: Final = "challenge"
+COMMAND_RECEIPT: Final = "receipt"
+COMMAND_REMEDIATE: Final = "remediate"
+COMMAND_TYPES: Final = frozenset(
+    {COMMAND_QUARANTINE, COMMAND_RELEASE, COMMAND_CHALLENGE, COMMAND_RECEIPT, COMMAND_REMEDIATE}
+)
+
+# --- EAR (draft-ietf-rats-ear) and AR4SI --------------------------------------
+EAR_STATUS: Final = 1000
+EAR_TRUST_VECTOR: Final = 1001
+EAR_RAW_EVIDENCE: Final = 1002
+EAR_POLICY_ID: Final = 1003
+EAR_VERIFIER_ID: Final = 1004
+EAR_VERIFIER_BUILD: Final = 0
+EAR_VERIFIER_DEVELOPER: Final = 1
+
+TIER_NONE: Final = 0
+TIER_AFFIRMING: Final = 2
+TIER_WARNING: Final = 32
+TIER_CONTRAINDICATED: Final = 96
+
+TV_INSTANCE_IDENTITY: Final = 0
+TV_CONFIGURATION: Final = 1
+TV_EXECUTABLES: Final = 2
+TV_FILE_SYSTEM: Final = 3
+TV_HARDWARE: Final = 4
+TV_RUNTIME_OPAQUE: Final = 5
+TV_STORAGE_OPAQUE: Final = 6
+TV_SOURCED_DATA: Final = 7
+
+# --- signed manifest payload (SUIT-style; docs/PROTOCOL.md) ------------------
+MF_VERSION: Final = 1  # manifest format version, 1
+MF_SEQUENCE: Final = 2  # SUIT sequence number
+MF_DEVICE_CLASS: Final = 3
+MF_MIN_SVN: Final = 4
+MF_RELEASES: Final = 5
+MF_ISSUED_AT: Final = 6
+
+REL_VERSION: Final = 1
+REL_SVN: Final = 2
+REL_COMPONENTS: Final = 3
+REL_STATUS: Final = 4  # "approved" | "deprecated" | "revoked"
+
+COMP_NAME: Final = 1
+COMP_DIGEST: Final = 2  # [alg, bstr]
+COMP_SIZE: Final = 3
+
+RELEASE_APPROVED: Final = "approved"
+RELEASE_DEPRECATED: Final = "deprecated"
+RELEASE_REVOKED: Final = "revoked"
+
+# --- nonces --------------------------------------------------------------------
+NONCE_EPOCH_PREFIX: Final = b"E"
+NONCE_CHALLENGE_PREFIX: Final = b"C"
