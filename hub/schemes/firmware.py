@@ -1,0 +1,237 @@
+"""Firmware evidence: an EAT (RFC 9711) profile of this project, COSE_Sign1-signed.
+
+Profile ``wire.FIRMWARE_PROFILE``; the claims and their keys are specified in
+docs/PROTOCOL.md. ``verify`` authenticates and types the claims;
+``appraise`` compares the measured components with the signed manifest of
+the device's class and applies the class policy.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hub import trust, wire
+from hub.cbor_strict import CborError, loads_strict
+from hub.cose import CoseError, decode_sign1, verify_sign1
+from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
+from hub.schemes.claims import optional, require, text_list, typed, uint
+from hub.trust import TrustVector
+
+MAX_EVIDENCE_BYTES = 16 * 1024
+MAX_COMPONENTS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredComponent:
+    name: str
+    version: str | None
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareClaims:
+    ueid: bytes
+    hwmodel: str
+    secure_boot: bool
+    dbgstat: int
+    bootcount: int
+    seq: int
+    swversion: str
+    components: tuple[MeasuredComponent, ...]
+    processes: tuple[str, ...] | None = None
+    endpoints: tuple[str, ...] | None = None
+
+
+def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Mapping[object, object]:
+    """Shared by COSE-signed schemes: decode, bind kid to the device, verify, decode the claims map."""
+    try:
+        message = decode_sign1(raw, max_bytes=max_bytes)
+    except CoseError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    expected_kid = anchor.device_id.encode()
+    if message.kid is None or not hmac.compare_digest(message.kid, expected_kid):
+        raise EvidenceError("kid-mismatch", "protected kid does not name the topic's device")
+    if anchor.public_key is None:
+        raise EvidenceError("no-key", "no enrolled key for this device")
+    try:
+        verify_sign1(message, anchor.public_key)
+    except CoseError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    try:
+        payload = loads_strict(message.payload, max_bytes=max_bytes, max_depth=8)
+    except CborError as exc:
+        raise EvidenceError(exc.reason, f"payload: {exc.detail}", authenticated=True) from exc
+    if not isinstance(payload, Mapping):
+        raise EvidenceError("bad-claims", "payload must be a claims map", authenticated=True)
+    return payload
+
+
+class FirmwareScheme:
+    name = "firmware"
+    media_types = frozenset({wire.FIRMWARE_MEDIA_TYPE})
+    topic_leaf = wire.EVIDENCE
+
+    def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:
+        claims = verify_cose_evidence(raw, anchor, MAX_EVIDENCE_BYTES)
+        if claims.get(wire.EAT_PROFILE) != wire.FIRMWARE_PROFILE:
+            raise EvidenceError("wrong-profile", "eat_profile is not the firmware evidence profile", authenticated=True)
+        body = _firmware_claims(claims)
+        if anchor.ueid is not None and not hmac.compare_digest(body.ueid, anchor.ueid):
+            raise EvidenceError("ueid-mismatch", "ueid differs from the one bound at enrolment", authenticated=True)
+        nonce = require(claims, wire.NONCE, bytes, "nonce")
+        iat = optional(claims, wire.IAT, int, "iat")
+        return Claims(
+            scheme=self.name,
+            device_id=anchor.device_id,
+            dedup_key=f"{body.bootcount}:{body.seq}",
+            counter=(body.bootcount, body.seq),
+            nonce=nonce,
+            body=body,
+            issued_at=iat,
+        )
+
+    def appraise(self, claims: Claims, inputs: AppraisalInputs) -> Appraisal:
+        body = claims.body
+        assert isinstance(body, FirmwareClaims)
+        return appraise_firmware(body, inputs)
+
+
+def _firmware_claims(claims: Mapping[object, object]) -> FirmwareClaims:
+    ueid = require(claims, wire.UEID, bytes, "ueid")
+    if not 7 <= len(ueid) <= 33:
+        raise EvidenceError("bad-claim", "ueid must be 7..33 bytes", authenticated=True)
+    try:
+        hwmodel = require(claims, wire.HWMODEL, bytes, "hwmodel").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EvidenceError("bad-claim", "hwmodel must be UTF-8", authenticated=True) from exc
+    swversion = require(claims, wire.SWVERSION, list, "swversion")
+    if not swversion or len(swversion) > 2:
+        raise EvidenceError("bad-claim", "swversion must be [version, ? scheme]", authenticated=True)
+    measurements = require(claims, wire.MEASUREMENTS, list, "measurements")
+    if not 1 <= len(measurements) <= MAX_COMPONENTS:
+        raise EvidenceError("bad-claim", f"measurements must hold 1..{MAX_COMPONENTS} entries", authenticated=True)
+    processes = claims.get(wire.RUNTIME_PROCESSES)
+    endpoints = claims.get(wire.RUNTIME_ENDPOINTS)
+    return FirmwareClaims(
+        ueid=ueid,
+        hwmodel=hwmodel,
+        secure_boot=require(claims, wire.OEMBOOT, bool, "oemboot"),
+        dbgstat=uint(claims, wire.DBGSTAT, "dbgstat", maximum=4),
+        bootcount=uint(claims, wire.BOOTCOUNT, "bootcount"),
+        seq=uint(claims, wire.EVIDENCE_SEQ, "evidence sequence"),
+        swversion=typed(swversion[0], str, "swversion"),
+        components=tuple(_component(entry) for entry in measurements),
+        processes=None if processes is None else text_list(processes, "processes"),
+        endpoints=None if endpoints is None else text_list(endpoints, "endpoints"),
+    )
+
+
+def _component(entry: object) -> MeasuredComponent:
+    if not isinstance(entry, list) or len(entry) != 2 or entry[0] != wire.MC_CONTENT_FORMAT:
+        raise EvidenceError("bad-claim", "a measurement must be [10000, bstr measured-component]", authenticated=True)
+    encoded = typed(entry[1], bytes, "measured-component")
+    try:
+        component = loads_strict(encoded, max_bytes=1024, max_depth=4)
+    except CborError as exc:
+        raise EvidenceError("bad-claim", f"measured-component: {exc}", authenticated=True) from exc
+    if not isinstance(component, Mapping):
+        raise EvidenceError("bad-claim", "measured-component must be a map", authenticated=True)
+    ident = require(component, wire.MC_ID, list, "measured-component id")
+    digest = require(component, wire.MC_MEASUREMENT, list, "measured-component measurement")
+    if not 1 <= len(ident) <= 2 or len(digest) != 2 or digest[0] != wire.SHA256:
+        raise EvidenceError("bad-claim", "measured-component must be {1: [name, ? version], 2: [-16, digest]}",
+                            authenticated=True)
+    value = typed(digest[1], bytes, "component digest")
+    if len(value) != 32:
+        raise EvidenceError("bad-claim", "SHA-256 digest must be 32 bytes", authenticated=True)
+    version = typed(ident[1], str, "component version") if len(ident) == 2 else None
+    return MeasuredComponent(typed(ident[0], str, "component name"), version, value)
+
+
+def appraise_firmware(body: FirmwareClaims, inputs: AppraisalInputs) -> Appraisal:
+    """Compare firmware claims with the manifest and policy; never raises for bad claims."""
+    policy, manifest, state = inputs.policy, inputs.manifest, inputs.state
+    problems: list[str] = []
+    vector = TrustVector(
+        instance_identity=trust.IDENTITY_TRUSTWORTHY,
+        hardware=trust.HARDWARE_GENUINE,
+        configuration=trust.CONFIG_APPROVED,
+        executables=trust.EXEC_APPROVED,
+    )
+    if body.hwmodel != policy.device_class:
+        vector = vector.worst(hardware=trust.HARDWARE_UNRECOGNIZED)
+        problems.append(f"hwmodel {body.hwmodel!r} is not the enrolled class {policy.device_class!r}")
+    if policy.secure_boot and not body.secure_boot:
+        vector = vector.worst(configuration=trust.CONFIG_CONTRAINDICATED)
+        problems.append("secure boot is off")
+    if policy.debug == "disabled" and body.dbgstat == wire.DBG_ENABLED:
+        vector = vector.worst(configuration=trust.CONFIG_CONTRAINDICATED)
+        problems.append("debug is enabled")
+    vector, runtime_problems = _runtime(body, inputs, vector)
+    problems += runtime_problems
+    updates: dict[str, object] = {}
+    if manifest is None:
+        vector = vector.worst(executables=trust.EXEC_UNRECOGNIZED)
+        problems.append(f"no signed manifest for class {policy.device_class!r}")
+        return Appraisal(vector, tuple(problems), body.swversion)
+    release = manifest.release(body.swversion)
+    unknown = [c for c in body.components if manifest.lookup(c.digest) is None]
+    for comp in unknown:
+        problems.append(f"component {comp.name!r} digest {comp.digest.hex()[:16]}… is in no manifest")
+    if unknown:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+    if release is None:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        problems.append(f"version {body.swversion} is not a release in manifest #{manifest.sequence}")
+        return Appraisal(vector, tuple(problems), body.swversion)
+    expected = {c.name: c.digest for c in release.components}
+    reported = {c.name: c.digest for c in body.components}
+    for name in sorted(expected.keys() - reported.keys()):
+        problems.append(f"component {name!r} of release {release.version} was not measured")
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+    for comp in body.components:
+        want = expected.get(comp.name)
+        if want is None:
+            problems.append(f"component {comp.name!r} is not part of release {release.version}")
+            vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        elif not hmac.compare_digest(want, comp.digest) and comp not in unknown:
+            problems.append(f"component {comp.name!r} is from another release than {release.version}")
+            vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+    floor = max(manifest.min_svn, policy.min_svn)
+    if release.svn < floor:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        problems.append(f"rollback: release {release.version} has svn {release.svn}, below the minimum {floor}")
+    elif release.svn < state.svn_high_water:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        problems.append(f"rollback: svn {release.svn} is below the svn {state.svn_high_water} this device proved")
+    if release.status == wire.RELEASE_REVOKED:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        problems.append(f"release {release.version} is revoked")
+    elif release.status == wire.RELEASE_DEPRECATED:
+        vector = vector.worst(executables=trust.EXEC_VULNERABLE)
+        problems.append(f"release {release.version} is deprecated")
+    if policy.allowed_versions and release.version not in policy.allowed_versions:
+        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+        problems.append(f"version {release.version} is not allowed by policy {policy.ref}")
+    if not problems:
+        updates["svn_high_water"] = max(state.svn_high_water, release.svn)
+    return Appraisal(vector, tuple(problems), release.version, updates)
+
+
+def _runtime(body: FirmwareClaims, inputs: AppraisalInputs, vector: TrustVector) -> tuple[TrustVector, list[str]]:
+    policy = inputs.policy
+    problems: list[str] = []
+    checks = ((body.processes, policy.allowed_processes, "process"), (body.endpoints, policy.allowed_endpoints, "endpoint"))
+    for reported, allowed, what in checks:
+        if reported is None or allowed is None:
+            continue
+        for item in reported:
+            if item not in allowed:
+                problems.append(f"{what} {item!r} is not allowed by policy {policy.ref}")
+    if problems:
+        vector = vector.worst(runtime_opaque=trust.RUNTIME_CONTRAINDICATED)
+    elif any(r is not None and a is not None for r, a, _ in checks):
+        vector = vector.worst(runtime_opaque=trust.RUNTIME_APPROVED)
+    return vector, problems

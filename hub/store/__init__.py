@@ -1,0 +1,5 @@
+"""Persistence: tables (``models``) and the store (``db``)."""
+
+from hub.store.db import DeviceRecord, Store, StoreError
+
+__all__ = ["DeviceRecord", "Store", "StoreError"]

@@ -1,0 +1,343 @@
+"""The store: one SQLAlchemy engine for SQLite (embedded default) or PostgreSQL.
+
+The hot path uses SQLAlchemy Core on the SQLModel tables with executemany
+batches (about 10x cheaper than per-row ORM objects); the operator commands
+use the same functions. Every write the pipeline makes for one batch of
+evidence happens in one transaction, and the MQTT messages of that batch are
+acknowledged only after it commits. Infrastructure faults are translated to
+``StoreError`` here, at the one boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlmodel import SQLModel
+
+from hub.store.models import (
+    AuditEntry,
+    CommandRecord,
+    Device,
+    HubState,
+    ManifestRecord,
+    PolicyRecord,
+    UsedNonce,
+    Verdict,
+)
+
+DEVICES = Device.__table__  # type: ignore[attr-defined]
+VERDICTS = Verdict.__table__  # type: ignore[attr-defined]
+MANIFESTS = ManifestRecord.__table__  # type: ignore[attr-defined]
+POLICIES = PolicyRecord.__table__  # type: ignore[attr-defined]
+COMMANDS = CommandRecord.__table__  # type: ignore[attr-defined]
+STATE = HubState.__table__  # type: ignore[attr-defined]
+NONCES = UsedNonce.__table__  # type: ignore[attr-defined]
+AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+
+
+class StoreError(RuntimeError):
+    """The database could not be reached or could not commit (locked, full, down)."""
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """A device row, mutable while one batch is being decided."""
+
+    device_id: str
+    device_class: str
+    public_key_pem: str | None = None
+    key_version: int = 1
+    ueid: bytes | None = None
+    certificate_pem: str | None = None
+    status: str = "enrolled"
+    tier: int = 0
+    trust_vector: str = "{}"
+    firmware_version: str | None = None
+    last_problems: str = "[]"
+    bootcount: int = -1
+    seq: int = -1
+    svn_high_water: int = 0
+    reboots: int = 0
+    last_seen: float | None = None
+    last_verdict_at: float | None = None
+    enrolled_at: float = 0.0
+    revoked: bool = False
+    quarantine_hold: bool = False
+    command_seq: int = 0
+    next_deadline: float | None = None
+    chain_bootcount: int | None = None
+    chain_seq: int | None = None
+    chain_head: bytes | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRecord))
+
+
+class Store:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        try:
+            self.engine = _make_engine(url, self.dialect)
+            if create:
+                SQLModel.metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open database {url.split('@')[-1]}: {_short(exc)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction; SQLite takes the write lock at BEGIN (IMMEDIATE)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StoreError(_short(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(_short(exc)) from exc
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(_short(exc)) from exc
+
+    def ping(self) -> None:
+        with self.reading() as conn:
+            conn.execute(select(1))
+
+    # --- devices ---------------------------------------------------------------
+
+    def devices(self, conn: Connection, ids: Iterable[str], *, lock: bool = False) -> dict[str, DeviceRecord]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        query = select(*[DEVICES.c[name] for name in _DEVICE_FIELDS]).where(DEVICES.c.device_id.in_(wanted))
+        if lock and self.dialect == "postgresql":
+            query = query.with_for_update()
+        return {row.device_id: DeviceRecord(**row._mapping) for row in conn.execute(query)}
+
+    def save_devices(self, conn: Connection, records: Sequence[DeviceRecord]) -> None:
+        if not records:
+            return
+        from sqlalchemy import bindparam
+
+        names = [n for n in _DEVICE_FIELDS if n != "device_id"]
+        stmt = (
+            update(DEVICES)
+            .where(DEVICES.c.device_id == bindparam("_id"))
+            .values({name: bindparam(name) for name in names})
+        )
+        conn.execute(stmt, [{"_id": r.device_id, **{n: getattr(r, n) for n in names}} for r in records])
+
+    def insert_device(self, conn: Connection, record: DeviceRecord) -> None:
+        conn.execute(DEVICES.insert(), [record.values()])
+
+    def list_devices(self, conn: Connection) -> list[DeviceRecord]:
+        rows = conn.execute(select(*[DEVICES.c[n] for n in _DEVICE_FIELDS]).order_by(DEVICES.c.device_id))
+        return [DeviceRecord(**row._mapping) for row in rows]
+
+    # --- verdicts --------------------------------------------------------------
+
+    def existing_evidence(self, conn: Connection, keys: Iterable[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        wanted = set(keys)
+        if not wanted:
+            return set()
+        devices = {k[0] for k in wanted}
+        query = select(VERDICTS.c.device_id, VERDICTS.c.scheme, VERDICTS.c.dedup_key).where(
+            VERDICTS.c.device_id.in_(devices), VERDICTS.c.dedup_key.in_({k[2] for k in wanted})
+        )
+        return {(r.device_id, r.scheme, r.dedup_key) for r in conn.execute(query)} & wanted
+
+    def insert_verdicts(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(self._insert_ignore(VERDICTS, ("device_id", "scheme", "dedup_key")), list(rows))
+
+    def verdict_for(self, conn: Connection, device_id: str, scheme: str, dedup_key: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            select(VERDICTS).where(
+                VERDICTS.c.device_id == device_id, VERDICTS.c.scheme == scheme, VERDICTS.c.dedup_key == dedup_key
+            )
+        ).first()
+        return dict(row._mapping) if row else None
+
+    def verdict_history(self, conn: Connection, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            select(VERDICTS).where(VERDICTS.c.device_id == device_id).order_by(VERDICTS.c.id.desc()).limit(limit)
+        )
+        return [dict(r._mapping) for r in rows]
+
+    def count_verdicts(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(VERDICTS)).scalar_one())
+
+    # --- commands --------------------------------------------------------------
+
+    def insert_commands(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(COMMANDS.insert(), list(rows))
+
+    def latest_state_command(self, conn: Connection, device_id: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            select(COMMANDS)
+            .where(COMMANDS.c.device_id == device_id, COMMANDS.c.kind.in_(("quarantine", "release", "remediate")))
+            .order_by(COMMANDS.c.seq.desc())
+            .limit(1)
+        ).first()
+        return dict(row._mapping) if row else None
+
+    # --- hub state, nonces -----------------------------------------------------
+
+    def get_state(self, conn: Connection, key: str) -> str | None:
+        row = conn.execute(select(STATE.c.value).where(STATE.c.key == key)).first()
+        return None if row is None else str(row.value)
+
+    def set_state(self, conn: Connection, key: str, value: str) -> None:
+        conn.execute(self._upsert(STATE, ("key",), {"key": key, "value": value}))
+
+    def use_nonce(self, conn: Connection, nonce: bytes, device_id: str, at: float) -> bool:
+        """Record a challenge nonce as used; False if it already was (exactly one use wins)."""
+        result = conn.execute(
+            self._insert_ignore(NONCES, ("nonce",)), [{"nonce": nonce, "device_id": device_id, "used_at": at}]
+        )
+        return bool(result.rowcount == 1)
+
+    # --- manifests and policies ------------------------------------------------
+
+    def save_manifest(self, conn: Connection, device_class: str, sequence: int, signer: str, signed: bytes) -> bool:
+        current = conn.execute(
+            select(func.max(MANIFESTS.c.sequence)).where(MANIFESTS.c.device_class == device_class)
+        ).scalar()
+        if current is not None and sequence <= int(current):
+            return False
+        conn.execute(
+            MANIFESTS.insert(),
+            [{"device_class": device_class, "sequence": sequence, "signer": signer, "signed": signed,
+              "received_at": time.time()}],
+        )
+        return True
+
+    def latest_manifests(self, conn: Connection) -> dict[str, bytes]:
+        latest = (
+            select(MANIFESTS.c.device_class, func.max(MANIFESTS.c.sequence).label("seq"))
+            .group_by(MANIFESTS.c.device_class)
+            .subquery()
+        )
+        rows = conn.execute(
+            select(MANIFESTS.c.device_class, MANIFESTS.c.signed).join(
+                latest, (MANIFESTS.c.device_class == latest.c.device_class) & (MANIFESTS.c.sequence == latest.c.seq)
+            )
+        )
+        return {r.device_class: bytes(r.signed) for r in rows}
+
+    def manifest_history(self, conn: Connection, device_class: str | None = None) -> list[dict[str, Any]]:
+        query = select(MANIFESTS).order_by(MANIFESTS.c.device_class, MANIFESTS.c.sequence)
+        if device_class:
+            query = query.where(MANIFESTS.c.device_class == device_class)
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+    def save_policy(self, conn: Connection, device_class: str, version: int, source: str) -> bool:
+        current = conn.execute(
+            select(func.max(POLICIES.c.version)).where(POLICIES.c.device_class == device_class)
+        ).scalar()
+        if current is not None and version <= int(current):
+            return False
+        conn.execute(
+            POLICIES.insert(),
+            [{"device_class": device_class, "version": version, "source": source, "received_at": time.time()}],
+        )
+        return True
+
+    def latest_policies(self, conn: Connection) -> dict[str, str]:
+        rows = conn.execute(select(POLICIES.c.device_class, POLICIES.c.version, POLICIES.c.source))
+        best: dict[str, tuple[int, str]] = {}
+        for r in rows:
+            if r.device_class not in best or r.version > best[r.device_class][0]:
+                best[r.device_class] = (int(r.version), str(r.source))
+        return {k: v[1] for k, v in best.items()}
+
+    # --- audit -----------------------------------------------------------------
+
+    def audit_rows(self, conn: Connection, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        query = select(AUDIT).order_by(AUDIT.c.id)
+        if since is not None:
+            query = query.where(AUDIT.c.at >= since)
+        if until is not None:
+            query = query.where(AUDIT.c.at < until)
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+    def insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(AUDIT.insert(), list(rows))
+
+    def lock_audit_head(self, conn: Connection) -> str:
+        """The last entry hash, locked for this transaction (PostgreSQL row lock; SQLite holds the write lock)."""
+        query = select(STATE.c.value).where(STATE.c.key == "audit_head")
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            conn.execute(self._insert_ignore(STATE, ("key",)), [{"key": "audit_head", "value": "0" * 64}])
+            row = conn.execute(query).first()
+        assert row is not None
+        return str(row.value)
+
+    # --- dialect helpers -------------------------------------------------------
+
+    def _insert_ignore(self, table: Any, keys: tuple[str, ...]) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def _upsert(self, table: Any, keys: tuple[str, ...], values: dict[str, Any]) -> Any:
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        stmt = dialect.insert(table).values(values)
+        return stmt.on_conflict_do_update(
+            index_elements=list(keys), set_={k: v for k, v in values.items() if k not in keys}
+        )
+
+
+def _make_engine(url: str, dialect: str) -> Engine:
+    if dialect == "sqlite":
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5.0})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if dialect == "postgresql":
+        return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    return create_engine(url)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,117 @@
+"""Database tables (SQLModel). Rows are never deleted: manifests, verdicts,
+commands and audit entries are history; devices are revoked, not removed."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Device(SQLModel, table=True):
+    device_id: str = Field(primary_key=True, max_length=64)
+    device_class: str = Field(index=True, max_length=64)
+    public_key_pem: str | None = None
+    key_version: int = 1
+    ueid: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    certificate_pem: str | None = None
+    status: str = Field(default="enrolled", index=True, max_length=24)
+    tier: int = 0
+    trust_vector: str = "{}"
+    firmware_version: str | None = None
+    last_problems: str = "[]"
+    bootcount: int = -1
+    seq: int = -1
+    svn_high_water: int = 0
+    reboots: int = 0
+    last_seen: float | None = None
+    last_verdict_at: float | None = None
+    enrolled_at: float = 0.0
+    revoked: bool = False
+    quarantine_hold: bool = False
+    command_seq: int = 0
+    next_deadline: float | None = Field(default=None, index=True)
+    chain_bootcount: int | None = None
+    chain_seq: int | None = None
+    chain_head: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+
+
+class Verdict(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("device_id", "scheme", "dedup_key", name="uq_verdict_evidence"),
+        Index("ix_verdict_device_time", "device_id", "received_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    scheme: str = Field(max_length=32)
+    dedup_key: str = Field(max_length=200)
+    received_at: float
+    authenticated: bool
+    tier: int
+    status: str = Field(max_length=24)
+    trust_vector: str
+    problems: str
+    action: str = Field(max_length=32)
+    firmware_version: str | None = None
+    manifest_ref: str | None = None
+    policy_ref: str
+    trace_id: str = Field(default="", max_length=64)
+    evidence: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ManifestRecord(SQLModel, table=True):
+    __tablename__ = "manifest"
+    __table_args__ = (UniqueConstraint("device_class", "sequence", name="uq_manifest_seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_class: str = Field(index=True, max_length=64)
+    sequence: int
+    signer: str
+    received_at: float
+    signed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class PolicyRecord(SQLModel, table=True):
+    __tablename__ = "policy"
+    __table_args__ = (UniqueConstraint("device_class", "version", name="uq_policy_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_class: str = Field(index=True, max_length=64)
+    version: int
+    source: str
+    received_at: float
+
+
+class CommandRecord(SQLModel, table=True):
+    __tablename__ = "command"
+    __table_args__ = (Index("ix_command_device_seq", "device_id", "seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    seq: int
+    kind: str = Field(max_length=24)
+    reason: str
+    issued_at: float
+    expires_at: float
+    signed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class HubState(SQLModel, table=True):
+    __tablename__ = "hub_state"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+
+
+class UsedNonce(SQLModel, table=True):
+    __tablename__ = "used_nonce"
+    nonce: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    device_id: str = Field(max_length=64)
+    used_at: float
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    actor: str = Field(max_length=64)
+    action: str = Field(max_length=48)
+    device_id: str | None = Field(default=None, max_length=64)
+    detail: str
+    prev_hash: str = Field(max_length=64)
+    entry_hash: str = Field(max_length=64)

@@ -1,0 +1,50 @@
+"""Device status transitions: from a verdict and the class policy to a status and an action.
+
+Pure. Only authenticated, fresh evidence moves a device: a forged, stale or
+replayed message gets a negative verdict of its own but cannot quarantine a
+good device, or the network attacker the hub defends against could do so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub import wire
+from hub.policy import Policy
+from hub.trust import Tier
+
+TRUSTED = "trusted"
+WARNING = "warning"
+QUARANTINED = "quarantined"
+ENROLLED = "enrolled"
+REVOKED = "revoked"
+MISSED = "missed-attestation"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    status: str
+    action: str
+    command: str | None = None
+    hold: bool = False
+
+
+def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy) -> Transition:
+    """What an authenticated, fresh verdict of ``tier`` does to a device in ``status``."""
+    wanted = {
+        Tier.AFFIRMING: policy.actions.affirming,
+        Tier.WARNING: policy.actions.warning,
+        Tier.CONTRAINDICATED: policy.actions.contraindicated,
+    }.get(tier, policy.actions.warning)
+    if wanted in ("quarantine", "require-release"):
+        new_hold = hold or wanted == "require-release"
+        if status == QUARANTINED:
+            return Transition(QUARANTINED, "already-quarantined", None, new_hold)
+        return Transition(QUARANTINED, "quarantine", wire.COMMAND_QUARANTINE, new_hold)
+    if status == QUARANTINED:
+        if wanted == "affirm" and not hold and policy.release == "auto":
+            return Transition(TRUSTED, "release", wire.COMMAND_RELEASE, False)
+        return Transition(QUARANTINED, "awaiting-operator-release", None, hold)
+    if wanted == "warn":
+        return Transition(WARNING, "warn")
+    return Transition(TRUSTED, "affirm")

@@ -1,0 +1,244 @@
+"""Turning checked evidence into verdict rows, device changes, commands and results.
+
+The ``Decider`` collects the writes of one batch (verdicts, device rows,
+commands, audit entries) and ``flush`` writes them with a few executemany
+statements inside the pipeline's transaction. Messages to publish are
+attached to each ``Decision`` and sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from hub import transitions, trust, wire
+from hub.audit import AuditDraft, append
+from hub.envelope import Outgoing
+from hub.hubkeys import HubKeys
+from hub.messages import Command, ResultClaims, sign_result
+from hub.references import References
+from hub.schemes.base import AppraisalInputs, Claims, DeviceState, EvidenceError, EvidenceScheme
+from hub.store.db import DeviceRecord, Store, dumps
+from hub.trust import Tier, TrustVector
+
+REJECTED = "rejected"
+DUPLICATE = "duplicate"
+
+
+@dataclass(slots=True)
+class Decision:
+    device_id: str
+    scheme: str
+    status: str  # affirming | warning | contraindicated | rejected | duplicate
+    authenticated: bool
+    tier: Tier
+    trust_vector: TrustVector
+    problems: tuple[str, ...]
+    action: str
+    trace_id: str
+    evidence_ref: str = ""
+    reason: str = ""
+    publishes: list[Outgoing] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    device_id: str
+    scheme: str
+    trace_id: str
+    evidence: bytes
+    now: float
+
+
+class Decider:
+    def __init__(self, store: Store, keys: HubKeys, references: References, *, command_ttl_s: int) -> None:
+        self.store = store
+        self.keys = keys
+        self.references = references
+        self.command_ttl_s = command_ttl_s
+        self._verdicts: list[dict[str, Any]] = []
+        self._commands: list[dict[str, Any]] = []
+        self._audit: list[AuditDraft] = []
+        self._touched: set[str] = set()
+
+    def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float) -> Context:
+        return Context(device_id, scheme, trace_id, evidence, now)
+
+    # --- outcomes -----------------------------------------------------------------
+
+    def reject(
+        self,
+        conn: Connection,
+        ctx: Context,
+        dedup_key: str,
+        error: EvidenceError,
+        seen: set[tuple[str, str, str]],
+        *,
+        device: DeviceRecord | None = None,
+    ) -> Decision:
+        """Evidence that cannot move the device: unauthenticated, stale, replayed, unknown."""
+        key = (ctx.device_id, ctx.scheme, dedup_key)
+        if key in seen and not error.authenticated:
+            return self._dup_only(ctx, dedup_key)
+        seen.add(key)
+        vector = (
+            TrustVector(instance_identity=trust.IDENTITY_UNTRUSTWORTHY) if error.authenticated else trust.crypto_failure()
+        )
+        problems = (f"{error.reason}: {error.detail}" if error.detail else error.reason,)
+        decision = Decision(ctx.device_id, ctx.scheme, REJECTED, error.authenticated, Tier.CONTRAINDICATED, vector,
+                            problems, "none", ctx.trace_id, dedup_key, error.reason)
+        self._record(ctx, decision, None, device.device_class if device else "?", retain=False)
+        if device is not None:
+            device.last_seen = ctx.now
+            self._touched.add(device.device_id)
+        return decision
+
+    def misbehaving(
+        self, conn: Connection, ctx: Context, device: DeviceRecord, dedup_key: str, error: EvidenceError,
+        seen: set[tuple[str, str, str]],
+    ) -> Decision:
+        """Evidence the device signed but that breaks the profile: its own fault, appraised as contraindicated."""
+        key = (ctx.device_id, ctx.scheme, dedup_key)
+        if key in seen:
+            return self._dup_only(ctx, dedup_key)
+        seen.add(key)
+        vector = TrustVector(instance_identity=trust.IDENTITY_TRUSTWORTHY,
+                             configuration=trust.CONFIG_CONTRAINDICATED)
+        problem = f"{error.reason}: {error.detail}" if error.detail else error.reason
+        return self._apply(ctx, device, vector, (problem,), None, dedup_key, {})
+
+    def duplicate(self, conn: Connection, ctx: Context, device: DeviceRecord, claims: Claims) -> Decision:
+        """Redelivered evidence: no second verdict; re-send its result and the device's state command."""
+        decision = self._dup_only(ctx, claims.dedup_key)
+        stored = self.store.verdict_for(conn, ctx.device_id, claims.scheme, claims.dedup_key)
+        if stored is not None:
+            result = ResultClaims(
+                device_id=ctx.device_id, scheme=claims.scheme,
+                trust_vector=TrustVector.from_json(json.loads(stored["trust_vector"])),
+                tier=Tier(stored["tier"]) if stored["tier"] in set(Tier) else Tier.CONTRAINDICATED,
+                issued_at=int(ctx.now), problems=tuple(json.loads(stored["problems"])),
+                evidence_ref=claims.dedup_key, manifest_ref=stored["manifest_ref"], policy_ref=stored["policy_ref"],
+                action=stored["action"],
+            )
+            decision.publishes.append(self._result_message(result, ctx, retain=bool(stored["authenticated"])))
+        command = self.store.latest_state_command(conn, ctx.device_id)
+        if command is not None:
+            decision.publishes.append(_publish(wire.device_topic(ctx.device_id, wire.COMMAND), bytes(command["signed"]),
+                                               True, ctx.trace_id))
+        return decision
+
+    def appraise(
+        self, conn: Connection, ctx: Context, device: DeviceRecord, scheme: EvidenceScheme, claims: Claims
+    ) -> Decision:
+        state = DeviceState(
+            svn_high_water=device.svn_high_water, firmware_tier=device.tier, chain_head=device.chain_head,
+            chain_bootcount=device.chain_bootcount, chain_seq=device.chain_seq,
+        )
+        manifest = self.references.manifest(device.device_class)
+        inputs = AppraisalInputs(manifest, self.references.policy(device.device_class), state)
+        appraisal = scheme.appraise(claims, inputs)
+        if claims.counter is not None:
+            bootcount, seq = claims.counter
+            if device.bootcount >= 0 and bootcount > device.bootcount:
+                device.reboots += 1
+                self._audit.append(AuditDraft(ctx.now, "hub", "reboot", device.device_id,
+                                              {"from": device.bootcount, "to": bootcount}))
+            device.bootcount, device.seq = bootcount, seq
+        manifest_ref = f"{manifest.device_class}#{manifest.sequence}" if manifest else None
+        if appraisal.firmware_version and claims.scheme in ("firmware", "tpm", "psa"):
+            device.firmware_version = appraisal.firmware_version
+        return self._apply(ctx, device, appraisal.trust_vector, appraisal.problems, manifest_ref, claims.dedup_key,
+                           appraisal.state_updates)
+
+    # --- shared -----------------------------------------------------------------
+
+    def _apply(
+        self, ctx: Context, device: DeviceRecord, vector: TrustVector, problems: tuple[str, ...],
+        manifest_ref: str | None, dedup_key: str, updates: Any,
+    ) -> Decision:
+        policy = self.references.policy(device.device_class)
+        tier = vector.tier()
+        step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy)
+        decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, step.action,
+                            ctx.trace_id, dedup_key)
+        old_status = device.status
+        device.status, device.quarantine_hold = step.status, step.hold
+        device.tier, device.trust_vector = int(tier), dumps(vector.to_json())
+        device.last_problems = dumps(list(problems))
+        device.last_seen = device.last_verdict_at = ctx.now
+        for name, value in dict(updates).items():
+            if hasattr(device, name):
+                setattr(device, name, value)
+        self._touched.add(device.device_id)
+        self._record(ctx, decision, manifest_ref, device.device_class, retain=True)
+        if step.command is not None:
+            reason = "; ".join(problems) if problems else f"attested {tier.label}"
+            decision.publishes.append(self.command(device, step.command, reason, ctx.now, ctx.trace_id))
+        if old_status != device.status:
+            self._audit.append(AuditDraft(ctx.now, "hub", "status", device.device_id,
+                                          {"from": old_status, "to": device.status, "action": step.action,
+                                           "evidence": dedup_key, "scheme": ctx.scheme}))
+        return decision
+
+    def command(self, device: DeviceRecord, kind: str, reason: str, now: float, trace_id: str,
+                release_name: str | None = None) -> Outgoing:
+        """Sign a state command (retained on the device's command topic) and record it."""
+        device.command_seq += 1
+        self._touched.add(device.device_id)
+        command = Command(device.device_id, kind, device.command_seq, int(now), int(now) + self.command_ttl_s,
+                          reason[:500], release_name=release_name)
+        signed = command.sign(self.keys.signing_key, self.keys.kid)
+        self._commands.append({"device_id": device.device_id, "seq": command.seq, "kind": kind, "reason": reason[:500],
+                               "issued_at": now, "expires_at": float(command.expires_at), "signed": signed})
+        return _publish(wire.device_topic(device.device_id, wire.COMMAND), signed, True, trace_id)
+
+    def note(self, draft: AuditDraft) -> None:
+        self._audit.append(draft)
+
+    def _record(self, ctx: Context, decision: Decision, manifest_ref: str | None, device_class: str,
+                retain: bool) -> None:
+        policy = self.references.policy(device_class)
+        self._verdicts.append({
+            "device_id": ctx.device_id, "scheme": ctx.scheme, "dedup_key": decision.evidence_ref,
+            "received_at": ctx.now, "authenticated": decision.authenticated, "tier": int(decision.tier),
+            "status": decision.status, "trust_vector": dumps(decision.trust_vector.to_json()),
+            "problems": dumps(list(decision.problems)), "action": decision.action,
+            "firmware_version": None, "manifest_ref": manifest_ref, "policy_ref": policy.ref,
+            "trace_id": ctx.trace_id, "evidence": ctx.evidence,
+        })
+        self._audit.append(AuditDraft(ctx.now, "hub", "verdict", ctx.device_id, {
+            "scheme": ctx.scheme, "evidence": decision.evidence_ref, "status": decision.status,
+            "action": decision.action, "problems": list(decision.problems), "manifest": manifest_ref,
+            "policy": policy.ref,
+        }))
+        result = ResultClaims(ctx.device_id, ctx.scheme, decision.trust_vector, decision.tier, int(ctx.now),
+                              decision.problems, decision.evidence_ref, manifest_ref, policy.ref, decision.action)
+        decision.publishes.insert(0, self._result_message(result, ctx, retain))
+
+    def _result_message(self, result: ResultClaims, ctx: Context, retain: bool) -> Outgoing:
+        signed = sign_result(result, self.keys.signing_key, self.keys.kid)
+        return _publish(wire.device_topic(ctx.device_id, wire.RESULT), signed, retain, ctx.trace_id,
+                        content_type=wire.EAR_MEDIA_TYPE)
+
+    def _dup_only(self, ctx: Context, dedup_key: str) -> Decision:
+        return Decision(ctx.device_id, ctx.scheme, DUPLICATE, False, Tier.NONE, TrustVector(), (), "none",
+                        ctx.trace_id, dedup_key, DUPLICATE)
+
+    def reset(self) -> None:
+        self._verdicts, self._commands, self._audit, self._touched = [], [], [], set()
+
+    def flush(self, conn: Connection, devices: dict[str, DeviceRecord]) -> None:
+        try:
+            self.store.insert_verdicts(conn, self._verdicts)
+            self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices])
+            self.store.insert_commands(conn, self._commands)
+            append(self.store, conn, self._audit)
+        finally:
+            self.reset()
+
+
+def _publish(topic: str, payload: bytes, retain: bool, trace_id: str, content_type: str | None = None) -> Outgoing:
+    return Outgoing(topic, payload, retain, content_type, trace_id)
