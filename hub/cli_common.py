@@ -1,0 +1,63 @@
+"""Shared pieces of the operator CLI: the context object, output and failure helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from hub.config import Settings
+from hub.hubkeys import HubKeyError, HubKeys, load_hub_keys
+from hub.store import Store, StoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(slots=True)
+class HubContext:
+    settings: Settings
+    as_json: bool = False
+    _store: Store | None = field(default=None)
+
+    def store(self) -> Store:
+        if self._store is None:
+            try:
+                self._store = Store(self.settings.effective_database_url)
+            except StoreError as exc:
+                fail(str(exc), code=3)
+        return self._store
+
+    def keys(self) -> HubKeys:
+        try:
+            return load_hub_keys(self.settings)
+        except HubKeyError as exc:
+            fail(str(exc), code=3)
+
+
+pass_hub = click.make_pass_decorator(HubContext)
+
+
+def json_option(func: F) -> F:
+    def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value and isinstance(ctx.obj, HubContext):
+            ctx.obj.as_json = True
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=set_json,
+                        is_eager=True, help="Machine-readable JSON output.")(func)
+
+
+def emit(hub: HubContext, data: Any, human: Callable[[Any], None]) -> None:
+    if hub.as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        human(data)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
+    sys.exit(code)

@@ -1,0 +1,169 @@
+"""``attest-hub manifest``: create from firmware images, sign, verify, show, publish, history."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import tomli_w
+
+from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
+from hub.hubkeys import HubKeyError, load_operator_keys
+from hub.keys import KeyFileError, load_private_file
+from hub.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, to_source
+from hub.manifests import verify_manifest as verify_signed
+from hub.operations import OperationError, import_manifest, manifest_announcement, publish_once
+from hub.store import StoreError
+from hub.transport import TransportError
+
+
+@click.group()
+def manifest() -> None:
+    """Reference values: signed firmware manifests, one series per device class."""
+
+
+@manifest.command("create")
+@click.option("--class", "device_class", required=True)
+@click.option("--sequence", type=click.IntRange(0), required=True, help="SUIT sequence number (monotonic).")
+@click.option("--min-svn", type=click.IntRange(0), required=True, help="Lowest security version accepted.")
+@click.option("--release", "releases", multiple=True, required=True, metavar="VERSION:SVN:DIR",
+              help="A release: its version, security version and a directory of component images (*.bin).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="TOML source to write.")
+@json_option
+@pass_hub
+def create(hub: HubContext, device_class: str, sequence: int, min_svn: int, releases: tuple[str, ...],
+           out: Path) -> None:
+    """Write a manifest source from firmware image files (digests and sizes computed).
+
+    Example: attest-hub manifest create --class env-sensor --sequence 4 --min-svn 2
+               --release 1.2.0:3:build/env-sensor/1.2.0 --out env-sensor.toml
+    """
+    built = []
+    for spec in releases:
+        try:
+            version, svn_text, directory = spec.split(":", 2)
+            svn = int(svn_text)
+        except ValueError:
+            fail(f"--release {spec!r}: expected VERSION:SVN:DIR")
+        images = sorted(Path(directory).glob("*.bin"))
+        if not images:
+            fail(f"--release {spec!r}: no *.bin images in {directory}")
+        components = tuple(Component(p.stem, hashlib.sha256(p.read_bytes()).digest(), p.stat().st_size)
+                           for p in images)
+        built.append(Release(version, svn, components))
+    source = Manifest(device_class, sequence, min_svn, tuple(built))
+    out.write_text(tomli_w.dumps(to_source(source)))
+    emit(hub, {"source": str(out), "releases": len(built)}, lambda d: click.echo(f"wrote {d['source']}"))
+
+
+@manifest.command("sign")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Operator signing key (PEM).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Signed manifest to write (default: SOURCE with .cose).")
+@json_option
+@pass_hub
+def sign(hub: HubContext, source: Path, key_path: Path, out: Path | None) -> None:
+    """Sign a TOML manifest source with an operator key (COSE_Sign1, ES256)."""
+    try:
+        parsed = parse_source(source.read_text())
+        key = load_private_file(key_path)
+    except (ManifestError, KeyFileError) as exc:
+        fail(str(exc))
+    target = out or source.with_suffix(".cose")
+    target.write_bytes(sign_manifest(parsed, key))
+    emit(hub, {"signed": str(target), "class": parsed.device_class, "sequence": parsed.sequence},
+         lambda d: click.echo(f"signed {d['class']}#{d['sequence']} -> {d['signed']}"))
+
+
+def _trusted(hub: HubContext, operator_keys: tuple[Path, ...]) -> Any:
+    try:
+        return load_operator_keys(tuple(map(str, operator_keys)) or hub.settings.operator_keys)
+    except HubKeyError as exc:
+        fail(str(exc), code=3)
+
+
+@manifest.command("verify")
+@click.argument("signed", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--operator-key", "operator_keys", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Trusted operator public key(s); default: the configured ones.")
+@json_option
+@pass_hub
+def verify(hub: HubContext, signed: Path, operator_keys: tuple[Path, ...]) -> None:
+    """Check a signed manifest's signature and structure; exit 1 if it does not verify."""
+    try:
+        parsed = verify_signed(signed.read_bytes(), _trusted(hub, operator_keys))
+    except ManifestError as exc:
+        fail(str(exc))
+    emit(hub, {"valid": True, "class": parsed.device_class, "sequence": parsed.sequence, "signer": parsed.signer},
+         lambda d: click.echo(f"valid: {d['class']}#{d['sequence']} signed by {d['signer'][:16]}"))
+
+
+@manifest.command("show")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--operator-key", "operator_keys", multiple=True, type=click.Path(exists=True, path_type=Path))
+@json_option
+@pass_hub
+def show(hub: HubContext, path: Path, operator_keys: tuple[Path, ...]) -> None:
+    """Print a manifest (a TOML source, or a signed one after verifying it)."""
+    try:
+        if path.suffix == ".toml":
+            parsed = parse_source(path.read_text())
+        else:
+            parsed = verify_signed(path.read_bytes(), _trusted(hub, operator_keys))
+    except ManifestError as exc:
+        fail(str(exc))
+    emit(hub, to_source(parsed), lambda d: click.echo(tomli_w.dumps(d)))
+
+
+@manifest.command("publish")
+@click.argument("signed", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_hub
+def publish(hub: HubContext, signed: Path) -> None:
+    """Store a signed manifest and announce it to all running hub workers over MQTT (retained)."""
+    try:
+        parsed = import_manifest(hub.store(), hub.keys(), signed.read_bytes())
+        publish_once(hub.settings, [manifest_announcement(parsed)], f"{hub.settings.hub_id}-cli")
+    except (ManifestError, OperationError) as exc:
+        fail(str(exc))
+    except (StoreError, TransportError) as exc:
+        fail(str(exc), code=3)
+    emit(hub, {"published": f"{parsed.device_class}#{parsed.sequence}"},
+         lambda d: click.echo(f"published {d['published']}"))
+
+
+@manifest.command("import")
+@click.argument("signed", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_hub
+def import_(hub: HubContext, signed: tuple[Path, ...]) -> None:
+    """Store signed manifests without announcing them (before the hub starts)."""
+    done = []
+    for path in signed:
+        try:
+            parsed = import_manifest(hub.store(), hub.keys(), path.read_bytes())
+        except (ManifestError, OperationError) as exc:
+            fail(f"{path}: {exc}")
+        done.append(f"{parsed.device_class}#{parsed.sequence}")
+    emit(hub, {"imported": done}, lambda d: click.echo(f"imported {', '.join(d['imported'])}"))
+
+
+@manifest.command("history")
+@click.option("--class", "device_class", default=None)
+@json_option
+@pass_hub
+def history(hub: HubContext, device_class: str | None) -> None:
+    """Every manifest ever stored (manifests are never deleted)."""
+    store = hub.store()
+    with store.reading() as conn:
+        rows = store.manifest_history(conn, device_class)
+    data = [{"class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
+             "received_at": r["received_at"]} for r in rows]
+    emit(hub, data, lambda d: click.echo("\n".join(
+        f"{r['class']}#{r['sequence']}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['received_at']))}"
+        f"  signer {r['signer'][:16]}" for r in d) or "no manifests"))

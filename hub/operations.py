@@ -1,0 +1,168 @@
+"""Operator actions: enrolment, manifests, manual quarantine and release, revocation.
+
+Each action is one transaction that also appends its audit entry. Actions
+that must reach a device return the signed messages to publish; the CLI
+publishes them through the broker (``publish_once``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from hub import transitions, wire
+from hub.audit import AuditDraft, append
+from hub.config import Settings
+from hub.envelope import Outgoing
+from hub.hubkeys import HubKeys
+from hub.keys import KeyFileError, load_public_pem
+from hub.manifests import Manifest, verify_manifest
+from hub.messages import Command
+from hub.store.db import DeviceRecord, Store
+
+
+class OperationError(ValueError):
+    """An operator action cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    device_id: str
+    device_class: str
+    public_key_pem: str
+    ueid: bytes | None = None
+
+
+def validate_device_id(device_id: str) -> str:
+    """The device id is a topic segment, a certificate CN and a kid: refuse anything that could collide."""
+    if not device_id or len(device_id) > 64:
+        raise OperationError("device id must be 1..64 characters")
+    if any(ch in device_id for ch in "/+#") or device_id.startswith(("$", "hub-")):
+        raise OperationError(f"device id {device_id!r} contains '/', '+' or '#', or starts with '$' or 'hub-'")
+    if any(unicodedata.category(ch)[0] in "CZ" for ch in device_id):
+        raise OperationError(f"device id {device_id!r} contains control characters or whitespace")
+    return device_id
+
+
+def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator") -> int:
+    """Register devices (all or none); re-enrolling an existing id is refused (use key rotation)."""
+    now = time.time()
+    records = []
+    for entry in entries:
+        validate_device_id(entry.device_id)
+        validate_device_id(entry.device_class)
+        try:
+            load_public_pem(entry.public_key_pem)
+        except KeyFileError as exc:
+            raise OperationError(f"{entry.device_id}: {exc}") from exc
+        if entry.ueid is not None and not 7 <= len(entry.ueid) <= 33:
+            raise OperationError(f"{entry.device_id}: ueid must be 7..33 bytes")
+        records.append(DeviceRecord(entry.device_id, entry.device_class, entry.public_key_pem, ueid=entry.ueid,
+                                    enrolled_at=now))
+    ids = [r.device_id for r in records]
+    if len(set(ids)) != len(ids):
+        raise OperationError("the enrolment lists a device id twice")
+    with store.transaction() as conn:
+        existing = store.devices(conn, ids)
+        if existing:
+            raise OperationError(f"already enrolled: {', '.join(sorted(existing)[:5])}")
+        for record in records:
+            store.insert_device(conn, record)
+        append(store, conn, [AuditDraft(now, actor, "enrol", r.device_id, {"class": r.device_class}) for r in records])
+    return len(records)
+
+
+def read_enrolment_file(text: str) -> list[Enrolment]:
+    """The simulator's (and a manufacturer's) enrolment JSON: {"devices": [{device_id, device_class, ...}]}."""
+    try:
+        data = json.loads(text)
+        return [
+            Enrolment(
+                device_id=str(d["device_id"]), device_class=str(d["device_class"]),
+                public_key_pem=str(d["public_key_pem"]),
+                ueid=bytes.fromhex(d["ueid"]) if d.get("ueid") else None,
+            )
+            for d in data["devices"]
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OperationError(f"enrolment file: {exc}") from exc
+
+
+def import_manifest(store: Store, settings_keys: HubKeys, signed: bytes, actor: str = "operator") -> Manifest:
+    """Verify and store a signed manifest; refuse one not newer than the stored one."""
+    manifest = verify_manifest(signed, settings_keys.operator_keys)
+    with store.transaction() as conn:
+        if not store.save_manifest(conn, manifest.device_class, manifest.sequence, manifest.signer, signed):
+            raise OperationError(
+                f"manifest {manifest.device_class}#{manifest.sequence} is not newer than the one stored"
+            )
+        append(store, conn, [AuditDraft(time.time(), actor, "manifest", None,
+                                        {"class": manifest.device_class, "sequence": manifest.sequence})])
+    return manifest
+
+
+def manifest_announcement(manifest: Manifest) -> Outgoing:
+    return Outgoing(wire.manifest_topic(manifest.device_class), manifest.signed, retain=True)
+
+
+def set_quarantine(store: Store, keys: HubKeys, device_id: str, quarantine: bool, reason: str,
+                   ttl_s: int, actor: str = "operator") -> Outgoing:
+    """Manual quarantine (held until an operator releases) or release; returns the signed command."""
+    if not reason.strip():
+        raise OperationError("a reason is required")
+    now = time.time()
+    with store.transaction() as conn:
+        device = store.devices(conn, [device_id], lock=True).get(device_id)
+        if device is None:
+            raise OperationError(f"unknown device {device_id!r}")
+        if device.revoked:
+            raise OperationError(f"{device_id} is revoked")
+        if quarantine == (device.status == transitions.QUARANTINED):
+            raise OperationError(f"{device_id} is {'already' if quarantine else 'not'} quarantined")
+        kind = wire.COMMAND_QUARANTINE if quarantine else wire.COMMAND_RELEASE
+        old = device.status
+        device.status = transitions.QUARANTINED if quarantine else transitions.ENROLLED
+        device.quarantine_hold = quarantine
+        device.command_seq += 1
+        command = Command(device_id, kind, device.command_seq, int(now), int(now) + ttl_s, reason[:500])
+        signed = command.sign(keys.signing_key, keys.kid)
+        store.save_devices(conn, [device])
+        store.insert_commands(conn, [{"device_id": device_id, "seq": command.seq, "kind": kind,
+                                      "reason": reason[:500], "issued_at": now,
+                                      "expires_at": float(command.expires_at), "signed": signed}])
+        append(store, conn, [AuditDraft(now, actor, kind, device_id, {"from": old, "to": device.status,
+                                                                    "reason": reason})])
+    return Outgoing(wire.device_topic(device_id, wire.COMMAND), signed, retain=True)
+
+
+def revoke(store: Store, device_id: str, reason: str, actor: str = "operator") -> None:
+    """Revoke a device's key: its evidence is rejected from the next batch on, live session or not."""
+    now = time.time()
+    with store.transaction() as conn:
+        device = store.devices(conn, [device_id], lock=True).get(device_id)
+        if device is None:
+            raise OperationError(f"unknown device {device_id!r}")
+        device.revoked = True
+        old, device.status = device.status, transitions.REVOKED
+        device.key_version += 1
+        store.save_devices(conn, [device])
+        append(store, conn, [AuditDraft(now, actor, "revoke", device_id, {"from": old, "reason": reason})])
+
+
+def publish_once(settings: Settings, messages: Sequence[Outgoing], client_id: str, timeout: float = 10.0) -> None:
+    """Publish signed messages through the broker and wait for the PUBACKs (used by CLI commands)."""
+    from hub.transport import BrokerAddress, MqttTransport, TransportError
+
+    transport = MqttTransport(BrokerAddress(settings.broker_host, settings.broker_port, client_id,
+                                            session_expiry_s=0, tls_ca=settings.broker_tls_ca,
+                                            tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key), [])
+    transport.start(timeout)
+    try:
+        if not transport.publish_all(messages, timeout):
+            raise TransportError("the broker did not acknowledge the publish in time")
+    finally:
+        transport.stop()
+

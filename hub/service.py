@@ -1,0 +1,182 @@
+"""``attest-hub serve``: one worker's event loop.
+
+Receive a batch, hand evidence to the pipeline, publish what it returns,
+wait for the broker's PUBACKs, and only then acknowledge the batch. When the
+database cannot commit, the batch is retried with backoff and nothing is
+acknowledged, so the broker keeps the messages (the hub "stops acknowledging
+while it cannot commit"). Worker 0 also advances the epoch nonce.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from hub import wire
+from hub.config import Settings
+from hub.envelope import Incoming, Outgoing
+from hub.freshness import epoch_nonce
+from hub.hubkeys import HubKeys, load_hub_keys
+from hub.manifests import ManifestError
+from hub.messages import epoch_message
+from hub.pipeline import BatchOutcome, Pipeline
+from hub.ratelimit import RateLimiter
+from hub.references import References
+from hub.schemes import SchemeRegistry, default_schemes
+from hub.store import Store, StoreError
+from hub.transport import BrokerAddress, MqttTransport
+
+log = logging.getLogger(__name__)
+
+SHARE_GROUP = "hub"
+
+
+@dataclass(slots=True)
+class Health:
+    broker_connected: bool = False
+    database_ok: bool = True
+    last_batch_at: float = 0.0
+    processed: int = 0
+    last_error: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.broker_connected and self.database_ok
+
+
+class HubWorker:
+    def __init__(self, settings: Settings, index: int = 0, *, keys: HubKeys | None = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.keys = keys or load_hub_keys(settings)
+        self.store = Store(settings.effective_database_url)
+        self.references = References(self.keys.operator_keys)
+        with self.store.reading() as conn:
+            problems = self.references.load(self.store.latest_manifests(conn), self.store.latest_policies(conn))
+        for problem in problems:
+            log.warning(problem)
+        self.registry = SchemeRegistry(default_schemes())
+        self.pipeline = Pipeline(
+            self.store, self.registry, self.keys, self.references,
+            rate_limiter=RateLimiter(settings.device_rate_per_s, settings.device_burst),
+            command_ttl_s=settings.command_ttl_s,
+        )
+        leaves = sorted(self.registry.topic_leaves)
+        subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]
+        subscriptions.append((f"{wire.MANIFEST_TOPIC_PREFIX}/+", 1))
+        self.transport = MqttTransport(
+            BrokerAddress(
+                settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
+                settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
+                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key,
+            ),
+            subscriptions,
+        )
+        self.health = Health()
+        self._next_epoch_at = 0.0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.index == 0
+
+    def run(self, stop: threading.Event) -> None:
+        self.transport.start()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.transport.stop()
+            self.store.close()
+
+    def step(self) -> None:
+        """One turn of the loop: epoch upkeep, then one batch (if any arrived)."""
+        self.health.broker_connected = self.transport.connected.is_set()
+        if self.is_leader:
+            self._keep_epoch()
+        batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
+        if not batch:
+            return
+        control = [m for m in batch if m.topic.startswith(wire.HUB_ROOT + "/")]
+        evidence = [m for m in batch if not m.topic.startswith(wire.HUB_ROOT + "/")]
+        for message in control:
+            self._on_announcement(message)
+        self.transport.ack(control)
+        if evidence:
+            self._process_until_committed(evidence)
+
+    def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
+        delay = 0.1
+        while True:
+            try:
+                outcome = self.pipeline.process(batch)
+            except StoreError as exc:
+                self.health.database_ok = False
+                self.health.last_error = str(exc)
+                log.error("cannot commit a batch of %d; not acknowledging, retrying in %.1fs: %s",
+                          len(batch), delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.health.database_ok = True
+            break
+        for topic, why in outcome.dropped:
+            log.warning("dropped message on %s: %s", topic, why)
+        for decision in outcome.decisions:
+            log.info("verdict %s %s", decision.status, decision.action,
+                     extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
+                            "trace_id": decision.trace_id, "problems": list(decision.problems)})
+        if self.transport.publish_all(outcome.publishes):
+            self.transport.ack(batch)
+        else:
+            # Not acknowledged: the broker redelivers; the duplicate path re-publishes without a second verdict.
+            log.error("results of a batch were not acknowledged by the broker; leaving the batch unacknowledged")
+        self.health.processed += len(batch)
+        self.health.last_batch_at = time.time()
+        return outcome
+
+    def _on_announcement(self, message: Incoming) -> None:
+        if not message.topic.startswith(wire.MANIFEST_TOPIC_PREFIX + "/") or not message.payload:
+            return
+        try:
+            manifest = self.references.offer_manifest(message.payload)
+        except ManifestError as exc:
+            log.warning("manifest announcement on %s refused: %s", message.topic, exc)
+            return
+        if manifest is not None:
+            try:
+                with self.store.transaction() as conn:
+                    self.store.save_manifest(conn, manifest.device_class, manifest.sequence, manifest.signer,
+                                             manifest.signed)
+            except StoreError as exc:
+                log.error("could not store announced manifest: %s", exc)
+
+    def _keep_epoch(self) -> None:
+        now = time.monotonic()
+        if now < self._next_epoch_at:
+            return
+        try:
+            epoch = advance_epoch(self.store, first=self._next_epoch_at == 0.0)
+        except StoreError as exc:
+            self.health.database_ok = False
+            log.error("cannot advance the epoch: %s", exc)
+            return
+        self.publish_epoch(epoch)
+        self._next_epoch_at = now + self.settings.epoch_period_s
+
+    def publish_epoch(self, epoch: int) -> None:
+        nonce = epoch_nonce(self.keys.nonce_secret, epoch)
+        signed = epoch_message(epoch, nonce, int(time.time()), self.keys.signing_key, self.keys.kid)
+        self.transport.publish_all([Outgoing(wire.EPOCH_TOPIC, signed, retain=True)])
+
+
+def advance_epoch(store: Store, *, first: bool) -> int:
+    """Advance the stored epoch (or, at start, adopt it, creating epoch 1)."""
+    with store.transaction() as conn:
+        current = store.get_state(conn, "epoch")
+        epoch = int(current) if current is not None else 0
+        if not first or epoch == 0:
+            epoch += 1
+            store.set_state(conn, "epoch", str(epoch))
+    return epoch
