@@ -1,0 +1,132 @@
+"""``device-sim``: run a simulated fleet, write its enrolment, write its firmware images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from device_sim import firmware, keys
+from device_sim.device import SimDevice
+from device_sim.fleet import Fleet, FleetError
+from device_sim.profiles import MixError, build_fleet, enrolment
+
+_console = Console(stderr=True)
+
+
+def _fleet_or_fail(devices: int, profile: str, seed: str, bootcount: int) -> list[SimDevice]:
+    try:
+        return build_fleet(devices, profile, seed, bootcount=bootcount)
+    except MixError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from exc
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug logging.")
+def main(verbose: int) -> None:
+    """Simulated IoT fleet for the attestation hub."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=1883, show_default=True, type=int)
+@click.option("--devices", "count", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--profile", default="demo", show_default=True, help='Mix, e.g. "honest:40,tampered:3" or "demo".')
+@click.option("--seed", default=keys.DEFAULT_SEED, show_default=True, help="Fleet seed the device keys derive from.")
+@click.option("--hub-key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.01), help="Seconds.")
+@click.option("--duration", default=0.0, show_default=True, type=float, help="Seconds; 0 runs until Ctrl-C.")
+@click.option("--connections", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--bootcount", type=int, default=None, help="Boot count of every device [default: now, unix seconds].")
+@click.option("--resend-after", type=float, default=None, help="Re-send evidence without a receipt after SECONDS.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def run(
+    host: str,
+    port: int,
+    count: int,
+    profile: str,
+    seed: str,
+    hub_key: Path,
+    interval: float,
+    duration: float,
+    connections: int,
+    bootcount: int | None,
+    resend_after: float | None,
+    report_path: Path | None,
+) -> None:
+    """Connect the fleet and publish evidence every INTERVAL seconds."""
+    # Each run is a new boot whose count exceeds the previous run's, so the hub's
+    # (bootcount, seq) high-water mark from an earlier run does not reject it.
+    devices = _fleet_or_fail(count, profile, seed, int(time.time()) if bootcount is None else bootcount)
+    try:
+        fleet = Fleet(host, port, devices, hub_key.read_bytes(), interval, connections, resend_after=resend_after)
+    except keys.HubKeyError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hub-key") from exc
+    try:
+        fleet.start()
+    except (FleetError, OSError) as exc:
+        raise click.ClickException(f"cannot connect to {host}:{port}: {exc}") from exc
+    mix = Counter(d.profile.value for d in devices)
+    _console.print(f"{len(devices)} devices on {host}:{port} ({dict(mix)}); waiting for the hub epoch")
+    fleet.start_publishing()
+    try:
+        if duration > 0:
+            time.sleep(duration)
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fleet.stop()
+    _summary(fleet)
+    if report_path is not None:
+        report_path.write_text(json.dumps(fleet.report(), indent=2))
+        _console.print(f"report written to {report_path}")
+
+
+def _summary(fleet: Fleet) -> None:
+    table = Table(title=f"device-sim: {fleet.published} evidence published")
+    for column in ("device", "profile", "version", "evidence", "accepted cmds", "rejected cmds", "quarantined"):
+        table.add_column(column)
+    for d in fleet.devices:
+        log = d.command_log
+        accepted = sum(1 for c in log if c.accepted)
+        table.add_row(
+            d.device_id,
+            d.profile.value,
+            d.version,
+            str(len(d.evidence_log)),
+            str(accepted),
+            str(len(log) - accepted),
+            "yes" if d.quarantined else "",
+        )
+    _console.print(table)
+
+
+@main.command()
+@click.option("--devices", "count", default=50, show_default=True, type=click.IntRange(min=0))
+@click.option("--profile", default="demo", show_default=True)
+@click.option("--seed", default=keys.DEFAULT_SEED, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def enrol(count: int, profile: str, seed: str, out: Path) -> None:
+    """Write the enrolment JSON (device id, class, enrolled public key, UEID)."""
+    devices = _fleet_or_fail(count, profile, seed, 1)
+    out.write_text(json.dumps(enrolment(devices), indent=2))
+    _console.print(f"{len(devices)} devices written to {out}")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def images(out: Path) -> None:
+    """Write every firmware image as OUT/{class}/{version}/{component}.bin."""
+    written = firmware.write_images(out)
+    _console.print(f"{len(written)} images written under {out}")
