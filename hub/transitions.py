@@ -29,8 +29,12 @@ class Transition:
     hold: bool = False
 
 
-def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy) -> Transition:
-    """What an authenticated, fresh verdict of ``tier`` does to a device in ``status``."""
+def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy, *, platform: bool = True) -> Transition:
+    """What an authenticated, fresh verdict of ``tier`` does to a device in ``status``.
+
+    Only platform evidence (what the device runs) can release a quarantine or
+    mark it trusted; data evidence can warn or quarantine but not vouch.
+    """
     wanted = {
         Tier.AFFIRMING: policy.actions.affirming,
         Tier.WARNING: policy.actions.warning,
@@ -42,9 +46,11 @@ def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy) -> Transi
             return Transition(QUARANTINED, "already-quarantined", None, new_hold)
         return Transition(QUARANTINED, "quarantine", wire.COMMAND_QUARANTINE, new_hold)
     if status == QUARANTINED:
-        if wanted == "affirm" and not hold and policy.release == "auto":
+        if wanted == "affirm" and not hold and policy.release == "auto" and platform:
             return Transition(TRUSTED, "release", wire.COMMAND_RELEASE, False)
         return Transition(QUARANTINED, "awaiting-operator-release", None, hold)
     if wanted == "warn":
         return Transition(WARNING, "warn")
+    if not platform:
+        return Transition(status, "affirm")
     return Transition(TRUSTED, "affirm")

@@ -162,8 +162,11 @@ class MqttTransport:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                        _props: object) -> None:
         self.connected.clear()
-        self.last_error = f"disconnected: {reason}"
-        log.warning("disconnected from broker: %s", reason)
+        if getattr(reason, "is_failure", True):
+            self.last_error = f"disconnected: {reason}"
+            log.warning("disconnected from broker: %s", reason)
+        else:
+            log.info("disconnected from broker")
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         props = getattr(message, "properties", None)

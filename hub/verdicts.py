@@ -150,24 +150,30 @@ class Decider:
         manifest_ref = f"{manifest.device_class}#{manifest.sequence}" if manifest else None
         if appraisal.firmware_version and claims.scheme in ("firmware", "tpm", "psa"):
             device.firmware_version = appraisal.firmware_version
-        return self._apply(ctx, device, appraisal.trust_vector, appraisal.problems, manifest_ref, claims.dedup_key,
-                           appraisal.state_updates)
+        decision = self._apply(ctx, device, appraisal.trust_vector, appraisal.problems, manifest_ref,
+                               claims.dedup_key, appraisal.state_updates, platform=scheme.attests_platform)
+        if (appraisal.verified_data is not None and decision.tier in (Tier.AFFIRMING, Tier.WARNING)
+                and device.status != transitions.QUARANTINED and not device.revoked):
+            decision.publishes.append(_publish(wire.device_topic(device.device_id, wire.VERIFIED_DATA),
+                                               appraisal.verified_data, False, ctx.trace_id))
+        return decision
 
     # --- shared -----------------------------------------------------------------
 
     def _apply(
         self, ctx: Context, device: DeviceRecord, vector: TrustVector, problems: tuple[str, ...],
-        manifest_ref: str | None, dedup_key: str, updates: Any,
+        manifest_ref: str | None, dedup_key: str, updates: Any, *, platform: bool = True,
     ) -> Decision:
         policy = self.references.policy(device.device_class)
         tier = vector.tier()
-        step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy)
+        step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy, platform=platform)
         decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, step.action,
                             ctx.trace_id, dedup_key)
         old_status = device.status
         device.status, device.quarantine_hold = step.status, step.hold
-        device.tier, device.trust_vector = int(tier), dumps(vector.to_json())
-        device.last_problems = dumps(list(problems))
+        if platform:
+            device.tier, device.trust_vector = int(tier), dumps(vector.to_json())
+            device.last_problems = dumps(list(problems))
         device.last_seen = device.last_verdict_at = ctx.now
         for name, value in dict(updates).items():
             if hasattr(device, name):

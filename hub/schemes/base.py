@@ -94,6 +94,9 @@ class Appraisal:
     problems: tuple[str, ...] = ()
     firmware_version: str | None = None
     state_updates: Mapping[str, object] = field(default_factory=dict)
+    """Device columns to store if the verdict commits (e.g. ``svn_high_water``, ``chain_head``)."""
+    verified_data: bytes | None = None
+    """For data schemes: the CBOR records to republish on ``fleet/{id}/verified-data`` if the batch passed."""
     annotations: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -109,6 +112,12 @@ class EvidenceScheme(Protocol):
     @property
     def topic_leaf(self) -> str:
         """The topic leaf it arrives on when no Content Type is given."""
+        ...
+
+    @property
+    def attests_platform(self) -> bool:
+        """True if a verdict says what the device runs (firmware, TPM, PSA): it sets the device's
+        trust vector and may release a quarantine. False for evidence about data the device sent."""
         ...
 
     def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:

@@ -72,6 +72,7 @@ class FirmwareScheme:
     name = "firmware"
     media_types = frozenset({wire.FIRMWARE_MEDIA_TYPE})
     topic_leaf = wire.EVIDENCE
+    attests_platform = True
 
     def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:
         claims = verify_cose_evidence(raw, anchor, MAX_EVIDENCE_BYTES)
