@@ -16,11 +16,14 @@ from hub.operations import (
     Enrolment,
     OperationError,
     enrol,
+    enrolment_from_certificate,
     publish_once,
     read_enrolment_file,
     revoke,
     set_quarantine,
 )
+from hub.identity import load_anchors
+from hub.keys import KeyFileError
 from hub.store import StoreError
 from hub.transport import TransportError
 
@@ -38,29 +41,38 @@ def device() -> None:
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The device's public key (PEM).")
 @click.option("--ueid", default=None, help="UEID to bind (hex).")
+@click.option("--cert", "cert_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The device's certificate chain (PEM, leaf first); it must chain to a configured manufacturer "
+                   "CA and its CN is the device id.")
+@click.option("--ca-issued", is_flag=True,
+              help="Enrol without a key: the device presents an x5chain to a manufacturer CA with its evidence.")
 @json_option
 @pass_hub
 def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_class: str | None,
-           key_path: Path | None, ueid: str | None) -> None:
+           key_path: Path | None, ueid: str | None, cert_path: Path | None, ca_issued: bool) -> None:
     """Register one device, or a whole fleet from a file.
 
     \b
     Examples:
       attest-hub device enroll --id sensor-0001 --class env-sensor --key sensor-0001.pub.pem
+      attest-hub device enroll --class env-sensor --cert sensor-0001.crt
       attest-hub device enroll --file fleet.json
     """
+    ueid_bytes = bytes.fromhex(ueid) if ueid else None
     try:
         if file is not None:
             entries = read_enrolment_file(file.read_text())
-        elif device_id and device_class and key_path:
-            entries = [Enrolment(device_id, device_class, key_path.read_text(),
-                                 bytes.fromhex(ueid) if ueid else None)]
+        elif cert_path is not None and device_class:
+            anchors = load_anchors(hub.settings.manufacturer_cas)
+            entries = [enrolment_from_certificate(cert_path.read_text(), device_class, anchors, ueid_bytes)]
+        elif device_id and device_class and (key_path or ca_issued):
+            entries = [Enrolment(device_id, device_class, key_path.read_text() if key_path else None, ueid_bytes)]
         else:
-            fail("give --file, or --id with --class and --key")
+            fail("give --file, or --class with --cert, or --id and --class with --key or --ca-issued")
         count = enrol(hub.store(), entries)
     except (OperationError, ValueError) as exc:
         fail(str(exc))
-    except StoreError as exc:
+    except (StoreError, KeyFileError) as exc:
         fail(str(exc), code=3)
     emit(hub, {"enrolled": count}, lambda d: click.echo(f"enrolled {d['enrolled']} device(s)"))
 

@@ -31,6 +31,7 @@ class Settings:
     hub_id: str = "hub"
     session_expiry_s: int = 3600
     operator_keys: tuple[str, ...] = ()
+    manufacturer_cas: tuple[str, ...] = ()
     manifests_dir: str = ""
     policies_dir: str = ""
     epoch_period_s: float = 300.0
@@ -91,7 +92,7 @@ def _coerce(name: str, value: object) -> object:
         if isinstance(default, tuple):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 raise ValueError(value)
             return tuple(str(v) for v in value)
         if isinstance(default, float):

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from hub import transitions, wire
+from cryptography import x509
+
+from hub import pki, transitions, wire
 from hub.audit import AuditDraft, append
 from hub.config import Settings
 from hub.envelope import Outgoing
 from hub.hubkeys import HubKeys
-from hub.keys import KeyFileError, load_public_pem
+from hub.keys import KeyFileError, load_public_pem, public_pem
 from hub.manifests import Manifest, verify_manifest
 from hub.messages import Command
 from hub.store.db import DeviceRecord, Store
@@ -30,21 +31,22 @@ class OperationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Enrolment:
+    """A device to register. Without a public key the device must present an ``x5chain`` chaining
+    to a configured manufacturer CA with every piece of evidence (CA-issued identity)."""
+
     device_id: str
     device_class: str
-    public_key_pem: str
+    public_key_pem: str | None
     ueid: bytes | None = None
+    certificate_pem: str | None = None
 
 
 def validate_device_id(device_id: str) -> str:
     """The device id is a topic segment, a certificate CN and a kid: refuse anything that could collide."""
-    if not device_id or len(device_id) > 64:
-        raise OperationError("device id must be 1..64 characters")
-    if any(ch in device_id for ch in "/+#") or device_id.startswith(("$", "hub-")):
-        raise OperationError(f"device id {device_id!r} contains '/', '+' or '#', or starts with '$' or 'hub-'")
-    if any(unicodedata.category(ch)[0] in "CZ" for ch in device_id):
-        raise OperationError(f"device id {device_id!r} contains control characters or whitespace")
-    return device_id
+    try:
+        return pki.validate_device_id(device_id)
+    except pki.PkiError as exc:
+        raise OperationError(str(exc)) from exc
 
 
 def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator") -> int:
@@ -55,13 +57,14 @@ def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator") -
         validate_device_id(entry.device_id)
         validate_device_id(entry.device_class)
         try:
-            load_public_pem(entry.public_key_pem)
+            if entry.public_key_pem is not None:
+                load_public_pem(entry.public_key_pem)
         except KeyFileError as exc:
             raise OperationError(f"{entry.device_id}: {exc}") from exc
         if entry.ueid is not None and not 7 <= len(entry.ueid) <= 33:
             raise OperationError(f"{entry.device_id}: ueid must be 7..33 bytes")
         records.append(DeviceRecord(entry.device_id, entry.device_class, entry.public_key_pem, ueid=entry.ueid,
-                                    enrolled_at=now))
+                                    certificate_pem=entry.certificate_pem, enrolled_at=now))
     ids = [r.device_id for r in records]
     if len(set(ids)) != len(ids):
         raise OperationError("the enrolment lists a device id twice")
@@ -82,13 +85,27 @@ def read_enrolment_file(text: str) -> list[Enrolment]:
         return [
             Enrolment(
                 device_id=str(d["device_id"]), device_class=str(d["device_class"]),
-                public_key_pem=str(d["public_key_pem"]),
+                public_key_pem=str(d["public_key_pem"]) if d.get("public_key_pem") else None,
                 ueid=bytes.fromhex(d["ueid"]) if d.get("ueid") else None,
             )
             for d in data["devices"]
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise OperationError(f"enrolment file: {exc}") from exc
+
+
+def enrolment_from_certificate(cert_pem: str, device_class: str, anchors: Sequence[x509.Certificate],
+                               ueid: bytes | None = None) -> Enrolment:
+    """Enrol by manufacturer certificate: the chain must verify to an anchor; the device id is its CN."""
+    from hub.identity import IdentityError, common_name, verify_chain
+
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem.encode())
+        device_id = common_name(chain[0])
+        key = verify_chain(chain, anchors, device_id)
+    except (ValueError, IdentityError) as exc:
+        raise OperationError(f"certificate: {exc}") from exc
+    return Enrolment(device_id, device_class, public_pem(key), ueid, cert_pem)
 
 
 def import_manifest(store: Store, settings_keys: HubKeys, signed: bytes, actor: str = "operator") -> Manifest:

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from cryptography.x509 import Certificate
 from sqlalchemy import Connection
 
 from hub import wire
@@ -59,6 +60,7 @@ class _Routed:
     claims: Claims | None = None
     error: EvidenceError | None = None
     anchor: TrustAnchor | None = None
+    anchor_revoked: bool = False
 
 
 class Pipeline:
@@ -71,6 +73,7 @@ class Pipeline:
         *,
         rate_limiter: RateLimiter | None = None,
         command_ttl_s: int = 7 * 24 * 3600,
+        ca_certificates: tuple[Certificate, ...] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -79,6 +82,7 @@ class Pipeline:
         self.references = references
         self.rate_limiter = rate_limiter
         self.clock = clock
+        self.ca_certificates = ca_certificates
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s)
         self._key_cache: dict[str, PublicKey] = {}
 
@@ -88,8 +92,9 @@ class Pipeline:
         if not routed:
             return outcome
         with self.store.reading() as conn:
-            anchors = self._anchors(conn, {r.device_id for r in routed})
+            anchors, revoked = self._anchors(conn, {r.device_id for r in routed})
         for item in routed:
+            item.anchor_revoked = item.device_id in revoked
             self._verify(item, anchors.get(item.device_id))
         now = self.clock()
         self.decider.reset()
@@ -122,11 +127,9 @@ class Pipeline:
         trace_id = message.trace_id or uuid.uuid4().hex[:16]
         return _Routed(message, device_id, scheme, trace_id)
 
-    def _anchors(self, conn: Connection, ids: set[str]) -> dict[str, TrustAnchor]:
-        anchors = {}
-        for device in self.store.devices(conn, ids).values():
-            anchors[device.device_id] = self._anchor(device)
-        return anchors
+    def _anchors(self, conn: Connection, ids: set[str]) -> tuple[dict[str, TrustAnchor], set[str]]:
+        devices = self.store.devices(conn, ids).values()
+        return {d.device_id: self._anchor(d) for d in devices}, {d.device_id for d in devices if d.revoked}
 
     def _anchor(self, device: DeviceRecord) -> TrustAnchor:
         key = None
@@ -141,7 +144,8 @@ class Pipeline:
                     if len(self._key_cache) > 100_000:
                         self._key_cache.clear()
                     self._key_cache[device.public_key_pem] = key
-        return TrustAnchor(device.device_id, device.device_class, key, device.ueid, device.key_version)
+        return TrustAnchor(device.device_id, device.device_class, key, device.ueid, device.key_version,
+                           self.ca_certificates, self.clock())
 
     def _verify(self, item: _Routed, anchor: TrustAnchor | None) -> None:
         item.anchor = anchor
@@ -149,8 +153,9 @@ class Pipeline:
             item.error = EvidenceError("unknown-media-type", f"no scheme for {item.message.content_type!r}")
         elif anchor is None:
             item.error = EvidenceError("unknown-device", f"{item.device_id!r} is not enrolled")
-        elif anchor.public_key is None:
-            item.error = EvidenceError("revoked", "device is revoked or has no usable key")
+        elif anchor.public_key is None and (item.anchor_revoked or not anchor.ca_certificates):
+            item.error = EvidenceError("revoked" if item.anchor_revoked else "no-key",
+                                       "device is revoked or has no usable key")
         else:
             try:
                 item.claims = item.scheme.verify(item.message.payload, anchor)

@@ -19,6 +19,7 @@ from hub.config import Settings
 from hub.envelope import Incoming, Outgoing
 from hub.freshness import epoch_nonce
 from hub.hubkeys import HubKeys, load_hub_keys
+from hub.identity import load_anchors
 from hub.manifests import ManifestError
 from hub.messages import epoch_message
 from hub.pipeline import BatchOutcome, Pipeline
@@ -62,6 +63,7 @@ class HubWorker:
             self.store, self.registry, self.keys, self.references,
             rate_limiter=RateLimiter(settings.device_rate_per_s, settings.device_burst),
             command_ttl_s=settings.command_ttl_s,
+            ca_certificates=load_anchors(settings.manufacturer_cas),
         )
         leaves = sorted(self.registry.topic_leaves)
         subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]

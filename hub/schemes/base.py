@@ -50,6 +50,9 @@ class TrustAnchor:
     ueid: bytes | None = None
     key_version: int = 1
     ca_certificates: tuple[Certificate, ...] = ()
+    """Manufacturer CAs an ``x5chain`` may chain to (then the chain's leaf key is used)."""
+    now: float | None = None
+    """The hub's time for certificate validity, set by the orchestrator (schemes read no clock)."""
 
 
 @dataclass(frozen=True, slots=True)

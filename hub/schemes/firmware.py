@@ -8,13 +8,18 @@ the device's class and applies the class policy.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import serialization
+
 from hub import trust, wire
 from hub.cbor_strict import CborError, loads_strict
 from hub.cose import CoseError, decode_sign1, verify_sign1
+from hub.identity import IdentityError, parse_x5chain, verify_chain
+from hub.keys import PublicKey
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, text_list, typed, uint
 from hub.trust import TrustVector
@@ -53,10 +58,9 @@ def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Map
     expected_kid = anchor.device_id.encode()
     if message.kid is None or not hmac.compare_digest(message.kid, expected_kid):
         raise EvidenceError("kid-mismatch", "protected kid does not name the topic's device")
-    if anchor.public_key is None:
-        raise EvidenceError("no-key", "no enrolled key for this device")
+    key = signing_key(message.protected.get(wire.HDR_X5CHAIN), anchor)
     try:
-        verify_sign1(message, anchor.public_key)
+        verify_sign1(message, key)
     except CoseError as exc:
         raise EvidenceError(exc.reason, exc.detail) from exc
     try:
@@ -66,6 +70,30 @@ def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Map
     if not isinstance(payload, Mapping):
         raise EvidenceError("bad-claims", "payload must be a claims map", authenticated=True)
     return payload
+
+
+def signing_key(x5chain: object, anchor: TrustAnchor) -> PublicKey:
+    """The key evidence must verify with: the enrolled key, or a leaf certificate chaining to a CA.
+
+    An ``x5chain`` never substitutes a key: with an enrolled key the leaf must carry that same key.
+    """
+    if x5chain is None:
+        if anchor.public_key is None:
+            raise EvidenceError("no-key", "no enrolled key and no x5chain for this device")
+        return anchor.public_key
+    try:
+        chain = parse_x5chain(x5chain)
+        when = None if anchor.now is None else dt.datetime.fromtimestamp(anchor.now, dt.timezone.utc)
+        key = verify_chain(chain, anchor.ca_certificates, anchor.device_id, when)
+    except IdentityError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    if anchor.public_key is not None and not hmac.compare_digest(spki(key), spki(anchor.public_key)):
+        raise EvidenceError("key-substitution", "x5chain leaf key is not the enrolled key")
+    return key
+
+
+def spki(key: PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class FirmwareScheme:

@@ -1,0 +1,1 @@
+"""Fleet attestation hub: the verifier service and the operator CLI."""
