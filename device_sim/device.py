@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from device_sim import cose, firmware, keys
 from device_sim.commands import Epoch, MessageError, Rejection, parse_command
 from device_sim.evidence import EvidenceClaims, sign_evidence
@@ -67,6 +69,13 @@ class SimDevice:
 
     def __repr__(self) -> str:
         return f"SimDevice({self.device_id!r}, {self.profile.value}, {self.release.version})"
+
+    def adopt_key(self, key: ec.EllipticCurvePrivateKey) -> None:
+        """Sign from now on with ``key`` (after the hub affirmed a key rotation to it)."""
+        with self._lock:
+            self.enrolled_key = key
+            if self.profile is not Profile.FORGED:
+                self._signing_key = key
 
     # --- read-only views ---------------------------------------------------------
     @property

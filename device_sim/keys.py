@@ -43,6 +43,11 @@ def _derive(seed: str, purpose: str, device_id: str) -> ec.EllipticCurvePrivateK
     return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
+def derive_key(seed: str, purpose: str, device_id: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 key for ``purpose`` (e.g. a rotated key generation), deterministic in seed and id."""
+    return _derive(seed, purpose, device_id)
+
+
 def device_private_key(seed: str, device_id: str) -> ec.EllipticCurvePrivateKey:
     """The device's enrolled P-256 key."""
     return _derive(seed, "device-key", device_id)

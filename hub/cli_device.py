@@ -188,3 +188,34 @@ def revoke_device(hub: HubContext, device_id: str, reason: str) -> None:
     except StoreError as exc:
         fail(str(exc), code=3)
     emit(hub, {"device_id": device_id, "status": "revoked"}, lambda d: click.echo(f"{d['device_id']} revoked"))
+
+
+@device.command("challenge")
+@click.argument("device_id")
+@click.option("--wait", "wait_s", type=click.FloatRange(1, 600), default=15.0, show_default=True,
+              help="Seconds to wait for the device's answer and the hub's verdict.")
+@json_option
+@pass_hub
+def challenge(hub: HubContext, device_id: str, wait_s: float) -> None:
+    """Attest a device now: send a single-use nonce, wait for the verdict on its answer.
+
+    Exit 0 if the fresh evidence is affirmed, 1 if not, 4 if no answer came in time.
+    Example: attest-hub device challenge env-sensor-0001 --wait 10
+    """
+    from hub.challenge import challenge_and_wait
+
+    try:
+        outcome = challenge_and_wait(hub.settings, hub.store(), hub.keys(), device_id, wait_s)
+    except OperationError as exc:
+        fail(str(exc))
+    except (StoreError, TransportError) as exc:
+        fail(str(exc), code=3)
+    data = {"device_id": device_id, "nonce": outcome.nonce.hex(), "answered": outcome.answered,
+            "status": outcome.status, "problems": list(outcome.problems), "action": outcome.action}
+    emit(hub, data, lambda d: click.echo(
+        f"{device_id}: " + ("no answer within the wait" if not d["answered"] else
+                            f"status {d['status']} action {d['action']} {'; '.join(d['problems'])}")))
+    if not outcome.answered:
+        raise SystemExit(4)
+    if outcome.status != 2:
+        raise SystemExit(1)

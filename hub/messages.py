@@ -66,6 +66,7 @@ class ResultClaims:
     manifest_ref: str | None
     policy_ref: str
     action: str
+    nonce: bytes | None = None
 
     def payload(self) -> bytes:
         appraisal: dict[int, object] = {
@@ -73,8 +74,10 @@ class ResultClaims:
             wire.EAR_TRUST_VECTOR: self.trust_vector.to_cbor(),
             wire.EAR_POLICY_ID: [self.policy_ref],
         }
+        extra = {wire.NONCE: self.nonce} if self.nonce is not None else {}
         return cbor2.dumps(
             {
+                **extra,
                 wire.EAT_PROFILE: wire.EAR_PROFILE,
                 wire.IAT: self.issued_at,
                 wire.SUB: self.device_id,

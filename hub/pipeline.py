@@ -177,7 +177,8 @@ class Pipeline:
     ) -> Decision:
         scheme_name = item.scheme.name if item.scheme else "unknown"
         raw_key = "raw:" + hashlib.sha256(item.message.payload).hexdigest()[:32]
-        ctx = self.decider.context(item.device_id, scheme_name, item.trace_id, item.message.payload, now)
+        nonce = item.claims.nonce if item.claims is not None else None
+        ctx = self.decider.context(item.device_id, scheme_name, item.trace_id, item.message.payload, now, nonce)
         if device is None or item.anchor is None:
             return self.decider.reject(conn, ctx, raw_key, item.error or EvidenceError("unknown-device"), seen)
         if device.revoked or device.key_version != item.anchor.key_version:
@@ -200,12 +201,12 @@ class Pipeline:
                               authenticated=True),
                 seen, device=device,
             )
-        nonce = check_nonce(self.keys.nonce_secret, claims.nonce, item.device_id, epoch)
-        if not nonce.ok:
-            reason = "stale-nonce" if "stale" in nonce.problem else "bad-nonce"
+        fresh = check_nonce(self.keys.nonce_secret, claims.nonce, item.device_id, epoch)
+        if not fresh.ok:
+            reason = "stale-nonce" if "stale" in fresh.problem else "bad-nonce"
             return self.decider.reject(conn, ctx, claims.dedup_key,
-                                       EvidenceError(reason, nonce.problem, authenticated=True), seen, device=device)
-        if nonce.kind == "challenge" and not self.store.use_nonce(conn, claims.nonce or b"", item.device_id, now):
+                                       EvidenceError(reason, fresh.problem, authenticated=True), seen, device=device)
+        if fresh.kind == "challenge" and not self.store.use_nonce(conn, claims.nonce or b"", item.device_id, now):
             return self.decider.reject(conn, ctx, claims.dedup_key,
                                        EvidenceError("nonce-reused", "challenge nonce was already used",
                                                      authenticated=True), seen, device=device)

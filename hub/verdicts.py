@@ -51,6 +51,7 @@ class Context:
     trace_id: str
     evidence: bytes
     now: float
+    nonce: bytes | None = None
 
 
 class Decider:
@@ -64,8 +65,9 @@ class Decider:
         self._audit: list[AuditDraft] = []
         self._touched: set[str] = set()
 
-    def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float) -> Context:
-        return Context(device_id, scheme, trace_id, evidence, now)
+    def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float,
+                nonce: bytes | None = None) -> Context:
+        return Context(device_id, scheme, trace_id, evidence, now, nonce)
 
     # --- outcomes -----------------------------------------------------------------
 
@@ -152,6 +154,10 @@ class Decider:
             device.firmware_version = appraisal.firmware_version
         decision = self._apply(ctx, device, appraisal.trust_vector, appraisal.problems, manifest_ref,
                                claims.dedup_key, appraisal.state_updates, platform=scheme.attests_platform)
+        if appraisal.annotations:  # e.g. a PSA token's verification service and certification reference
+            self._audit.append(AuditDraft(ctx.now, "hub", "annotations", device.device_id,
+                                          {"scheme": claims.scheme, "evidence": claims.dedup_key,
+                                           **appraisal.annotations}))
         if (appraisal.verified_data is not None and decision.tier in (Tier.AFFIRMING, Tier.WARNING)
                 and device.status != transitions.QUARANTINED and not device.revoked):
             decision.publishes.append(_publish(wire.device_topic(device.device_id, wire.VERIFIED_DATA),
@@ -178,6 +184,10 @@ class Decider:
         for name, value in dict(updates).items():
             if hasattr(device, name):
                 setattr(device, name, value)
+        if "public_key_pem" in updates:  # key rotation: evidence verified with the old key is refused from now on
+            device.key_version += 1
+            self._audit.append(AuditDraft(ctx.now, "hub", "key-rotated", device.device_id,
+                                          {"key_version": device.key_version, "evidence": dedup_key}))
         self._touched.add(device.device_id)
         self._record(ctx, decision, manifest_ref, device.device_class, retain=True)
         if step.command is not None:
@@ -221,7 +231,8 @@ class Decider:
             "policy": policy.ref,
         }))
         result = ResultClaims(ctx.device_id, ctx.scheme, decision.trust_vector, decision.tier, int(ctx.now),
-                              decision.problems, decision.evidence_ref, manifest_ref, policy.ref, decision.action)
+                              decision.problems, decision.evidence_ref, manifest_ref, policy.ref, decision.action,
+                              ctx.nonce)
         decision.publishes.insert(0, self._result_message(result, ctx, retain))
 
     def _result_message(self, result: ResultClaims, ctx: Context, retain: bool) -> Outgoing:

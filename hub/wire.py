@@ -184,3 +184,54 @@ RELEASE_REVOKED: Final = "revoked"
 # --- nonces --------------------------------------------------------------------
 NONCE_EPOCH_PREFIX: Final = b"E"
 NONCE_CHALLENGE_PREFIX: Final = b"C"
+
+# --- PSA attestation token (RFC 9783, profile PSA_PROFILE) ---------------------
+PSA_CLIENT_ID: Final = 2394  # int (caller's partition id, int32)
+PSA_SECURITY_LIFECYCLE: Final = 2395  # uint, 0x0000..0x60ff (high byte: state, low byte: sub-state)
+PSA_IMPLEMENTATION_ID: Final = 2396  # bstr .size 32
+PSA_BOOT_SEED: Final = 2397  # bstr .size (8..32)
+PSA_CERTIFICATION_REFERENCE: Final = 2398  # tstr, EAN-13+5 "1234567890123-12345"
+PSA_SOFTWARE_COMPONENTS: Final = 2399  # [+ software component]
+PSA_VERIFICATION_SERVICE: Final = 2400  # tstr
+PSA_INSTANCE_ID_SIZE: Final = 33  # ueid (256): 0x01 (RAND) || 32 bytes
+PSA_IMPLEMENTATION_ID_SIZE: Final = 32
+PSA_HASH_SIZES: Final = (32, 48, 64)  # psa-hash-type: nonce, measurement value, signer id
+
+SWC_MEASUREMENT_TYPE: Final = 1  # tstr, e.g. "BL", "PRoT", "ARoT", "App"
+SWC_MEASUREMENT_VALUE: Final = 2  # psa-hash-type
+SWC_VERSION: Final = 4  # tstr
+SWC_SIGNER_ID: Final = 5  # psa-hash-type
+SWC_MEASUREMENT_DESCRIPTION: Final = 6  # tstr
+
+PSA_LIFECYCLE_UNKNOWN: Final = 0x0000
+PSA_LIFECYCLE_ASSEMBLY_AND_TEST: Final = 0x1000
+PSA_LIFECYCLE_PROVISIONING: Final = 0x2000
+PSA_LIFECYCLE_SECURED: Final = 0x3000
+PSA_LIFECYCLE_NON_PSA_ROT_DEBUG: Final = 0x4000
+PSA_LIFECYCLE_RECOVERABLE_PSA_ROT_DEBUG: Final = 0x5000
+PSA_LIFECYCLE_DECOMMISSIONED: Final = 0x6000
+
+COMP_SIGNER_ID: Final = 4  # manifest component: hash of the key that signs the image (PSA signer id)
+
+# --- key rotation (docs/PROTOCOL.md, "Key rotation") -----------------------------
+KEY_ROTATION_PROFILE: Final = "tag:fleet-attest.org,2026:key-rotation/v1"
+KEY_ROTATION_MEDIA_TYPE: Final = "application/vnd.fleet-attest.key-rotation+cose"
+ROT_NEW_KEY: Final = -65590  # bstr: SubjectPublicKeyInfo (DER) of the new key
+ROT_PROOF: Final = -65591  # bstr: tagged COSE_Sign1 by the NEW key over [device id, nonce, SHA-256(old SPKI)]
+
+# --- data-integrity evidence (profile DATA_PROFILE; docs/schemes/data.md) -------
+DATA_BATCH_SEQ: Final = -65580  # uint: batch number, 1 at each chain's genesis (one chain per device and boot)
+DATA_PREV: Final = -65581  # bstr .size 32: SHA-256 of the previous batch's signed payload; DATA_GENESIS for batch 1
+DATA_RECORDS_DIGEST: Final = -65582  # [-16, bstr .size 32]: SHA-256 of the records bytes carried alongside
+DATA_ATTESTATION: Final = -65583  # [bootcount, evidence seq] of the firmware evidence last sent this boot, or null
+DATA_PREV_BOOT: Final = -65584  # ? [bootcount, last batch seq, last batch digest]: the previous boot's chain end
+DATA_RECORDS: Final = -65585  # COSE unprotected header label: bstr .cbor [+ [time, metric, value]]
+DATA_GENESIS: Final = bytes(32)
+
+# --- policy announcements (retained, signed by the hub key; docs/OPERATIONS.md) ---
+POLICY_TOPIC_PREFIX: Final = "hub/policies"  # hub/policies/{device class}
+POLICY_PROFILE: Final = "tag:fleet-attest.org,2026:policy/v1"  # COSE content type; payload: the policy TOML
+
+
+def policy_topic(device_class: str) -> str:
+    return f"{POLICY_TOPIC_PREFIX}/{device_class}"
