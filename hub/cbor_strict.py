@@ -12,7 +12,7 @@ allows (COSE_Sign1's tag 18 at the top).
 from __future__ import annotations
 
 import io
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import cbor2
 
@@ -39,6 +39,15 @@ def _reject_builtin(*_args: object) -> object:
 
 
 _REJECT_BUILTINS = {tag: _reject_builtin for tag in _BUILTIN_TAGS}
+
+
+def _check_keys(mapping: object, _immutable: bool) -> object:
+    """Map keys must be integers, text or bytes: ``true == 1`` and ``10.0 == 10`` in Python, so a
+    boolean or float key could otherwise stand in for an integer label."""
+    for key in mapping if isinstance(mapping, Mapping) else ():
+        if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
+            raise cbor2.CBORDecodeError(f"map key of type {type(key).__name__} is not allowed")
+    return mapping
 
 
 def loads_strict(
@@ -69,6 +78,7 @@ def loads_strict(
     decoder = cbor2.CBORDecoder(
         stream,
         tag_hook=tag_hook,
+        object_hook=_check_keys,
         semantic_decoders=_REJECT_BUILTINS,
         max_depth=max_depth,
         allow_indefinite=False,

@@ -74,6 +74,7 @@ class Pipeline:
         rate_limiter: RateLimiter | None = None,
         command_ttl_s: int = 7 * 24 * 3600,
         ca_certificates: tuple[Certificate, ...] = (),
+        epoch_period_s: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -83,7 +84,7 @@ class Pipeline:
         self.rate_limiter = rate_limiter
         self.clock = clock
         self.ca_certificates = ca_certificates
-        self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s)
+        self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
         self._key_cache: dict[str, PublicKey] = {}
 
     def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
@@ -101,6 +102,7 @@ class Pipeline:
         with self.store.transaction() as conn:
             devices = self.store.devices(conn, {r.device_id for r in routed}, lock=True)
             epoch = int(self.store.get_state(conn, "epoch") or 0)
+            self.decider.epoch = epoch
             seen = self.store.existing_evidence(
                 conn, [(r.device_id, r.claims.scheme, r.claims.dedup_key) for r in routed if r.claims is not None]
             )

@@ -47,6 +47,8 @@ class Policy:
     actions: TierActions = field(default_factory=TierActions)
     release: str = "auto"
     data_gap: str = "warning"
+    missed: str = "warning"
+    """What a missed attestation deadline does: "warning" (status missed-attestation) or "quarantine"."""
 
     @property
     def ref(self) -> str:
@@ -97,6 +99,8 @@ def load_policy(text: str) -> Policy:
         raise fail("debug", f"must be one of {', '.join(DEBUG_RULES)}")
     if kwargs.get("release", "auto") not in RELEASE_MODES:
         raise fail("release", f"must be one of {', '.join(RELEASE_MODES)}")
+    if kwargs.get("missed", "warning") not in ("warning", "quarantine"):
+        raise fail("missed", "must be 'warning' or 'quarantine'")
     if kwargs.get("data_gap", "warning") not in ("warning", "contraindicated"):
         raise fail("data_gap", "must be 'warning' or 'contraindicated'")
     unknown_evidence = set(kwargs.get("required_evidence", ())) - {"firmware", "data", "tpm", "psa"}  # type: ignore[call-overload]

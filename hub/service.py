@@ -16,17 +16,22 @@ from dataclasses import dataclass
 
 from hub import wire
 from hub.config import Settings
+from hub.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.envelope import Incoming, Outgoing
 from hub.freshness import epoch_nonce
 from hub.hubkeys import HubKeys, load_hub_keys
 from hub.identity import load_anchors
+from hub.liveness import sweep_missed
 from hub.manifests import ManifestError
 from hub.messages import epoch_message
+from hub.operations import OperationError, read_policy_announcement
 from hub.pipeline import BatchOutcome, Pipeline
+from hub.policy import PolicyError
 from hub.ratelimit import RateLimiter
 from hub.references import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.store import Store, StoreError
+from hub.transitions import QUARANTINED
 from hub.transport import BrokerAddress, MqttTransport
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,8 @@ class Health:
 
 
 class HubWorker:
-    def __init__(self, settings: Settings, index: int = 0, *, keys: HubKeys | None = None) -> None:
+    def __init__(self, settings: Settings, index: int = 0, *, keys: HubKeys | None = None,
+                 enforcer: BrokerEnforcer | None = None) -> None:
         self.settings = settings
         self.index = index
         self.keys = keys or load_hub_keys(settings)
@@ -64,10 +70,12 @@ class HubWorker:
             rate_limiter=RateLimiter(settings.device_rate_per_s, settings.device_burst),
             command_ttl_s=settings.command_ttl_s,
             ca_certificates=load_anchors(settings.manufacturer_cas),
+            epoch_period_s=settings.epoch_period_s,
         )
         leaves = sorted(self.registry.topic_leaves)
         subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]
         subscriptions.append((f"{wire.MANIFEST_TOPIC_PREFIX}/+", 1))
+        subscriptions.append((f"{wire.POLICY_TOPIC_PREFIX}/+", 1))
         self.transport = MqttTransport(
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
@@ -76,6 +84,9 @@ class HubWorker:
             ),
             subscriptions,
         )
+        self.pipeline.decider.remediation = settings.remediation
+        self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
+        self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
         self._next_epoch_at = 0.0
 
@@ -97,6 +108,8 @@ class HubWorker:
         self.health.broker_connected = self.transport.connected.is_set()
         if self.is_leader:
             self._keep_epoch()
+        if not self._enforcement_synced:
+            self._sync_enforcement()
         batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
         if not batch:
             return
@@ -129,6 +142,7 @@ class HubWorker:
             log.info("verdict %s %s", decision.status, decision.action,
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
                             "trace_id": decision.trace_id, "problems": list(decision.problems)})
+        self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
         if self.transport.publish_all(outcome.publishes):
             self.transport.ack(batch)
         else:
@@ -138,7 +152,38 @@ class HubWorker:
         self.health.last_batch_at = time.time()
         return outcome
 
+    def _enforce(self, outcome: BatchOutcome) -> None:
+        """Committed quarantines and releases, applied at the broker (hub/enforcement.py)."""
+        for decision in outcome.decisions:
+            try:
+                if decision.action == "quarantine":
+                    self.enforcer.quarantine(decision.device_id)
+                elif decision.action == "release":
+                    self.enforcer.release(decision.device_id)
+                else:
+                    continue
+            except EnforcementError as exc:
+                self._enforcement_synced = False  # retried as a full sync from the database
+                self.health.last_error = str(exc)
+                log.error("broker enforcement failed: %s", exc, extra={"device_id": decision.device_id})
+                continue
+            log.info("broker enforcement: %s", decision.action, extra={"device_id": decision.device_id})
+
+    def _sync_enforcement(self) -> None:
+        try:
+            with self.store.reading() as conn:
+                quarantined = [d.device_id for d in self.store.list_devices(conn) if d.status == QUARANTINED]
+            self.enforcer.sync(quarantined)
+        except (StoreError, EnforcementError) as exc:
+            self.health.last_error = str(exc)
+            log.error("cannot sync broker enforcement (retrying): %s", exc)
+            return
+        self._enforcement_synced = True
+
     def _on_announcement(self, message: Incoming) -> None:
+        if message.topic.startswith(wire.POLICY_TOPIC_PREFIX + "/") and message.payload:
+            self._on_policy(message)
+            return
         if not message.topic.startswith(wire.MANIFEST_TOPIC_PREFIX + "/") or not message.payload:
             return
         try:
@@ -154,6 +199,22 @@ class HubWorker:
             except StoreError as exc:
                 log.error("could not store announced manifest: %s", exc)
 
+    def _on_policy(self, message: Incoming) -> None:
+        """A policy published by ``attest-hub policy publish``: signed by the hub key, adopted if newer."""
+        try:
+            source = read_policy_announcement(message.payload, self.keys)
+            policy = self.references.offer_policy(source)
+        except (OperationError, PolicyError) as exc:
+            log.warning("policy announcement on %s refused: %s", message.topic, exc)
+            return
+        if policy is not None:
+            log.info("policy %s adopted", policy.ref)
+            try:
+                with self.store.transaction() as conn:
+                    self.store.save_policy(conn, policy.device_class, policy.version, source)
+            except StoreError as exc:
+                log.error("could not store announced policy: %s", exc)
+
     def _keep_epoch(self) -> None:
         now = time.monotonic()
         if now < self._next_epoch_at:
@@ -166,6 +227,14 @@ class HubWorker:
             return
         self.publish_epoch(epoch)
         self._next_epoch_at = now + self.settings.epoch_period_s
+        try:
+            missed = sweep_missed(self.store, self.keys, self.references, epoch, self.settings.command_ttl_s)
+        except StoreError as exc:
+            log.error("cannot sweep attestation deadlines: %s", exc)
+            return
+        if missed:
+            log.warning("%d device(s) missed their attestation deadline and were quarantined", len(missed))
+            self.transport.publish_all(missed)
 
     def publish_epoch(self, epoch: int) -> None:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)

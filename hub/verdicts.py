@@ -18,8 +18,10 @@ from hub import transitions, trust, wire
 from hub.audit import AuditDraft, append
 from hub.envelope import Outgoing
 from hub.hubkeys import HubKeys
+from hub.liveness import deadline_epoch
 from hub.messages import Command, ResultClaims, sign_result
 from hub.references import References
+from hub.remediation import plan_remediation
 from hub.schemes.base import AppraisalInputs, Claims, DeviceState, EvidenceError, EvidenceScheme
 from hub.store.db import DeviceRecord, Store, dumps
 from hub.trust import Tier, TrustVector
@@ -55,11 +57,15 @@ class Context:
 
 
 class Decider:
-    def __init__(self, store: Store, keys: HubKeys, references: References, *, command_ttl_s: int) -> None:
+    def __init__(self, store: Store, keys: HubKeys, references: References, *, command_ttl_s: int,
+                 epoch_period_s: float = 300.0) -> None:
         self.store = store
+        self.epoch = 0
+        self.epoch_period_s = epoch_period_s
         self.keys = keys
         self.references = references
         self.command_ttl_s = command_ttl_s
+        self.remediation = False  # send a remediate command when quarantining for firmware (Settings.remediation)
         self._verdicts: list[dict[str, Any]] = []
         self._commands: list[dict[str, Any]] = []
         self._audit: list[AuditDraft] = []
@@ -180,6 +186,8 @@ class Decider:
         if platform:
             device.tier, device.trust_vector = int(tier), dumps(vector.to_json())
             device.last_problems = dumps(list(problems))
+            if device.status != transitions.QUARANTINED:
+                device.next_deadline = float(deadline_epoch(self.epoch, policy, self.epoch_period_s))
         device.last_seen = device.last_verdict_at = ctx.now
         for name, value in dict(updates).items():
             if hasattr(device, name):
@@ -190,14 +198,29 @@ class Decider:
                                           {"key_version": device.key_version, "evidence": dedup_key}))
         self._touched.add(device.device_id)
         self._record(ctx, decision, manifest_ref, device.device_class, retain=True)
+        reason = "; ".join(problems) if problems else f"attested {tier.label}"
         if step.command is not None:
-            reason = "; ".join(problems) if problems else f"attested {tier.label}"
             decision.publishes.append(self.command(device, step.command, reason, ctx.now, ctx.trace_id))
         if old_status != device.status:
             self._audit.append(AuditDraft(ctx.now, "hub", "status", device.device_id,
                                           {"from": old_status, "to": device.status, "action": step.action,
-                                           "evidence": dedup_key, "scheme": ctx.scheme}))
+                                           "evidence": dedup_key, "scheme": ctx.scheme, "reason": reason}))
+        if step.command == wire.COMMAND_QUARANTINE and self.remediation and platform:
+            self._remediate(ctx, device, vector, reason, dedup_key, decision)
         return decision
+
+    def _remediate(self, ctx: Context, device: DeviceRecord, vector: TrustVector, reason: str, dedup_key: str,
+                   decision: Decision) -> None:
+        """Quarantined for what it runs: name the newest approved release to install (hub/remediation.py)."""
+        plan = plan_remediation(vector, self.references.manifest(device.device_class),
+                                self.references.policy(device.device_class), device.svn_high_water)
+        if plan is None:
+            return
+        decision.publishes.append(self.command(device, wire.COMMAND_REMEDIATE, f"install {plan.release}: {reason}",
+                                               ctx.now, ctx.trace_id, release_name=plan.release))
+        self._audit.append(AuditDraft(ctx.now, "hub", "remediating", device.device_id,
+                                      {"release": plan.release, "svn": plan.svn, "floor": plan.floor,
+                                       "reason": reason, "evidence": dedup_key, "scheme": ctx.scheme}))
 
     def command(self, device: DeviceRecord, kind: str, reason: str, now: float, trace_id: str,
                 release_name: str | None = None) -> Outgoing:

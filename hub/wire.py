@@ -123,9 +123,9 @@ EPOCH_ID: Final = -65560  # uint
 
 # attestation result extensions carried next to EAR's own keys
 RES_PROBLEMS: Final = -65570  # [* tstr]
-RES_EVIDENCE_REF: Final = -65571  # [bootcount, seq]
-RES_MANIFEST_REF: Final = -65572  # [device class, sequence number] or null
-RES_POLICY_REF: Final = -65573  # [device class, policy version]
+RES_EVIDENCE_REF: Final = -65571  # tstr: the evidence's dedup key, e.g. "3:42" (bootcount:seq)
+RES_MANIFEST_REF: Final = -65572  # tstr "class#sequence" or null
+RES_POLICY_REF: Final = -65573  # tstr "class@version"
 RES_ACTION: Final = -65574  # tstr: what the hub did
 
 COMMAND_QUARANTINE: Final = "quarantine"
