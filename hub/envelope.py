@@ -13,6 +13,7 @@ class Incoming:
     trace_id: str | None = None
     token: int = 0  # the transport's acknowledgement handle (MQTT packet id)
     qos: int = 1
+    received_at: float = 0.0  # time.monotonic() when the transport received it
 
 
 @dataclass(frozen=True, slots=True)

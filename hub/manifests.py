@@ -36,6 +36,8 @@ class Component:
     name: str
     digest: bytes
     size: int | None = None
+    signer_id: bytes | None = None
+    """Hash of the key that signs the image (a PSA software component's signer id), if given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ def _source_release(entry: Mapping[str, object]) -> Release:
                 name=_str(comp, "name"),
                 digest=_digest(_str(comp, "digest")),
                 size=_uint(comp, "size") if "size" in comp else None,
+                signer_id=_signer_id(_str(comp, "signer_id")) if "signer_id" in comp else None,
             )
             for comp in comps
         ),
@@ -115,6 +118,16 @@ def _digest(text: str) -> bytes:
     if algo != "sha256" or len(hexdigest) != 64:
         raise TypeError(f"digest {text!r} must be 'sha256:' and 64 hex digits")
     return bytes.fromhex(hexdigest)
+
+
+def _signer_id(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError as exc:
+        raise TypeError(f"signer_id {text!r} must be hex") from exc
+    if len(value) not in wire.PSA_HASH_SIZES:
+        raise TypeError("signer_id must be 32, 48 or 64 bytes")
+    return value
 
 
 def _str(data: Mapping[str, object], key: str) -> str:
@@ -143,6 +156,8 @@ def _check(manifest: Manifest) -> None:
         for comp in rel.components:
             if len(comp.digest) != 32:
                 raise ManifestError(f"release {rel.version} component {comp.name}: digest must be 32 bytes")
+            if comp.signer_id is not None and len(comp.signer_id) not in wire.PSA_HASH_SIZES:
+                raise ManifestError(f"release {rel.version} component {comp.name}: signer id must be 32/48/64 bytes")
 
 
 def to_source(manifest: Manifest) -> dict[str, object]:
@@ -157,7 +172,8 @@ def to_source(manifest: Manifest) -> dict[str, object]:
                 "svn": rel.svn,
                 "status": rel.status,
                 "component": [
-                    {"name": c.name, "digest": "sha256:" + c.digest.hex(), **({"size": c.size} if c.size else {})}
+                    {"name": c.name, "digest": "sha256:" + c.digest.hex(), **({"size": c.size} if c.size else {}),
+                     **({"signer_id": c.signer_id.hex()} if c.signer_id is not None else {})}
                     for c in rel.components
                 ],
             }
@@ -180,6 +196,7 @@ def encode_payload(manifest: Manifest, issued_at: int | None = None) -> bytes:
                     wire.COMP_NAME: c.name,
                     wire.COMP_DIGEST: [wire.SHA256, c.digest],
                     **({wire.COMP_SIZE: c.size} if c.size is not None else {}),
+                    **({wire.COMP_SIGNER_ID: c.signer_id} if c.signer_id is not None else {}),
                 }
                 for c in rel.components
             ],
@@ -231,6 +248,7 @@ def _from_payload(payload: object, *, signer: str, signed: bytes) -> Manifest:
                     name=_typed(c[wire.COMP_NAME], str),
                     digest=_digest_pair(c[wire.COMP_DIGEST]),
                     size=_typed(c[wire.COMP_SIZE], int) if wire.COMP_SIZE in c else None,
+                    signer_id=_typed(c[wire.COMP_SIGNER_ID], bytes) if wire.COMP_SIGNER_ID in c else None,
                 )
                 for c in rel[wire.REL_COMPONENTS]
             )

@@ -176,4 +176,4 @@ class MqttTransport:
             if key == "trace-id" and isinstance(value, str) and len(value) <= 64:
                 trace_id = value
         self.inbox.put(Incoming(message.topic, bytes(message.payload), content_type, trace_id, message.mid,
-                                message.qos))
+                                message.qos, time.monotonic()))
