@@ -61,7 +61,9 @@ def make_challenge(store: Store, keys: HubKeys, device_id: str, ttl_s: int, acto
     return Outgoing(wire.device_topic(device_id, wire.COMMAND), signed), nonce
 
 
-def challenge_and_wait(settings: Settings, store: Store, keys: HubKeys, device_id: str, wait_s: float) -> ChallengeOutcome:
+def challenge_and_wait(
+    settings: Settings, store: Store, keys: HubKeys, device_id: str, wait_s: float
+) -> ChallengeOutcome:
     """Publish a challenge, then wait up to ``wait_s`` for the signed result that echoes its nonce."""
     message, nonce = make_challenge(store, keys, device_id, max(60, int(wait_s) * 2))
     found: list[dict[object, object]] = []
@@ -108,6 +110,7 @@ def challenge_and_wait(settings: Settings, store: Store, keys: HubKeys, device_i
     if isinstance(submods, dict) and submods:
         appraisal = next(iter(submods.values()))
         status = appraisal.get(wire.EAR_STATUS) if isinstance(appraisal, dict) else None
-    problems = tuple(str(p) for p in result.get(wire.RES_PROBLEMS, []) or [])  # type: ignore[union-attr]
+    raw_problems = result.get(wire.RES_PROBLEMS)
+    problems = tuple(str(p) for p in raw_problems) if isinstance(raw_problems, list) else ()
     return ChallengeOutcome(device_id, nonce, True, status if isinstance(status, int) else None, problems,
                             str(result.get(wire.RES_ACTION, "")))

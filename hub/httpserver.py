@@ -41,7 +41,7 @@ def serve_http(host: str, port: int, registry: CollectorRegistry, health: Health
     """Start the endpoint on a daemon thread; returns a function that stops it."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif self.path in ("/healthz", "/readyz"):
@@ -57,7 +57,7 @@ def serve_http(host: str, port: int, registry: CollectorRegistry, health: Health
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's naming)
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.config import Settings
-from hub.keys import PrivateKey, PublicKey, fingerprint, generate_p256, load_private_file, load_public_pem, write_private_key
+from hub.keys import (
+    PrivateKey,
+    PublicKey,
+    fingerprint,
+    generate_p256,
+    load_private_file,
+    load_public_pem,
+    write_private_key,
+)
 
 
 class HubKeyError(RuntimeError):

@@ -86,7 +86,7 @@ def verify_chain(
         raise IdentityError("unsafe-cn", str(exc)) from exc
     if cn != device_id:
         raise IdentityError("cn-mismatch", f"certificate names {cn!r}, not {device_id!r}")
-    when = at or dt.datetime.now(dt.timezone.utc)
+    when = at or dt.datetime.now(dt.UTC)
     verifier = PolicyBuilder().store(Store(list(anchors))).time(when).build_client_verifier()
     try:
         verifier.verify(leaf, intermediates)

@@ -34,7 +34,8 @@ def configure_logging(verbosity: int = 0, *, json_lines: bool | None = None) -> 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     use_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
-    handler.setFormatter(JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if use_json else plain)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -81,7 +81,10 @@ class ResultClaims:
                 wire.EAT_PROFILE: wire.EAR_PROFILE,
                 wire.IAT: self.issued_at,
                 wire.SUB: self.device_id,
-                wire.EAR_VERIFIER_ID: {wire.EAR_VERIFIER_BUILD: VERIFIER_BUILD, wire.EAR_VERIFIER_DEVELOPER: VERIFIER_DEVELOPER},
+                wire.EAR_VERIFIER_ID: {
+                    wire.EAR_VERIFIER_BUILD: VERIFIER_BUILD,
+                    wire.EAR_VERIFIER_DEVELOPER: VERIFIER_DEVELOPER,
+                },
                 wire.SUBMODS: {self.scheme: appraisal},
                 wire.RES_PROBLEMS: list(self.problems),
                 wire.RES_EVIDENCE_REF: self.evidence_ref,

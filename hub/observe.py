@@ -42,6 +42,6 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
             metrics.time_to_quarantine.observe(now - first)
         elif decision.action == "release":
             metrics.releases.inc()
-        for message in decision.publishes:
-            if message.topic.endswith("/cmd"):
+        for out in decision.publishes:
+            if out.topic.endswith("/cmd"):
                 metrics.commands.labels(kind=decision.action).inc()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -52,7 +53,7 @@ class MqttTransport:
         self.connected = threading.Event()
         self.last_error = ""
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=address.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
@@ -71,11 +72,11 @@ class MqttTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.2, 5)
+        client.reconnect_delay_set(1, 5)
         self.client = client
 
     def start(self, timeout: float = 10.0) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.address.session_expiry_s
         props.ReceiveMaximum = self.address.receive_maximum
         try:
@@ -122,7 +123,7 @@ class MqttTransport:
         """Publish at QoS 1 and wait for every PUBACK; False if any did not arrive in time."""
         infos = []
         for out in messages:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             if out.content_type:
                 props.ContentType = out.content_type
             if out.trace_id:

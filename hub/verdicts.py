@@ -93,7 +93,9 @@ class Decider:
             return self._dup_only(ctx, dedup_key)
         seen.add(key)
         vector = (
-            TrustVector(instance_identity=trust.IDENTITY_UNTRUSTWORTHY) if error.authenticated else trust.crypto_failure()
+            TrustVector(instance_identity=trust.IDENTITY_UNTRUSTWORTHY)
+            if error.authenticated
+            else trust.crypto_failure()
         )
         problems = (f"{error.reason}: {error.detail}" if error.detail else error.reason,)
         decision = Decision(ctx.device_id, ctx.scheme, REJECTED, error.authenticated, Tier.CONTRAINDICATED, vector,

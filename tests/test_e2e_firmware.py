@@ -126,3 +126,23 @@ def test_duplicate_delivery_stores_no_second_verdict(broker: MosquittoProcess, t
     observer.stop()
     verdicts = env.verdicts(device.device_id)
     assert len(verdicts) == 1 and verdicts[0]["status"] == "affirming"
+
+
+def test_a_reboot_is_detected_and_recorded(broker: MosquittoProcess, tmp_path: Path) -> None:
+    env = make_env(broker, tmp_path, 1, "honest:1")
+    device = env.devices[0]
+    with LocalHub(env.settings), Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        assert fleet.wait_for_epoch(10) is not None
+        _rounds(fleet, 2)
+        assert fleet.wait_for(lambda: len(env.verdicts()) == 2, 10)
+        device.reboot()  # bootcount + 1, sequence starts again at 1
+        _rounds(fleet, 1)
+        assert fleet.wait_for(lambda: len(env.verdicts()) == 3, 10)
+    store = env.store()
+    with store.reading() as conn:
+        record = store.devices(conn, [device.device_id])[device.device_id]
+        audit = [row for row in store.audit_rows(conn) if row["action"] == "reboot"]
+    store.close()
+    assert record.reboots == 1 and record.bootcount == device.bootcount and record.seq == 1
+    assert len(audit) == 1 and audit[0]["device_id"] == device.device_id
+    assert all(v["status"] == "affirming" for v in env.verdicts())

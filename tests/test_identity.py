@@ -128,7 +128,7 @@ def test_expired_certificate_is_refused(ca, tmp_path) -> None:
 
 
 def _crafted_cert(ca: pki.CertificateAuthority, cn: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from device_sim.fleet import Fleet
+from hub import wire
 from hub.broker_process import MosquittoProcess
 from hub.liveness import deadline_epoch
 from hub.localhub import LocalHub
 from hub.policy import Policy
 from tests.e2e import Observer, make_env, signed_payload
-from hub import wire
 
 
 def test_deadline_is_one_interval_of_epochs_plus_grace() -> None:

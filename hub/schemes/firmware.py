@@ -83,7 +83,7 @@ def signing_key(x5chain: object, anchor: TrustAnchor) -> PublicKey:
         return anchor.public_key
     try:
         chain = parse_x5chain(x5chain)
-        when = None if anchor.now is None else dt.datetime.fromtimestamp(anchor.now, dt.timezone.utc)
+        when = None if anchor.now is None else dt.datetime.fromtimestamp(anchor.now, dt.UTC)
         key = verify_chain(chain, anchor.ca_certificates, anchor.device_id, when)
     except IdentityError as exc:
         raise EvidenceError(exc.reason, exc.detail) from exc
@@ -252,7 +252,10 @@ def appraise_firmware(body: FirmwareClaims, inputs: AppraisalInputs) -> Appraisa
 def _runtime(body: FirmwareClaims, inputs: AppraisalInputs, vector: TrustVector) -> tuple[TrustVector, list[str]]:
     policy = inputs.policy
     problems: list[str] = []
-    checks = ((body.processes, policy.allowed_processes, "process"), (body.endpoints, policy.allowed_endpoints, "endpoint"))
+    checks = (
+        (body.processes, policy.allowed_processes, "process"),
+        (body.endpoints, policy.allowed_endpoints, "endpoint"),
+    )
     for reported, allowed, what in checks:
         if reported is None or allowed is None:
             continue
