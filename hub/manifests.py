@@ -117,7 +117,10 @@ def _digest(text: str) -> bytes:
     algo, _, hexdigest = text.partition(":")
     if algo != "sha256" or len(hexdigest) != 64:
         raise TypeError(f"digest {text!r} must be 'sha256:' and 64 hex digits")
-    return bytes.fromhex(hexdigest)
+    try:
+        return bytes.fromhex(hexdigest)
+    except ValueError as exc:
+        raise TypeError(f"digest {text!r} must be 'sha256:' and 64 hex digits") from exc
 
 
 def _signer_id(text: str) -> bytes:

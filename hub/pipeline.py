@@ -30,6 +30,7 @@ from cryptography.x509 import Certificate
 from sqlalchemy import Connection
 
 from hub import wire
+from hub.cose import CoseError, decode_sign1
 from hub.envelope import Incoming, Outgoing
 from hub.freshness import check_nonce
 from hub.hubkeys import HubKeys
@@ -39,7 +40,7 @@ from hub.references import References
 from hub.schemes import SchemeRegistry
 from hub.schemes.base import Claims, EvidenceError, EvidenceScheme, TrustAnchor
 from hub.store.db import DeviceRecord, Store
-from hub.verdicts import Decision, Decider
+from hub.verdicts import Decider, Decision
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Pipeline:
         self.ca_certificates = ca_certificates
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
         self._key_cache: dict[str, PublicKey] = {}
+        self.device_classes: dict[str, str] = {}
+        """device id -> class of the devices seen in the last batch (for metrics labels)."""
 
     def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -101,10 +104,13 @@ class Pipeline:
         self.decider.reset()
         with self.store.transaction() as conn:
             devices = self.store.devices(conn, {r.device_id for r in routed}, lock=True)
+            self.device_classes = {d.device_id: d.device_class for d in devices.values()}
             epoch = int(self.store.get_state(conn, "epoch") or 0)
             self.decider.epoch = epoch
             seen = self.store.existing_evidence(
-                conn, [(r.device_id, r.claims.scheme, r.claims.dedup_key) for r in routed if r.claims is not None]
+                conn, [(r.device_id, r.claims.scheme, r.claims.dedup_key) if r.claims is not None
+                       else (r.device_id, r.scheme.name if r.scheme else "unknown", _unparsed_key(r))
+                       for r in routed]
             )
             for item in routed:
                 decision = self._decide(conn, item, devices.get(item.device_id), epoch, seen, now)
@@ -178,7 +184,7 @@ class Pipeline:
         now: float,
     ) -> Decision:
         scheme_name = item.scheme.name if item.scheme else "unknown"
-        raw_key = "raw:" + hashlib.sha256(item.message.payload).hexdigest()[:32]
+        raw_key = _unparsed_key(item)
         nonce = item.claims.nonce if item.claims is not None else None
         ctx = self.decider.context(item.device_id, scheme_name, item.trace_id, item.message.payload, now, nonce)
         if device is None or item.anchor is None:
@@ -214,3 +220,18 @@ class Pipeline:
                                                      authenticated=True), seen, device=device)
         assert item.scheme is not None
         return self.decider.appraise(conn, ctx, device, item.scheme, claims)
+
+
+def _unparsed_key(item: _Routed) -> str:
+    """The dedup key of evidence without parsed claims. Evidence the device signed but that breaks its
+    profile carries no checked nonce or counter, so a copy must be recognised as one: the key comes from
+    the signed content (protected header and payload), not the message bytes, which an attacker can
+    vary (an added unprotected header, ECDSA s -> n - s) while the signature still verifies."""
+    if item.error is not None and item.error.authenticated:
+        try:
+            message = decode_sign1(item.message.payload, max_bytes=len(item.message.payload))
+        except CoseError:
+            pass
+        else:
+            return "signed:" + hashlib.sha256(message.to_be_signed()).hexdigest()[:32]
+    return "raw:" + hashlib.sha256(item.message.payload).hexdigest()[:32]
