@@ -21,7 +21,7 @@ class RateLimiter:
 
     def allow(self, device_id: str, now: float) -> bool:
         tokens, last = self._buckets.pop(device_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)  # a clock set back refills nothing
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
