@@ -1,7 +1,9 @@
-"""``attest-hub manifest``: create from firmware images, sign, verify, show, publish, history."""
+"""``attest-hub manifest``: create from firmware images, sign, verify, show, diff, publish, deprecate or revoke a
+release, history."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import click
 import tomli_w
 
+from hub import wire
 from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
 from hub.hubkeys import HubKeyError, load_operator_keys
 from hub.keys import KeyFileError, load_private_file
@@ -167,3 +170,152 @@ def history(hub: HubContext, device_class: str | None) -> None:
     emit(hub, data, lambda d: click.echo("\n".join(
         f"{r['class']}#{r['sequence']}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['received_at']))}"
         f"  signer {r['signer'][:16]}" for r in d) or "no manifests"))
+
+
+def _load_any(hub: HubContext, path: Path) -> Manifest:
+    """A TOML source, or a signed manifest after verifying it with the configured operator keys."""
+    try:
+        if path.suffix == ".toml":
+            return parse_source(path.read_text())
+        return verify_signed(path.read_bytes(), _trusted(hub, ()))
+    except ManifestError as exc:
+        fail(f"{path}: {exc}")
+
+
+def manifest_changes(old: Manifest, new: Manifest) -> list[dict[str, Any]]:
+    """What changed between two manifests of a class, release by release."""
+    changes: list[dict[str, Any]] = []
+    for name in ("device_class", "sequence", "min_svn"):
+        if getattr(old, name) != getattr(new, name):
+            changes.append({"release": None, "what": name, "old": getattr(old, name), "new": getattr(new, name)})
+    before = {r.version: r for r in old.releases}
+    after = {r.version: r for r in new.releases}
+    for version in sorted(before.keys() | after.keys()):
+        a, b = before.get(version), after.get(version)
+        if a is None or b is None:
+            present = b or a
+            assert present is not None
+            changes.append({"release": version, "what": "added" if a is None else "removed",
+                            "old": None if a is None else f"svn {a.svn}, {a.status}",
+                            "new": None if b is None else f"svn {b.svn}, {b.status}"})
+            continue
+        for name in ("svn", "status"):
+            if getattr(a, name) != getattr(b, name):
+                changes.append({"release": version, "what": name, "old": getattr(a, name), "new": getattr(b, name)})
+        digests_a = {c.name: c.digest.hex() for c in a.components}
+        digests_b = {c.name: c.digest.hex() for c in b.components}
+        for comp in sorted(digests_a.keys() | digests_b.keys()):
+            if digests_a.get(comp) != digests_b.get(comp):
+                changes.append({"release": version, "what": f"component {comp}",
+                                "old": digests_a.get(comp), "new": digests_b.get(comp)})
+    return changes
+
+
+@manifest.command("diff")
+@click.argument("old", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--exit-code", is_flag=True, help="Exit 1 if the manifests differ (like git diff --exit-code).")
+@json_option
+@pass_hub
+def diff(hub: HubContext, old: Path, new: Path, exit_code: bool) -> None:
+    """What changed between two manifests (sources or signed): releases, statuses, svn, component digests.
+
+    \b
+    Example:
+      attest-hub manifest diff firmware_manifests/env-sensor/manifest.cose env-sensor-2.cose
+    """
+    a, b = _load_any(hub, old), _load_any(hub, new)
+    changes = manifest_changes(a, b)
+    data = {"old": f"{a.device_class}#{a.sequence}", "new": f"{b.device_class}#{b.sequence}", "changes": changes}
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['old']} -> {d['new']}: {len(d['changes'])} change(s)")
+        for c in d["changes"]:
+            where = f"release {c['release']} " if c["release"] else ""
+            click.echo(f"  {where}{c['what']}: {c['old'] if c['old'] is not None else '-'} -> "
+                       f"{c['new'] if c['new'] is not None else '-'}")
+
+    emit(hub, data, human)
+    if exit_code and changes:
+        raise SystemExit(1)
+
+
+def _release_status(hub: HubContext, status: str, version: str, device_class: str, base: Path | None,
+                    key_path: Path, out: Path, publish_it: bool) -> None:
+    """The next manifest of the class: sequence + 1, one release's status changed, signed, optionally published."""
+    if base is not None:
+        current = _load_any(hub, base)
+    else:
+        store = hub.store()
+        try:
+            with store.reading() as conn:
+                signed = store.latest_manifests(conn).get(device_class)
+        except StoreError as exc:
+            fail(str(exc), code=3)
+        if signed is None:
+            fail(f"no manifest stored for class {device_class!r}; give --from")
+        try:
+            current = verify_signed(signed, _trusted(hub, ()))
+        except ManifestError as exc:
+            fail(f"stored manifest for {device_class}: {exc}")
+    if current.device_class != device_class:
+        fail(f"{base} is a manifest for {current.device_class!r}, not {device_class!r}")
+    release = current.release(version)
+    if release is None:
+        fail(f"{device_class}#{current.sequence} has no release {version!r} "
+             f"(releases: {', '.join(r.version for r in current.releases)})")
+    if release.status == status:
+        fail(f"release {version} is already {status}")
+    if release.status == wire.RELEASE_REVOKED:
+        fail(f"release {version} is revoked; a revocation is final")
+    try:
+        key = load_private_file(key_path)
+    except KeyFileError as exc:
+        fail(str(exc))
+    releases = tuple(dataclasses.replace(r, status=status) if r.version == version else r for r in current.releases)
+    nxt = Manifest(current.device_class, current.sequence + 1, current.min_svn, releases)
+    out.write_bytes(sign_manifest(nxt, key))
+    published = False
+    if publish_it:
+        try:
+            parsed = import_manifest(hub.store(), hub.keys(), out.read_bytes())
+            publish_once(hub.settings, [manifest_announcement(parsed)], f"{hub.settings.hub_id}-cli")
+        except (ManifestError, OperationError) as exc:
+            fail(str(exc))
+        except (StoreError, TransportError) as exc:
+            fail(str(exc), code=3)
+        published = True
+    data = {"class": device_class, "sequence": nxt.sequence, "release": version, "status": status,
+            "signed": str(out), "published": published}
+    emit(hub, data, lambda d: click.echo(
+        f"{d['class']}#{d['sequence']}: release {d['release']} {d['status']} -> {d['signed']}"
+        + (" (published)" if d["published"] else "")))
+
+
+def _status_command(status: str, verb: str, example: str) -> click.Command:
+    @click.argument("version")
+    @click.option("--class", "device_class", required=True, help="Device class of the release.")
+    @click.option("--from", "base", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                  help="Manifest to start from (default: the latest stored for the class).")
+    @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+                  help="Operator signing key (PEM).")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                  help="Signed manifest to write.")
+    @click.option("--publish", "publish_it", is_flag=True, help="Also store and announce it to the running hub.")
+    @json_option
+    @pass_hub
+    def command(hub: HubContext, version: str, device_class: str, base: Path | None, key_path: Path, out: Path,
+                publish_it: bool) -> None:
+        _release_status(hub, status, version, device_class, base, key_path, out, publish_it)
+
+    command.__doc__ = (f"{verb} a release: writes the next signed manifest (sequence + 1) with the release "
+                       f"{status}.\n\n\b\nExample:\n  {example}")
+    return manifest.command(verb.lower())(command)
+
+
+_status_command(wire.RELEASE_DEPRECATED, "Deprecate",
+                "attest-hub manifest deprecate 1.1.0 --class env-sensor --key op.key.pem \\\n"
+                "    --out env-sensor-3.cose --publish\n(devices on a deprecated release are appraised 'warning')")
+_status_command(wire.RELEASE_REVOKED, "Revoke",
+                "attest-hub manifest revoke 1.0.0 --class env-sensor --key op.key.pem \\\n"
+                "    --out env-sensor-4.cose --publish\n(devices on a revoked release are quarantined)")

@@ -7,21 +7,29 @@ publishes them through the broker (``publish_once``).
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import hmac
+import io
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
 from hub import pki, transitions, wire
 from hub.audit import AuditDraft, append
 from hub.config import Settings
+from hub.cose import CoseError, decode_sign1, sign1, verify_sign1
+from hub.enforcement import BrokerEnforcer
 from hub.envelope import Outgoing
 from hub.hubkeys import HubKeys
 from hub.keys import KeyFileError, load_public_pem, public_pem
 from hub.manifests import Manifest, verify_manifest
 from hub.messages import Command
+from hub.policy import Policy, load_policy
 from hub.store.db import DeviceRecord, Store
 
 
@@ -49,8 +57,12 @@ def validate_device_id(device_id: str) -> str:
         raise OperationError(str(exc)) from exc
 
 
-def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator") -> int:
-    """Register devices (all or none); re-enrolling an existing id is refused (use key rotation)."""
+def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *,
+          progress: Callable[[int], None] | None = None, chunk: int = 500) -> int:
+    """Register devices (all or none); re-enrolling an existing id is refused (use key rotation).
+
+    Rows are written in chunks of ``chunk`` inside one transaction; ``progress`` is told each chunk's size.
+    """
     now = time.time()
     records = []
     for entry in entries:
@@ -72,9 +84,13 @@ def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator") -
         existing = store.devices(conn, ids)
         if existing:
             raise OperationError(f"already enrolled: {', '.join(sorted(existing)[:5])}")
-        for record in records:
-            store.insert_device(conn, record)
-        append(store, conn, [AuditDraft(now, actor, "enrol", r.device_id, {"class": r.device_class}) for r in records])
+        for start in range(0, len(records), chunk):
+            part = records[start:start + chunk]
+            store.insert_devices(conn, part)
+            append(store, conn, [AuditDraft(now, actor, "enrol", r.device_id, {"class": r.device_class})
+                                 for r in part])
+            if progress is not None:
+                progress(len(part))
     return len(records)
 
 
@@ -92,6 +108,29 @@ def read_enrolment_file(text: str) -> list[Enrolment]:
         ]
     except (ValueError, KeyError, TypeError) as exc:
         raise OperationError(f"enrolment file: {exc}") from exc
+
+
+def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
+    """A manufacturer's CSV: header ``device_id,device_class`` plus ``public_key_pem`` (the PEM text) or
+    ``public_key_file`` (relative to the CSV), and optionally ``ueid`` (hex). Errors name the line."""
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"device_id", "device_class"} - set(reader.fieldnames or ())
+    if missing:
+        raise OperationError(f"enrolment CSV: missing column(s) {', '.join(sorted(missing))}")
+    entries = []
+    for row in reader:
+        where = f"enrolment CSV line {reader.line_num}"
+        try:
+            pem = (row.get("public_key_pem") or "").strip() or None
+            if pem is None and (row.get("public_key_file") or "").strip():
+                pem = (base_dir / row["public_key_file"].strip()).read_text()
+            ueid = bytes.fromhex(row["ueid"]) if (row.get("ueid") or "").strip() else None
+        except (OSError, ValueError) as exc:
+            raise OperationError(f"{where}: {exc}") from exc
+        if not row["device_id"] or not row["device_class"]:
+            raise OperationError(f"{where}: device_id and device_class are required")
+        entries.append(Enrolment(row["device_id"].strip(), row["device_class"].strip(), pem, ueid))
+    return entries
 
 
 def enrolment_from_certificate(cert_pem: str, device_class: str, anchors: Sequence[x509.Certificate],
@@ -125,9 +164,45 @@ def manifest_announcement(manifest: Manifest) -> Outgoing:
     return Outgoing(wire.manifest_topic(manifest.device_class), manifest.signed, retain=True)
 
 
+def import_policy(store: Store, source: str, actor: str = "operator") -> Policy:
+    """Validate and store a new policy version; refuse one not newer than the stored one."""
+    policy = load_policy(source)
+    with store.transaction() as conn:
+        if not store.save_policy(conn, policy.device_class, policy.version, source):
+            raise OperationError(f"policy {policy.ref} is not newer than the one stored")
+        append(store, conn, [AuditDraft(time.time(), actor, "policy", None, {
+            "class": policy.device_class, "version": policy.version,
+            "sha256": hashlib.sha256(source.encode()).hexdigest()})])
+    return policy
+
+
+def policy_announcement(policy: Policy, source: str, keys: HubKeys) -> Outgoing:
+    """A policy for the workers: the TOML source, COSE_Sign1-signed by the hub key, retained per class."""
+    signed = sign1(source.encode(), keys.signing_key, kid=keys.kid, content_type=wire.POLICY_PROFILE)
+    return Outgoing(wire.policy_topic(policy.device_class), signed, retain=True)
+
+
+def read_policy_announcement(raw: bytes, keys: HubKeys) -> str:
+    """The policy source of an announcement signed by this hub's key (the kid, alg and type protected)."""
+    try:
+        message = decode_sign1(raw, max_bytes=256 * 1024)
+        if message.kid is None or not hmac.compare_digest(message.kid, keys.kid):
+            raise OperationError("policy announcement not signed by this hub's key")
+        if message.protected.get(wire.HDR_CONTENT_TYPE) != wire.POLICY_PROFILE:
+            raise OperationError("not a policy announcement")
+        verify_sign1(message, keys.public_key)
+        return message.payload.decode("utf-8")
+    except (CoseError, UnicodeDecodeError) as exc:
+        raise OperationError(f"policy announcement rejected: {exc}") from exc
+
+
 def set_quarantine(store: Store, keys: HubKeys, device_id: str, quarantine: bool, reason: str,
-                   ttl_s: int, actor: str = "operator") -> Outgoing:
-    """Manual quarantine (held until an operator releases) or release; returns the signed command."""
+                   ttl_s: int, actor: str = "operator", *, enforcer: BrokerEnforcer | None = None) -> Outgoing:
+    """Manual quarantine (held until an operator releases) or release; returns the signed command.
+
+    After the commit, ``enforcer`` (the hub workers' own path, hub/enforcement.py) cuts the device
+    off at the broker or readmits it; its EnforcementError reaches the caller.
+    """
     if not reason.strip():
         raise OperationError("a reason is required")
     now = time.time()
@@ -152,6 +227,8 @@ def set_quarantine(store: Store, keys: HubKeys, device_id: str, quarantine: bool
                                       "expires_at": float(command.expires_at), "signed": signed}])
         append(store, conn, [AuditDraft(now, actor, kind, device_id, {"from": old, "to": device.status,
                                                                     "reason": reason})])
+    if enforcer is not None:
+        (enforcer.quarantine if quarantine else enforcer.release)(device_id)
     return Outgoing(wire.device_topic(device_id, wire.COMMAND), signed, retain=True)
 
 

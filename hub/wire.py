@@ -235,3 +235,13 @@ POLICY_PROFILE: Final = "tag:fleet-attest.org,2026:policy/v1"  # COSE content ty
 
 def policy_topic(device_class: str) -> str:
     return f"{POLICY_TOPIC_PREFIX}/{device_class}"
+
+# --- TPM 2.0 quote evidence (TPM_MEDIA_TYPE; docs/schemes/tpm.md) -------------
+TPM_ENV_ATTEST: Final = 1  # bstr: TPMS_ATTEST as the TPM marshalled it (TPM2B_ATTEST contents)
+TPM_ENV_SIGNATURE: Final = 2  # bstr: TPMT_SIGNATURE over SHA-256(TPMS_ATTEST)
+TPM_ENV_PCRS: Final = 3  # [+ [pcr index, bstr .size 32]]: the quoted SHA-256 PCR values, ascending index
+TPM_GENERATED_VALUE: Final = 0xFF544347  # TPMS_ATTEST magic
+TPM_ST_ATTEST_QUOTE: Final = 0x8018
+TPM_ALG_SHA256: Final = 0x000B
+TPM_ALG_ECDSA: Final = 0x0018
+TPM_BOOT_PCR: Final = 0  # firmware components are extended here at boot, in manifest order

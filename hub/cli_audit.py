@@ -1,0 +1,235 @@
+"""``attest-hub audit`` (verify, export, show) and ``attest-hub report`` (fleet compliance summary)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hub.audit import GENESIS, verify_chain
+from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
+from hub.report import FleetReport, build_report, format_age, parse_duration
+from hub.store import StoreError
+
+EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
+
+
+@click.group()
+def audit() -> None:
+    """The tamper-evident audit log: verify the chain, export a period for auditors, look entries up."""
+
+
+@audit.command("verify")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Check an exported JSON Lines file instead of the database.")
+@json_option
+@pass_hub
+def verify(hub: HubContext, file: Path | None) -> None:
+    """Check that no audit entry was edited, removed or reordered; exit 1 if one was.
+
+    \b
+    Examples:
+      attest-hub audit verify
+      attest-hub audit verify --file audit-2026Q1.jsonl
+    """
+    if file is not None:
+        try:
+            rows = [_exported_row(line) for line in file.read_text().splitlines() if line.strip()]
+        except ValueError as exc:
+            fail(f"{file}: {exc}")
+        problems = verify_chain(rows, rows[0]["prev_hash"] if rows else GENESIS)
+    else:
+        store = hub.store()
+        try:
+            with store.reading() as conn:
+                rows = store.audit_rows(conn)
+                head = store.get_state(conn, "audit_head")
+        except StoreError as exc:
+            fail(str(exc), code=3)
+        problems = verify_chain(rows, GENESIS, head)
+        if rows and head is None:
+            problems.append("the recorded head of the chain is missing")
+    data = {"intact": not problems, "entries": len(rows), "problems": problems,
+            "head": rows[-1]["entry_hash"] if rows else GENESIS}
+    emit(hub, data, lambda d: click.echo(
+        f"audit chain intact: {d['entries']} entries, head {d['head']}" if d["intact"]
+        else "audit chain BROKEN:\n  " + "\n  ".join(d["problems"])))
+    if problems:
+        sys.exit(1)
+
+
+def _exported_row(line: str) -> dict[str, Any]:
+    entry = json.loads(line)
+    if not isinstance(entry, dict) or set(EXPORT_FIELDS) - set(entry):
+        raise ValueError(f"an exported entry needs the fields {', '.join(EXPORT_FIELDS)}")
+    return entry
+
+
+@audit.command("export")
+@click.option("--since", default=None, metavar="DATE", help="First day (YYYY-MM-DD or ISO time, UTC), inclusive.")
+@click.option("--until", default=None, metavar="DATE", help="End (YYYY-MM-DD or ISO time, UTC), exclusive.")
+@click.option("--quarter", default=None, metavar="YYYYQn",
+              help="A calendar quarter (UTC), e.g. 2026Q1; or 'current' / 'previous'.")
+@click.option("--out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=Path("-"),
+              show_default=True, help="JSON Lines file to write ('-': standard output).")
+@pass_hub
+def export(hub: HubContext, since: str | None, until: str | None, quarter: str | None, out: Path) -> None:
+    """Write the audit entries of a period as JSON Lines, with their hash chain.
+
+    Each line holds id, at, actor, action, device_id, detail (as hashed), prev_hash and entry_hash, so an
+    auditor can recompute the chain without this tool (docs/OPERATIONS.md has a 20-line checker). The first
+    entry's prev_hash is the previous period's last entry_hash.
+
+    \b
+    Example: attest-hub audit export --quarter 2026Q1 --out audit-2026Q1.jsonl
+    """
+    try:
+        start, end = quarter_bounds(quarter, time.time()) if quarter else (None, None)
+        start = parse_time(since) if since else start
+        end = parse_time(until) if until else end
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    store = hub.store()
+    try:
+        with store.reading() as conn:
+            rows = store.audit_rows(conn, start, end)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    lines = "".join(json.dumps({k: row[k] for k in EXPORT_FIELDS}, sort_keys=True) + "\n" for row in rows)
+    if str(out) == "-":
+        click.echo(lines, nl=False)
+    else:
+        out.write_text(lines)
+        first = rows[0]["prev_hash"] if rows else "-"
+        last = rows[-1]["entry_hash"] if rows else "-"
+        click.echo(f"wrote {len(rows)} entries to {out}; chain from {first} to {last}", err=True)
+
+
+@audit.command("show")
+@click.option("--device", "device_id", default=None, help="Only entries about this device.")
+@click.option("--action", default=None, help="Only this action (enrol, verdict, status, quarantine, manifest, ...).")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="The most recent N entries.")
+@json_option
+@pass_hub
+def show(hub: HubContext, device_id: str | None, action: str | None, limit: int) -> None:
+    """Recent audit entries, newest last.  Example: attest-hub audit show --device env-sensor-0003"""
+    store = hub.store()
+    try:
+        with store.reading() as conn:
+            rows = store.audit_rows(conn)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    chosen = [r for r in rows if (device_id is None or r["device_id"] == device_id)
+              and (action is None or r["action"] == action)][-limit:]
+    data = [{"id": r["id"], "at": r["at"], "actor": r["actor"], "action": r["action"], "device_id": r["device_id"],
+             "detail": json.loads(r["detail"])} for r in chosen]
+    emit(hub, data, _print_entries)
+
+
+def _print_entries(rows: list[dict[str, Any]]) -> None:
+    table = Table("id", "time (UTC)", "actor", "action", "device", "detail")
+    for r in rows:
+        table.add_row(str(r["id"]), _utc(r["at"]), r["actor"], r["action"], r["device_id"] or "-",
+                      _detail(r["detail"])[:100])
+    Console().print(table)
+
+
+def _detail(detail: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={'; '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in detail.items())
+
+
+def parse_time(text: str) -> float:
+    """``YYYY-MM-DD`` or an ISO 8601 time; without a zone, UTC."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or ISO time") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def quarter_bounds(text: str, now: float) -> tuple[float, float]:
+    """``2026Q1`` (or ``current`` / ``previous``) to [start, end) in UTC."""
+    today = dt.datetime.fromtimestamp(now, dt.UTC)
+    current = today.year * 4 + (today.month - 1) // 3
+    if text in ("current", "previous"):
+        index = current - (text == "previous")
+    else:
+        match = re.fullmatch(r"(\d{4})-?[Qq]([1-4])", text.strip())
+        if match is None:
+            raise ValueError(f"{text!r} is not a quarter (YYYYQn, 'current' or 'previous')")
+        index = int(match.group(1)) * 4 + int(match.group(2)) - 1
+
+    def start(i: int) -> float:
+        return dt.datetime(i // 4, (i % 4) * 3 + 1, 1, tzinfo=dt.UTC).timestamp()
+
+    return start(index), start(index + 1)
+
+
+def _utc(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command()
+@click.option("--silent-after", default="24h", show_default=True, metavar="DURATION",
+              help="List devices not seen for longer than this (e.g. 30m, 6h, 2d).")
+@json_option
+@pass_hub
+def report(hub: HubContext, silent_after: str) -> None:
+    """Fleet compliance summary: devices per status and class, firmware versions, open quarantines.
+
+    \b
+    Examples:
+      attest-hub report
+      attest-hub report --json > fleet-$(date +%F).json
+    """
+    try:
+        threshold = parse_duration(silent_after)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--silent-after") from exc
+    try:
+        summary = build_report(hub.store(), silent_after_s=threshold)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    if hub.as_json:
+        emit(hub, summary.to_json(), lambda _d: None)
+    else:
+        _print_report(summary)
+
+
+def _print_report(r: FleetReport) -> None:
+    console = Console()
+    console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)} UTC: {r.total} devices")
+    statuses = sorted(r.by_status)
+    table = Table("class", *statuses, "total", title="Devices by status")
+    for device_class, counts in r.by_class.items():
+        table.add_row(device_class, *[str(counts.get(s, 0)) for s in statuses], str(sum(counts.values())))
+    table.add_row("[bold]all[/]", *[str(r.by_status[s]) for s in statuses], str(r.total))
+    console.print(table)
+    firmware = Table("class", "firmware", "devices", title="Firmware in the field")
+    for device_class, versions in r.firmware.items():
+        for version, count in versions.items():
+            firmware.add_row(device_class, version, str(count))
+    console.print(firmware)
+    quarantines = Table("device", "class", "since (UTC)", "age", "held", "reason", title="Open quarantines")
+    for q in r.quarantines:
+        quarantines.add_row(q.device_id, q.device_class, _utc(q.since) if q.since else "?", format_age(q.age_s),
+                            "yes" if q.held_for_operator else "", q.reason[:70])
+    console.print(quarantines if r.quarantines else "Open quarantines: none")
+    silent = _short_list(r.silent)
+    console.print(f"Not seen for {format_age(r.silent_after_s)}: {silent or 'none'}")
+
+
+def _short_list(items: Iterable[str], limit: int = 10) -> str:
+    values = list(items)
+    return ", ".join(values[:limit]) + (f" (+{len(values) - limit} more)" if len(values) > limit else "")
