@@ -41,7 +41,9 @@ def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy, *, platfo
         Tier.CONTRAINDICATED: policy.actions.contraindicated,
     }.get(tier, policy.actions.warning)
     if wanted in ("quarantine", "require-release"):
-        new_hold = hold or wanted == "require-release"
+        # A quarantine caused by data evidence (the device's key signed an inconsistent chain) is held for an
+        # operator: fresh firmware evidence says what the device runs, not that its data can be trusted again.
+        new_hold = hold or wanted == "require-release" or not platform
         if status == QUARANTINED:
             return Transition(QUARANTINED, "already-quarantined", None, new_hold)
         return Transition(QUARANTINED, "quarantine", wire.COMMAND_QUARANTINE, new_hold)

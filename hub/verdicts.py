@@ -9,7 +9,7 @@ attached to each ``Decision`` and sent only after the commit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -133,7 +133,11 @@ class Decider:
                 evidence_ref=claims.dedup_key, manifest_ref=stored["manifest_ref"], policy_ref=stored["policy_ref"],
                 action=stored["action"],
             )
-            decision.publishes.append(self._result_message(result, ctx, retain=bool(stored["authenticated"])))
+            # The result doubles as the device's receipt (docs/PROTOCOL.md#receipts). Retained only if it is
+            # still the device's latest: a re-sent old evidence must not replace the standing result.
+            latest = claims.counter is None or claims.counter == (device.bootcount, device.seq)
+            retain = bool(stored["authenticated"]) and latest
+            decision.publishes.append(self._result_message(result, ctx, retain=retain))
         command = self.store.latest_state_command(conn, ctx.device_id)
         if command is not None:
             decision.publishes.append(_publish(wire.device_topic(ctx.device_id, wire.COMMAND), bytes(command["signed"]),
@@ -181,6 +185,8 @@ class Decider:
         policy = self.references.policy(device.device_class)
         tier = vector.tier()
         step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy, platform=platform)
+        if device.anomaly_hold and step.status == transitions.TRUSTED:  # an open anomaly finding (hub/anomaly_pass.py)
+            step = replace(step, status=transitions.WARNING, action="warn" if step.action == "affirm" else step.action)
         decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, step.action,
                             ctx.trace_id, dedup_key)
         old_status = device.status
@@ -199,7 +205,8 @@ class Decider:
             self._audit.append(AuditDraft(ctx.now, "hub", "key-rotated", device.device_id,
                                           {"key_version": device.key_version, "evidence": dedup_key}))
         self._touched.add(device.device_id)
-        self._record(ctx, decision, manifest_ref, device.device_class, retain=True)
+        # Retained results state what the device runs; data verdicts are delivered live but do not replace it.
+        self._record(ctx, decision, manifest_ref, device.device_class, retain=platform)
         reason = "; ".join(problems) if problems else f"attested {tier.label}"
         if step.command is not None:
             decision.publishes.append(self.command(device, step.command, reason, ctx.now, ctx.trace_id))

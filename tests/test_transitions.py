@@ -57,3 +57,11 @@ def test_a_manual_hold_survives_any_verdict() -> None:
         for policy in (AUTO, OPERATOR, STRICT):
             step = t.after_verdict(t.QUARANTINED, True, tier, policy)
             assert step.status == t.QUARANTINED and step.hold and step.command is None
+
+
+def test_a_quarantine_caused_by_data_is_held_for_an_operator() -> None:
+    """Firmware evidence affirming the platform must not release a device whose key signed a broken chain."""
+    step = t.after_verdict(t.TRUSTED, False, C, AUTO, platform=False)
+    assert step.status == t.QUARANTINED and step.hold
+    after = t.after_verdict(step.status, step.hold, A, AUTO, platform=True)
+    assert after.status == t.QUARANTINED and after.command is None

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hub.schemes.base import EvidenceScheme
+from hub.schemes.data import DataScheme
 from hub.schemes.firmware import FirmwareScheme
+from hub.schemes.keyrotation import KeyRotationScheme
+from hub.schemes.psa import PsaScheme
+from hub.schemes.tpm import TpmScheme
 
 
 def default_schemes() -> list[EvidenceScheme]:
-    return [FirmwareScheme()]
+    return [FirmwareScheme(), KeyRotationScheme(), PsaScheme(), DataScheme()]
 
 
 class SchemeRegistry:
