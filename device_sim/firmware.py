@@ -26,6 +26,8 @@ TAMPER_MARK: Final = b"TAMPERED"
 ENV_SENSOR: Final = "env-sensor"
 SMART_METER: Final = "smart-meter"
 DEVICE_CLASSES: Final = (ENV_SENSOR, SMART_METER)
+EDGE_GATEWAY: Final = "edge-gateway"  # TPM-backed (device_sim/tpm.py); not part of the firmware-evidence fleet
+TPM_CLASSES: Final = (EDGE_GATEWAY,)
 PSA_SENSOR: Final = "psa-sensor"  # a TF-M platform attesting with PSA tokens (device_sim.psa), not in mixed fleets
 
 
@@ -50,6 +52,8 @@ def components(device_class: str) -> tuple[str, ...]:
         return ("bootloader", "app")
     if device_class == SMART_METER:
         return ("bootloader", "rtos", "metering-app")
+    if device_class == EDGE_GATEWAY:
+        return ("bootloader", "kernel", "rootfs")
     if device_class == PSA_SENSOR:  # TF-M: MCUboot BL2, PSA RoT, Application RoT, non-secure application
         return ("BL2", "PRoT", "ARoT", "NSPE")
     raise UnknownFirmwareError(f"unknown device class {device_class!r}")

@@ -13,7 +13,7 @@ from hub.schemes.tpm import TpmScheme
 
 
 def default_schemes() -> list[EvidenceScheme]:
-    return [FirmwareScheme(), KeyRotationScheme(), PsaScheme(), DataScheme()]
+    return [FirmwareScheme(), KeyRotationScheme(), PsaScheme(), DataScheme(), TpmScheme()]
 
 
 class SchemeRegistry:
