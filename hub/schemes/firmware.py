@@ -20,6 +20,7 @@ from hub.cbor_strict import CborError, loads_strict
 from hub.cose import CoseError, decode_sign1, verify_sign1
 from hub.identity import IdentityError, parse_x5chain, verify_chain
 from hub.keys import PublicKey
+from hub.manifests import Manifest, Release
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, text_list, typed, uint
 from hub.trust import TrustVector
@@ -228,6 +229,18 @@ def appraise_firmware(body: FirmwareClaims, inputs: AppraisalInputs) -> Appraisa
         elif not hmac.compare_digest(want, comp.digest) and comp not in unknown:
             problems.append(f"component {comp.name!r} is from another release than {release.version}")
             vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
+    vector, release_problems = release_rules(release, manifest, inputs, vector)
+    problems += release_problems
+    if not problems:
+        updates["svn_high_water"] = max(state.svn_high_water, release.svn)
+    return Appraisal(vector, tuple(problems), release.version, updates)
+
+
+def release_rules(release: Release, manifest: Manifest, inputs: AppraisalInputs,
+                  vector: TrustVector) -> tuple[TrustVector, list[str]]:
+    """Anti-rollback, revocation and allowed versions for a matched release (shared by every platform scheme)."""
+    policy, state = inputs.policy, inputs.state
+    problems: list[str] = []
     floor = max(manifest.min_svn, policy.min_svn)
     if release.svn < floor:
         vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
@@ -244,9 +257,7 @@ def appraise_firmware(body: FirmwareClaims, inputs: AppraisalInputs) -> Appraisa
     if policy.allowed_versions and release.version not in policy.allowed_versions:
         vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
         problems.append(f"version {release.version} is not allowed by policy {policy.ref}")
-    if not problems:
-        updates["svn_high_water"] = max(state.svn_high_water, release.svn)
-    return Appraisal(vector, tuple(problems), release.version, updates)
+    return vector, problems
 
 
 def _runtime(body: FirmwareClaims, inputs: AppraisalInputs, vector: TrustVector) -> tuple[TrustVector, list[str]]:

@@ -27,6 +27,7 @@ from hub import trust, wire
 from hub.cbor_strict import CborError, loads_strict
 from hub.manifests import Component, Manifest, Release
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
+from hub.schemes.firmware import release_rules
 from hub.schemes.tpm_structs import ClockInfo, StructError, parse_attest, parse_ecdsa_signature
 from hub.trust import TrustVector
 
@@ -184,27 +185,3 @@ def appraise_quote(body: TpmQuoteClaims, inputs: AppraisalInputs) -> Appraisal:
     if not release_problems:
         updates["svn_high_water"] = max(state.svn_high_water, release.svn)
     return Appraisal(vector, tuple(problems), release.version, updates, annotations=annotations)
-
-
-def release_rules(release: Release, manifest: Manifest, inputs: AppraisalInputs,
-                  vector: TrustVector) -> tuple[TrustVector, list[str]]:
-    """Anti-rollback, revocation and allowed versions: the firmware scheme's rules for a matched release."""
-    policy, state = inputs.policy, inputs.state
-    problems: list[str] = []
-    floor = max(manifest.min_svn, policy.min_svn)
-    if release.svn < floor:
-        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
-        problems.append(f"rollback: release {release.version} has svn {release.svn}, below the minimum {floor}")
-    elif release.svn < state.svn_high_water:
-        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
-        problems.append(f"rollback: svn {release.svn} is below the svn {state.svn_high_water} this device proved")
-    if release.status == wire.RELEASE_REVOKED:
-        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
-        problems.append(f"release {release.version} is revoked")
-    elif release.status == wire.RELEASE_DEPRECATED:
-        vector = vector.worst(executables=trust.EXEC_VULNERABLE)
-        problems.append(f"release {release.version} is deprecated")
-    if policy.allowed_versions and release.version not in policy.allowed_versions:
-        vector = vector.worst(executables=trust.EXEC_CONTRAINDICATED)
-        problems.append(f"version {release.version} is not allowed by policy {policy.ref}")
-    return vector, problems

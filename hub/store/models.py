@@ -3,7 +3,7 @@ commands and audit entries are history; devices are revoked, not removed."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -19,8 +19,9 @@ class Device(SQLModel, table=True):
     trust_vector: str = "{}"
     firmware_version: str | None = None
     last_problems: str = "[]"
-    bootcount: int = -1
-    seq: int = -1
+    # 64-bit: TPM counters (resetCount << 32 | restartCount, clock) exceed 32 bits.
+    bootcount: int = Field(default=-1, sa_column=Column(BigInteger, nullable=False, default=-1))
+    seq: int = Field(default=-1, sa_column=Column(BigInteger, nullable=False, default=-1))
     svn_high_water: int = 0
     reboots: int = 0
     last_seen: float | None = None
@@ -30,9 +31,11 @@ class Device(SQLModel, table=True):
     quarantine_hold: bool = False
     command_seq: int = 0
     next_deadline: float | None = Field(default=None, index=True)
-    chain_bootcount: int | None = None
-    chain_seq: int | None = None
+    chain_bootcount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    chain_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     chain_head: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    anomaly_hold: bool = False
+    """An open anomaly finding keeps the device at warning (policy ``anomaly = "warn"``, hub/anomaly_pass.py)."""
 
 
 class Verdict(SQLModel, table=True):
@@ -115,3 +118,34 @@ class AuditEntry(SQLModel, table=True):
     detail: str
     prev_hash: str = Field(max_length=64)
     entry_hash: str = Field(max_length=64)
+
+
+class AnomalyFinding(SQLModel, table=True):
+    """A behavioural anomaly the leader's detector found (hub/anomaly_pass.py); closed, never deleted."""
+
+    __tablename__ = "anomaly_finding"
+    __table_args__ = (Index("ix_anomaly_finding_device", "device_id", "is_open"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    device_class: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    score: float
+    max_score: float
+    explanation: str
+    detail: str = "{}"
+    first_seen: float
+    last_seen: float
+    is_open: bool = Field(default=True, index=True)
+    closed_at: float | None = None
+    closed_by: str | None = Field(default=None, max_length=64)
+    close_reason: str | None = None
+
+
+class AnomalyStat(SQLModel, table=True):
+    """The detector's streaming state of one device (JSON of hub.anomaly.DeviceStats)."""
+
+    __tablename__ = "anomaly_stat"
+    device_id: str = Field(primary_key=True, max_length=64)
+    device_class: str = Field(max_length=64)
+    updated_at: float
+    state: str
