@@ -8,7 +8,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test demo lint bench bench-quick clean-venv
+.PHONY: setup system-deps test demo lint bench bench-quick clean-venv postgres-up
+
+# Tests that build their hub with tests/e2e.make_env run a second time with a fresh PostgreSQL
+# database per test (the postgres-marked tests already use PostgreSQL in the first run).
+PG_TEST_FILES = $(shell grep -l 'make_env' tests/test_*.py)
 
 ## setup: Debian packages (scripts/setup.sh), then .venv with the project installed editable
 setup: system-deps $(STAMP)
@@ -25,8 +29,16 @@ $(STAMP): pyproject.toml | $(PY) system-deps
 	touch $@
 
 ## test: the whole suite; any non-zero pytest exit (5 = nothing collected included) fails
-test: setup
+test: setup postgres-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+	ATTEST_HUB_TEST_DATABASE=postgresql $(PY) -m pytest -m 'not postgres' $(PYTEST_ARGS) $(PG_TEST_FILES)
+
+## postgres-up: the local PostgreSQL (127.0.0.1:5432, trust auth, database `test`) must answer
+postgres-up:
+	@pg_isready -q -h 127.0.0.1 || { pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start \
+		&& for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 && break; sleep 1; done; } \
+		&& pg_isready -q -h 127.0.0.1 \
+		|| { echo "error: PostgreSQL is not running at 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 
 demo: setup
 	$(VENV)/bin/attest-hub demo
@@ -35,10 +47,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict -p hub -p device_sim
 
-bench: setup
+## bench: every figure (about 10 minutes on 2 cores); writes bench/results/latest.json and latest.md
+bench: setup postgres-up
 	$(PY) -m bench.run
 
-bench-quick: setup
+## bench-quick: the same code at small scale (under 2 minutes); writes bench/results/quick/
+bench-quick: setup postgres-up
 	$(PY) -m bench.run --quick
 
 clean-venv:

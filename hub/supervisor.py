@@ -3,15 +3,20 @@
 A dead worker is restarted under the same identity (``{hub_id}-w{index}``):
 Mosquitto hands a shared subscription's queued messages back only to the
 identity that held them. All shared state is in the database.
+
+Workers are stopped with SIGTERM, not a shared ``multiprocessing.Event``: a
+worker killed while waiting on such an event (SIGKILL, the OOM killer) leaves
+its condition variable expecting a waiter that never wakes, and ``set()``
+then blocks the supervisor forever.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 import time
-from multiprocessing.synchronize import Event as MpEvent
 
 from hub.config import Settings
 from hub.logs import configure_logging
@@ -19,18 +24,14 @@ from hub.logs import configure_logging
 log = logging.getLogger(__name__)
 
 
-def _worker_main(settings: Settings, index: int, stop: MpEvent, verbosity: int) -> None:
+def _worker_main(settings: Settings, index: int, verbosity: int) -> None:
     from hub.service import HubWorker
 
     configure_logging(verbosity)
-    bridge = threading.Event()
-
-    def watch() -> None:
-        stop.wait()
-        bridge.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    HubWorker(settings, index).run(bridge)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
+    HubWorker(settings, index).run(stop)
 
 
 def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
@@ -40,10 +41,9 @@ def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity
         HubWorker(settings, 0).run(stop)
         return
     ctx = multiprocessing.get_context("spawn")
-    mp_stop = ctx.Event()
     procs = {}
     for index in range(count):
-        procs[index] = ctx.Process(target=_worker_main, args=(settings, index, mp_stop, verbosity),
+        procs[index] = ctx.Process(target=_worker_main, args=(settings, index, verbosity),
                                    name=f"hub-w{index}")
         procs[index].start()
     try:
@@ -52,11 +52,13 @@ def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity
                 if not proc.is_alive():
                     log.error("worker %d exited (%s); restarting it under the same identity", index, proc.exitcode)
                     time.sleep(0.5)
-                    procs[index] = ctx.Process(target=_worker_main, args=(settings, index, mp_stop, verbosity),
+                    procs[index] = ctx.Process(target=_worker_main, args=(settings, index, verbosity),
                                                name=f"hub-w{index}")
                     procs[index].start()
     finally:
-        mp_stop.set()
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker finishes its batch and disconnects
         for proc in procs.values():
             proc.join(10)
             if proc.is_alive():

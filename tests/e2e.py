@@ -1,9 +1,18 @@
-"""End-to-end test plumbing: a hub state on disk, a simulated fleet, and an MQTT observer."""
+"""End-to-end test plumbing: a hub state on disk, a simulated fleet, and an MQTT observer.
+
+With ``ATTEST_HUB_TEST_DATABASE=postgresql`` every ``make_env`` gets a fresh
+PostgreSQL database (on ``ATTEST_HUB_TEST_PG_URL``, default the local server's
+``test`` database as ``postgres``), dropped when the test process exits;
+otherwise SQLite in the test's state directory.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +33,49 @@ from hub.keys import public_pem
 from hub.localhub import enrol_all, prepare_state
 from hub.operations import Enrolment
 from hub.store import Store
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_admin_url() -> str:
+    return os.environ.get("ATTEST_HUB_TEST_PG_URL", PG_ADMIN_URL)
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(_pg_admin_url())
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def _drop_pg_database(name: str) -> None:
+    _pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def fresh_pg_database() -> str:
+    """Create an empty PostgreSQL database for one test; returns its URL (dropped at process exit)."""
+    name = f"attest_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f"CREATE DATABASE {name}")
+    atexit.register(_drop_pg_database, name)
+    return _pg_admin_url().rsplit("/", 1)[0] + "/" + name
+
+
+def test_database_url() -> str | None:
+    """The database the end-to-end tests should use: None (SQLite in the state dir) or a fresh PostgreSQL one."""
+    wanted = os.environ.get("ATTEST_HUB_TEST_DATABASE", "sqlite").lower()
+    if wanted == "sqlite":
+        return None
+    if wanted != "postgresql":
+        raise ValueError(f"ATTEST_HUB_TEST_DATABASE={wanted!r}: expected sqlite or postgresql")
+    return fresh_pg_database()
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
 
 
 @dataclass
@@ -124,6 +176,8 @@ class HubEnv:
 
 
 def make_env(broker: MosquittoProcess, tmp_path: Path, n: int, mix: str, **overrides: Any) -> HubEnv:
+    if "database_url" not in overrides:
+        overrides["database_url"] = test_database_url()
     settings = load_settings(None, environ={}, state_dir=tmp_path / "hub", broker_host=broker.host,
                              broker_port=broker.port, **overrides)
     settings = prepare_state(settings)

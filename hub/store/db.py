@@ -76,6 +76,7 @@ class DeviceRecord:
     chain_bootcount: int | None = None
     chain_seq: int | None = None
     chain_head: bytes | None = None
+    anomaly_hold: bool = False
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,12 +86,17 @@ _DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRecord))
 
 
 class Store:
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, max_pages: int = 0) -> None:
         self.url = url
+        self.max_pages = max_pages  # SQLite: PRAGMA max_page_count set at every write transaction; 0: none
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         try:
-            self.engine = _make_engine(url, self.dialect)
-            if create:
+            self.engine = _make_engine(url, self.dialect, self)
+            if create and self.dialect == "postgresql":
+                from hub.store.migrate import upgrade
+
+                upgrade(self.engine)  # PostgreSQL's schema is only ever made by the migrations
+            elif create:
                 SQLModel.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database {url.split('@')[-1]}: {_short(exc)}") from exc
@@ -129,7 +135,8 @@ class Store:
             return {}
         query = select(*[DEVICES.c[name] for name in _DEVICE_FIELDS]).where(DEVICES.c.device_id.in_(wanted))
         if lock and self.dialect == "postgresql":
-            query = query.with_for_update()
+            # Rows are locked in scan order: ORDER BY makes every worker lock in the same (id) order, no deadlock.
+            query = query.order_by(DEVICES.c.device_id).with_for_update()
         return {row.device_id: DeviceRecord(**row._mapping) for row in conn.execute(query)}
 
     def save_devices(self, conn: Connection, records: Sequence[DeviceRecord]) -> None:
@@ -272,7 +279,9 @@ class Store:
 
     # --- audit -----------------------------------------------------------------
 
-    def audit_rows(self, conn: Connection, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    def audit_rows(
+        self, conn: Connection, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
         query = select(AUDIT).order_by(AUDIT.c.id)
         if since is not None:
             query = query.where(AUDIT.c.at >= since)
@@ -296,6 +305,34 @@ class Store:
         assert row is not None
         return str(row.value)
 
+    # --- operator views (report, what-if, policy history, bulk enrolment) --------
+
+    def insert_devices(self, conn: Connection, records: Sequence[DeviceRecord]) -> None:
+        if records:
+            conn.execute(DEVICES.insert(), [r.values() for r in records])
+
+    def latest_evidence(self, conn: Connection, schemes: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Per device, its latest authenticated, appraised verdict of one of ``schemes`` (with the evidence bytes)."""
+        wanted = (VERDICTS.c.authenticated.is_(True), VERDICTS.c.status != "rejected",
+                  VERDICTS.c.scheme.in_(sorted(set(schemes))))
+        latest = select(func.max(VERDICTS.c.id).label("id")).where(*wanted).group_by(VERDICTS.c.device_id).subquery()
+        rows = conn.execute(select(VERDICTS).join(latest, VERDICTS.c.id == latest.c.id))
+        return {r.device_id: dict(r._mapping) for r in rows}
+
+    def open_quarantine_commands(self, conn: Connection) -> dict[str, dict[str, Any]]:
+        """Per device, its latest quarantine command (when and why it was quarantined)."""
+        rows = conn.execute(
+            select(COMMANDS.c.device_id, COMMANDS.c.issued_at, COMMANDS.c.reason, COMMANDS.c.seq)
+            .where(COMMANDS.c.kind == "quarantine").order_by(COMMANDS.c.device_id, COMMANDS.c.seq)
+        )
+        return {r.device_id: dict(r._mapping) for r in rows}
+
+    def policy_history(self, conn: Connection, device_class: str | None = None) -> list[dict[str, Any]]:
+        query = select(POLICIES).order_by(POLICIES.c.device_class, POLICIES.c.version)
+        if device_class:
+            query = query.where(POLICIES.c.device_class == device_class)
+        return [dict(r._mapping) for r in conn.execute(query)]
+
     # --- dialect helpers -------------------------------------------------------
 
     def _insert_ignore(self, table: Any, keys: tuple[str, ...]) -> Any:
@@ -311,7 +348,7 @@ class Store:
         )
 
 
-def _make_engine(url: str, dialect: str) -> Engine:
+def _make_engine(url: str, dialect: str, store: Store | None = None) -> Engine:
     if dialect == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5.0})
 
@@ -327,10 +364,16 @@ def _make_engine(url: str, dialect: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if store is not None and store.max_pages > 0:  # a size limit: reaching it is a full disk
+                conn.exec_driver_sql(f"PRAGMA max_page_count = {int(store.max_pages)}")
 
         return engine
     if dialect == "postgresql":
-        return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        if url.startswith("postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3
+            url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+        # One worker uses one connection at a time on its hot path (plus a reader): a small pool per
+        # process keeps N workers x machines well under max_connections. Pre-ping survives server restarts.
+        return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_recycle=1800)
     return create_engine(url)
 
 
