@@ -14,7 +14,7 @@ from rich.table import Table
 
 from device_sim import firmware, keys
 from device_sim.device import SimDevice
-from device_sim.fleet import Fleet, FleetError
+from device_sim.fleet import Fleet, FleetError, FleetTls
 from device_sim.profiles import MixError, build_fleet, enrolment
 
 _console = Console(stderr=True)
@@ -47,6 +47,13 @@ def main(verbose: int) -> None:
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--bootcount", type=int, default=None, help="Boot count of every device [default: now, unix seconds].")
 @click.option("--resend-after", type=float, default=None, help="Re-send evidence without a receipt after SECONDS.")
+@click.option("--data/--no-data", default=True, show_default=True,
+              help="Also publish signed, hash-chained telemetry batches on fleet/{id}/data.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Mutual TLS: the CA of the broker's certificate (needs --cert-dir).")
+@click.option("--cert-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Mutual TLS: DIR/{device id}.crt and .key per device ('attest-hub pki device'); "
+                   "one connection per device, client id = certificate CN.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def run(
     host: str,
@@ -60,6 +67,9 @@ def run(
     connections: int,
     bootcount: int | None,
     resend_after: float | None,
+    data: bool,
+    tls_ca: Path | None,
+    cert_dir: Path | None,
     report_path: Path | None,
 ) -> None:
     """Connect the fleet and publish evidence every INTERVAL seconds."""
@@ -67,7 +77,8 @@ def run(
     # (bootcount, seq) high-water mark from an earlier run does not reject it.
     devices = _fleet_or_fail(count, profile, seed, int(time.time()) if bootcount is None else bootcount)
     try:
-        fleet = Fleet(host, port, devices, hub_key.read_bytes(), interval, connections, resend_after=resend_after)
+        fleet = Fleet(host, port, devices, hub_key.read_bytes(), interval, connections, resend_after=resend_after,
+                      data=data, tls=_tls(tls_ca, cert_dir, devices))
     except keys.HubKeyError as exc:
         raise click.BadParameter(str(exc), param_hint="--hub-key") from exc
     try:
@@ -93,9 +104,22 @@ def run(
         _console.print(f"report written to {report_path}")
 
 
+def _tls(ca: Path | None, cert_dir: Path | None, devices: list[SimDevice]) -> FleetTls | None:
+    if ca is None and cert_dir is None:
+        return None
+    if ca is None or cert_dir is None:
+        raise click.UsageError("--tls-ca and --cert-dir go together")
+    certs = {d.device_id: (str(cert_dir / f"{d.device_id}.crt"), str(cert_dir / f"{d.device_id}.key")) for d in devices}
+    missing = [d for d, (crt, key) in certs.items() if not Path(crt).is_file() or not Path(key).is_file()]
+    if missing:
+        raise click.BadParameter(f"no certificate/key for {', '.join(missing[:5])}", param_hint="--cert-dir")
+    return FleetTls(str(ca), certs)
+
+
 def _summary(fleet: Fleet) -> None:
-    table = Table(title=f"device-sim: {fleet.published} evidence published")
-    for column in ("device", "profile", "version", "evidence", "accepted cmds", "rejected cmds", "quarantined"):
+    table = Table(title=f"device-sim: {fleet.published} evidence, {fleet.published_data} data batches published")
+    for column in ("device", "profile", "data", "version", "evidence", "accepted cmds", "rejected cmds",
+                   "quarantined"):
         table.add_column(column)
     for d in fleet.devices:
         log = d.command_log
@@ -103,6 +127,7 @@ def _summary(fleet: Fleet) -> None:
         table.add_row(
             d.device_id,
             d.profile.value,
+            d.data_profile.value,
             d.version,
             str(len(d.evidence_log)),
             str(accepted),

@@ -16,6 +16,7 @@ class Profile(StrEnum):
     ROLLBACK = "rollback"  # runs release 1.0.0 (svn 1), below the minimum
     REPLAY = "replay"  # withholds a signed evidence and publishes it after two newer ones
     FORGED = "forged"  # signs with a key that is not its enrolled key (kid still its id)
+    IGNORES_COMMANDS = "ignores-commands"  # compromised: tampered app, obeys no state command, keeps sending data
 
 
 class EvidenceKind(StrEnum):

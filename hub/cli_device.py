@@ -9,21 +9,27 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hub.anomaly_store import findings
+from hub.cli_anomalies import finding_view
 from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
+from hub.enforcement import EnforcementError, enforcer_from_settings
+from hub.identity import load_anchors
+from hub.keys import KeyFileError
 from hub.operations import (
     Enrolment,
     OperationError,
     enrol,
     enrolment_from_certificate,
     publish_once,
+    read_enrolment_csv,
     read_enrolment_file,
     revoke,
     set_quarantine,
 )
-from hub.identity import load_anchors
-from hub.keys import KeyFileError
+from hub.report import parse_duration
 from hub.store import StoreError
 from hub.transport import TransportError
 
@@ -35,7 +41,8 @@ def device() -> None:
 
 @device.command("enroll")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Enrolment JSON ({\"devices\": [...]}), e.g. from 'device-sim enrol'.")
+              help="Enrolment JSON ({\"devices\": [...]}, e.g. from 'device-sim enrol') or CSV (*.csv: columns "
+                   "device_id, device_class, public_key_pem or public_key_file, ueid).")
 @click.option("--id", "device_id", default=None, help="Device id (= certificate CN = topic segment).")
 @click.option("--class", "device_class", default=None, help="Device class (selects manifest and policy).")
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -57,10 +64,13 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
       attest-hub device enroll --id sensor-0001 --class env-sensor --key sensor-0001.pub.pem
       attest-hub device enroll --class env-sensor --cert sensor-0001.crt
       attest-hub device enroll --file fleet.json
+      attest-hub device enroll --file batch-0042.csv
     """
     ueid_bytes = bytes.fromhex(ueid) if ueid else None
     try:
-        if file is not None:
+        if file is not None and file.suffix.lower() == ".csv":
+            entries = read_enrolment_csv(file.read_text(), file.parent)
+        elif file is not None:
             entries = read_enrolment_file(file.read_text())
         elif cert_path is not None and device_class:
             anchors = load_anchors(hub.settings.manufacturer_cas)
@@ -69,7 +79,7 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
             entries = [Enrolment(device_id, device_class, key_path.read_text() if key_path else None, ueid_bytes)]
         else:
             fail("give --file, or --class with --cert, or --id and --class with --key or --ca-issued")
-        count = enrol(hub.store(), entries)
+        count = _enrol_with_progress(hub, entries)
     except (OperationError, ValueError) as exc:
         fail(str(exc))
     except (StoreError, KeyFileError) as exc:
@@ -77,13 +87,44 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
     emit(hub, {"enrolled": count}, lambda d: click.echo(f"enrolled {d['enrolled']} device(s)"))
 
 
+def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:
+    """One transaction, written in chunks; a progress bar on a terminal (stderr) for big batches."""
+    console = Console(stderr=True)
+    if hub.as_json or not console.is_terminal or len(entries) < 100:
+        return enrol(hub.store(), entries)
+    with Progress(TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("enrol", total=len(entries))
+        return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n))
+
+
 @device.command("list")
 @click.option("--class", "device_class", default=None, help="Only this device class.")
 @click.option("--status", default=None, help="Only this status (trusted, warning, quarantined, ...).")
+@click.option("--firmware", default=None, help="Only devices that last attested this firmware version.")
+@click.option("--seen-within", default=None, metavar="DURATION",
+              help="Only devices seen in the last DURATION (15m, 6h, 2d).")
+@click.option("--not-seen-for", default=None, metavar="DURATION",
+              help="Only devices not seen for DURATION or more (or never).")
+@click.option("--ids", "ids_only", is_flag=True, help="Print only the device ids, one per line (for scripts).")
 @json_option
 @pass_hub
-def list_devices(hub: HubContext, device_class: str | None, status: str | None) -> None:
-    """List devices with status, tier and firmware.  Example: attest-hub device list --status quarantined"""
+def list_devices(hub: HubContext, device_class: str | None, status: str | None, firmware: str | None,
+                 seen_within: str | None, not_seen_for: str | None, ids_only: bool) -> None:
+    """List devices with status, firmware, problems and when they were last seen.
+
+    \b
+    Examples:
+      attest-hub device list --status quarantined
+      attest-hub device list --class smart-meter --firmware 1.1.0
+      attest-hub device list --not-seen-for 2d --ids
+    """
+    try:
+        within = parse_duration(seen_within) if seen_within else None
+        silent = parse_duration(not_seen_for) if not_seen_for else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    now = time.time()
     store = hub.store()
     with store.reading() as conn:
         devices = store.list_devices(conn)
@@ -92,7 +133,13 @@ def list_devices(hub: HubContext, device_class: str | None, status: str | None) 
          "problems": json.loads(d.last_problems), "last_seen": d.last_seen}
         for d in devices
         if (device_class is None or d.device_class == device_class) and (status is None or d.status == status)
+        and (firmware is None or d.firmware_version == firmware)
+        and (within is None or (d.last_seen is not None and now - d.last_seen <= within))
+        and (silent is None or d.last_seen is None or now - d.last_seen >= silent)
     ]
+    if ids_only and not hub.as_json:
+        click.echo("".join(f"{r['device_id']}\n" for r in rows), nl=False)
+        return
     emit(hub, rows, _print_devices)
 
 
@@ -117,6 +164,7 @@ def show(hub: HubContext, device_id: str) -> None:
         if record is None:
             fail(f"unknown device {device_id!r}")
         history = store.verdict_history(conn, device_id)
+        found = findings(conn, open_only=False, device_id=device_id, limit=20)
     data = {
         "device_id": record.device_id, "class": record.device_class, "status": record.status,
         "revoked": record.revoked, "firmware": record.firmware_version,
@@ -126,6 +174,7 @@ def show(hub: HubContext, device_id: str) -> None:
         "verdicts": [{"at": v["received_at"], "scheme": v["scheme"], "evidence": v["dedup_key"],
                       "status": v["status"], "action": v["action"], "problems": json.loads(v["problems"]),
                       "manifest": v["manifest_ref"], "policy": v["policy_ref"]} for v in history],
+        "anomalies": [finding_view(f) for f in found],
     }
     emit(hub, data, _print_device)
 
@@ -140,15 +189,19 @@ def _print_device(d: dict[str, Any]) -> None:
                       v["status"], v["action"], "; ".join(v["problems"])[:60] or "-", v["manifest"] or "-",
                       v["policy"])
     console.print(table)
+    for f in d.get("anomalies", []):  # hub/cli_anomalies.py
+        state = "open" if f["open"] else f"closed by {f['closed_by']}"
+        console.print(f"anomaly #{f['id']} {f['kind']} score {f['score']:.2f} ({state}): {f['explanation']}")
 
 
 def _command(hub: HubContext, device_id: str, quarantine: bool, reason: str) -> None:
     try:
-        message = set_quarantine(hub.store(), hub.keys(), device_id, quarantine, reason, hub.settings.command_ttl_s)
+        message = set_quarantine(hub.store(), hub.keys(), device_id, quarantine, reason, hub.settings.command_ttl_s,
+                                 enforcer=enforcer_from_settings(hub.settings))
         publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
     except OperationError as exc:
         fail(str(exc))
-    except (StoreError, TransportError) as exc:
+    except (StoreError, TransportError, EnforcementError) as exc:
         fail(str(exc), code=3)
     verb = "quarantined" if quarantine else "released"
     emit(hub, {"device_id": device_id, "status": verb}, lambda d: click.echo(f"{d['device_id']} {verb}"))

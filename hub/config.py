@@ -42,9 +42,25 @@ class Settings:
     max_evidence_bytes: int = 16 * 1024
     device_rate_per_s: float = 20.0
     device_burst: int = 40
-    metrics_port: int = 0
+    metrics_port: int = 0  # 0: no HTTP endpoint; worker N serves /metrics, /healthz, /readyz on port + N
+    metrics_host: str = "127.0.0.1"
     health_port: int = 0
     publish_raw_evidence: bool = False
+    # SQLite only: a size limit in pages (PRAGMA max_page_count; 0: none). Reaching it behaves like a
+    # full disk: the commit fails, nothing is acknowledged (docs/RELIABILITY.md, tests/faults/).
+    sqlite_max_pages: int = 0
+    # Quarantine enforced by the broker (hub/enforcement.py, docs/ENFORCEMENT.md):
+    # "none" (signed commands only) or "acl-file" (Mosquitto acl_file + SIGHUP).
+    broker_enforcement: str = "none"
+    broker_acl_file: str = ""
+    broker_pid_file: str = ""
+    # Send a remediate command naming the newest approved release when quarantining for firmware.
+    remediation: bool = False
+    # Behavioural anomaly detection (hub/anomaly_pass.py, docs/OBSERVABILITY.md): the leader's pass period
+    # (0: off), the score at which a finding opens, and how long a verdict must be visible before a pass reads it.
+    anomaly_interval_s: float = 30.0
+    anomaly_threshold: float = 1.0
+    anomaly_settle_s: float = 2.0
 
     @property
     def effective_database_url(self) -> str:
@@ -145,6 +161,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("batch_max: must be at least 1")
     if settings.workers < 1:
         raise ConfigError("workers: must be at least 1")
+    if settings.broker_enforcement not in ("none", "acl-file"):
+        raise ConfigError("broker_enforcement: must be 'none' or 'acl-file'")
+    if settings.broker_enforcement == "acl-file" and not (settings.broker_acl_file and settings.broker_pid_file):
+        raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
     return settings

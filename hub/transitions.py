@@ -45,7 +45,9 @@ def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy, *, platfo
         # operator: fresh firmware evidence says what the device runs, not that its data can be trusted again.
         new_hold = hold or wanted == "require-release" or not platform
         if status == QUARANTINED:
-            return Transition(QUARANTINED, "already-quarantined", None, new_hold)
+            # The cause of the quarantine decides the hold: a device quarantined for its firmware also has
+            # its data appraised as contraindicated (untrusted source), which must not block its remediation.
+            return Transition(QUARANTINED, "already-quarantined", None, hold or wanted == "require-release")
         return Transition(QUARANTINED, "quarantine", wire.COMMAND_QUARANTINE, new_hold)
     if status == QUARANTINED:
         if wanted == "affirm" and not hold and policy.release == "auto" and platform:
