@@ -15,15 +15,19 @@ import time
 from dataclasses import dataclass
 
 from hub import wire
+from hub.anomaly_pass import AnomalyWatch, detector_config, export, fleet_counts
 from hub.config import Settings
 from hub.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.envelope import Incoming, Outgoing
 from hub.freshness import epoch_nonce
+from hub.httpserver import HealthView, serve_http
 from hub.hubkeys import HubKeys, load_hub_keys
 from hub.identity import load_anchors
 from hub.liveness import sweep_missed
 from hub.manifests import ManifestError
 from hub.messages import epoch_message
+from hub.metrics import HubMetrics
+from hub.observe import record_batch
 from hub.operations import OperationError, read_policy_announcement
 from hub.pipeline import BatchOutcome, Pipeline
 from hub.policy import PolicyError
@@ -58,7 +62,7 @@ class HubWorker:
         self.settings = settings
         self.index = index
         self.keys = keys or load_hub_keys(settings)
-        self.store = Store(settings.effective_database_url)
+        self.store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages)
         self.references = References(self.keys.operator_keys)
         with self.store.reading() as conn:
             problems = self.references.load(self.store.latest_manifests(conn), self.store.latest_policies(conn))
@@ -88,13 +92,24 @@ class HubWorker:
         self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
+        self.metrics = HubMetrics(f"w{index}")
+        self.view = HealthView()
         self._next_epoch_at = 0.0
+        self.watch = AnomalyWatch(self.store, self.keys, self.references, detector_config(settings),
+                                  command_ttl_s=settings.command_ttl_s)
+        self._next_watch_at = 0.0
+        self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
 
     @property
     def is_leader(self) -> bool:
         return self.index == 0
 
     def run(self, stop: threading.Event) -> None:
+        stop_http = None
+        if self.settings.metrics_port:
+            stop_http = serve_http(self.settings.metrics_host, self.settings.metrics_port + self.index,
+                                   self.metrics.registry, self.view)
+        self._stop = stop
         self.transport.start()
         try:
             while not stop.is_set():
@@ -102,12 +117,22 @@ class HubWorker:
         finally:
             self.transport.stop()
             self.store.close()
+            if stop_http is not None:
+                stop_http()
 
     def step(self) -> None:
         """One turn of the loop: epoch upkeep, then one batch (if any arrived)."""
         self.health.broker_connected = self.transport.connected.is_set()
+        self.view.last_tick = time.monotonic()
+        self.view.broker_connected = self.health.broker_connected
+        self.view.database_ok = self.health.database_ok
+        self.view.last_error = self.health.last_error
+        self.metrics.broker_connected.set(1 if self.health.broker_connected else 0)
+        self.metrics.database_ok.set(1 if self.health.database_ok else 0)
+        self.metrics.queue_depth.set(self.transport.inbox.qsize())
         if self.is_leader:
             self._keep_epoch()
+            self._keep_watch()
         if not self._enforcement_synced:
             self._sync_enforcement()
         batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
@@ -122,19 +147,27 @@ class HubWorker:
             self._process_until_committed(evidence)
 
     def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
+        """Process and commit ``batch``, retrying while the database cannot commit; None if stopped
+        meanwhile (nothing of the batch acknowledged: the broker redelivers it to this identity)."""
         delay = 0.1
         while True:
+            started = time.monotonic()
             try:
                 outcome = self.pipeline.process(batch)
             except StoreError as exc:
                 self.health.database_ok = False
                 self.health.last_error = str(exc)
+                self.view.database_ok, self.view.last_error = False, str(exc)  # not ready, still alive
+                self.view.last_tick = time.monotonic()
+                self.metrics.database_ok.set(0)
                 log.error("cannot commit a batch of %d; not acknowledging, retrying in %.1fs: %s",
                           len(batch), delay, exc)
-                time.sleep(delay)
+                if self._stop.wait(delay):
+                    return None
                 delay = min(delay * 2, 5.0)
                 continue
             self.health.database_ok = True
+            commit_s = time.monotonic() - started
             break
         for topic, why in outcome.dropped:
             log.warning("dropped message on %s: %s", topic, why)
@@ -145,6 +178,7 @@ class HubWorker:
         self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
         if self.transport.publish_all(outcome.publishes):
             self.transport.ack(batch)
+            record_batch(self.metrics, batch, outcome, commit_s, self.pipeline.device_classes)
         else:
             # Not acknowledged: the broker redelivers; the duplicate path re-publishes without a second verdict.
             log.error("results of a batch were not acknowledged by the broker; leaving the batch unacknowledged")
@@ -172,7 +206,7 @@ class HubWorker:
     def _sync_enforcement(self) -> None:
         try:
             with self.store.reading() as conn:
-                quarantined = [d.device_id for d in self.store.list_devices(conn) if d.status == QUARANTINED]
+                quarantined = self.store.device_ids_with_status(conn, QUARANTINED)
             self.enforcer.sync(quarantined)
         except (StoreError, EnforcementError) as exc:
             self.health.last_error = str(exc)
@@ -235,6 +269,28 @@ class HubWorker:
         if missed:
             log.warning("%d device(s) missed their attestation deadline and were quarantined", len(missed))
             self.transport.publish_all(missed)
+
+    def _keep_watch(self) -> None:
+        """Leader: the anomaly pass (hub/anomaly_pass.py) and the devices-by-status gauge, each period."""
+        now = time.monotonic()
+        if now < self._next_watch_at:
+            return
+        period = self.settings.anomaly_interval_s
+        self._next_watch_at = now + (period or 30.0)
+        try:
+            result = self.watch.run_pass() if period else fleet_counts(self.store)
+        except StoreError as exc:
+            log.error("anomaly pass failed (retried next period): %s", exc)
+            return
+        export(self.metrics, result)
+        for device_id in result.quarantined:
+            try:
+                self.enforcer.quarantine(device_id)
+            except EnforcementError as exc:
+                self._enforcement_synced = False
+                log.error("broker enforcement failed: %s", exc, extra={"device_id": device_id})
+        if result.publishes and not self.transport.publish_all(list(result.publishes)):
+            log.error("anomaly quarantine commands were not acknowledged by the broker")
 
     def publish_epoch(self, epoch: int) -> None:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)

@@ -137,7 +137,8 @@ class Store:
         if lock and self.dialect == "postgresql":
             # Rows are locked in scan order: ORDER BY makes every worker lock in the same (id) order, no deadlock.
             query = query.order_by(DEVICES.c.device_id).with_for_update()
-        return {row.device_id: DeviceRecord(**row._mapping) for row in conn.execute(query)}
+        # Columns are selected in field order, so a row constructs its record positionally.
+        return {row[0]: DeviceRecord(*row) for row in conn.execute(query)}
 
     def save_devices(self, conn: Connection, records: Sequence[DeviceRecord]) -> None:
         if not records:
@@ -155,9 +156,14 @@ class Store:
     def insert_device(self, conn: Connection, record: DeviceRecord) -> None:
         conn.execute(DEVICES.insert(), [record.values()])
 
+    def device_ids_with_status(self, conn: Connection, status: str) -> list[str]:
+        """Ids of the devices in ``status`` (indexed: cheap at a million devices)."""
+        query = select(DEVICES.c.device_id).where(DEVICES.c.status == status).order_by(DEVICES.c.device_id)
+        return [str(r.device_id) for r in conn.execute(query)]
+
     def list_devices(self, conn: Connection) -> list[DeviceRecord]:
         rows = conn.execute(select(*[DEVICES.c[n] for n in _DEVICE_FIELDS]).order_by(DEVICES.c.device_id))
-        return [DeviceRecord(**row._mapping) for row in rows]
+        return [DeviceRecord(*row) for row in rows]
 
     # --- verdicts --------------------------------------------------------------
 
