@@ -235,10 +235,10 @@ def release(hub: HubContext, device_id: str, reason: str) -> None:
 def revoke_device(hub: HubContext, device_id: str, reason: str) -> None:
     """Revoke a device's key: its evidence is rejected from now on, even on an open session."""
     try:
-        revoke(hub.store(), device_id, reason)
+        revoke(hub.store(), device_id, reason, enforcer=enforcer_from_settings(hub.settings))
     except OperationError as exc:
         fail(str(exc))
-    except StoreError as exc:
+    except (StoreError, EnforcementError) as exc:
         fail(str(exc), code=3)
     emit(hub, {"device_id": device_id, "status": "revoked"}, lambda d: click.echo(f"{d['device_id']} revoked"))
 

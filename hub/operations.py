@@ -232,8 +232,12 @@ def set_quarantine(store: Store, keys: HubKeys, device_id: str, quarantine: bool
     return Outgoing(wire.device_topic(device_id, wire.COMMAND), signed, retain=True)
 
 
-def revoke(store: Store, device_id: str, reason: str, actor: str = "operator") -> None:
-    """Revoke a device's key: its evidence is rejected from the next batch on, live session or not."""
+def revoke(store: Store, device_id: str, reason: str, actor: str = "operator", *,
+           enforcer: BrokerEnforcer | None = None) -> None:
+    """Revoke a device's key: its evidence is rejected from the next batch on, live session or not.
+
+    With an ``enforcer`` the broker also stops accepting its data (as for a quarantine), so a revoked
+    device with a live session cannot keep feeding consumers either."""
     now = time.time()
     with store.transaction() as conn:
         device = store.devices(conn, [device_id], lock=True).get(device_id)
@@ -244,6 +248,8 @@ def revoke(store: Store, device_id: str, reason: str, actor: str = "operator") -
         device.key_version += 1
         store.save_devices(conn, [device])
         append(store, conn, [AuditDraft(now, actor, "revoke", device_id, {"from": old, "reason": reason})])
+    if enforcer is not None:
+        enforcer.quarantine(device_id)
 
 
 def publish_once(settings: Settings, messages: Sequence[Outgoing], client_id: str, timeout: float = 10.0) -> None:

@@ -125,3 +125,23 @@ def test_hub_start_applies_quarantines_already_in_the_database(prod_broker: Prod
             assert wait_for(lambda: device.publish(data, b"x").value == NOT_AUTHORIZED, 10)
     finally:
         device.close()
+
+
+def test_cli_revoke_cuts_off_the_data_of_an_open_session(prod_broker: ProdBroker, tmp_path: Path) -> None:
+    env = make_secure_env(prod_broker, tmp_path, "honest:1", 1)
+    device_id = env.devices[0].device_id
+    cert = pki.IssuedCert(device_id, Path(env.tls.device_certs[device_id][0]),
+                          Path(env.tls.device_certs[device_id][1]), None)  # type: ignore[arg-type]
+    device = TlsClient(prod_broker, cert)
+    data = wire.device_topic(device_id, wire.DATA)
+    config = _write_config(env.cli_settings, tmp_path / "cli.toml")
+    try:
+        assert device.publish(data, b"before").value in SUCCESS
+        result = CliRunner().invoke(cli, ["--config", str(config), "device", "revoke", device_id,
+                                          "--reason", "key leaked"])
+        assert result.exit_code == 0, result.output
+        assert wait_for(lambda: device.publish(data, b"after").value == NOT_AUTHORIZED, 10)
+        assert device.mqttc.is_connected(), "the open session was cut off from data, not disconnected"
+    finally:
+        device.close()
+    assert env.status(device_id) == transitions.REVOKED
