@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_sim import cose, firmware, keys
 from device_sim.commands import Epoch, MessageError, Rejection, parse_command
+from device_sim.data_profiles import DataOut, DataPlanner, DataProfile
 from device_sim.evidence import EvidenceClaims, sign_evidence
 from device_sim.records import CommandOutcome, EvidenceKind, EvidenceRecord, Profile
+from device_sim.telemetry import TelemetryChain
 from hub import wire
 
 Clock = Callable[[], float]
+_TAMPERED_PROFILES = frozenset({Profile.TAMPERED, Profile.IGNORES_COMMANDS})
 REPLAY_RELEASE_AFTER = 2  # newer evidence published before the withheld one is replayed
 
 
@@ -38,6 +41,7 @@ class SimDevice:
         bootcount: int = 1,
         hub_key: cose.VerifyKey | None = None,
         clock: Clock = time.time,
+        data_profile: DataProfile = DataProfile.HONEST,
     ) -> None:
         firmware.components(device_class)  # validates the class
         if version is None:
@@ -49,7 +53,8 @@ class SimDevice:
         self.ueid = keys.device_ueid(seed, device_id)
         self.enrolled_key = keys.device_private_key(seed, device_id)
         self._signing_key = keys.forged_private_key(seed, device_id) if profile is Profile.FORGED else self.enrolled_key
-        self._measurements = firmware.measurements(device_class, version, tampered=profile is Profile.TAMPERED)
+        self._measurements = firmware.measurements(device_class, version,
+                                                  tampered=profile in _TAMPERED_PROFILES)
         self.hub_key = hub_key
         self._clock = clock
         self._lock = threading.Lock()
@@ -64,8 +69,14 @@ class SimDevice:
         self._evidence_log: list[EvidenceRecord] = []
         self._command_log: list[CommandOutcome] = []
         self._resent: dict[tuple[int, int], int] = {}
+        self._last_sent: dict[tuple[int, int], float] = {}
         self._withheld: EvidenceRecord | None = None
         self._replayed = False
+        self.data_profile = data_profile
+        self._telemetry = TelemetryChain(device_id, device_class, self.ueid, bootcount)
+        self._planner = DataPlanner(data_profile)
+        self._data_log: list[DataOut] = []
+        self._attested: tuple[int, int] | None = None  # (bootcount, seq) of the last firmware evidence
 
     def __repr__(self) -> str:
         return f"SimDevice({self.device_id!r}, {self.profile.value}, {self.release.version})"
@@ -136,8 +147,16 @@ class SimDevice:
     def reboot(self) -> None:
         """A new boot: bootcount + 1, the evidence counter starts again at 1."""
         with self._lock:
-            self._bootcount += 1
-            self._seq = 0
+            self._reboot_locked()
+
+    def _reboot_locked(self) -> None:
+        """``reboot`` for a caller that holds ``self._lock`` (remediation reboots inside a command)."""
+        nonce = self._epoch.nonce if self._epoch is not None else None
+        self._data_log += self._planner.before_reboot(self._telemetry, self._signing_key, nonce,
+                                                      int(self._clock()), self._attested)
+        self._bootcount += 1
+        self._seq = 0
+        self._telemetry.reboot(self._bootcount)
 
     # --- evidence ----------------------------------------------------------------
     def make_evidence(self, nonce: bytes, *, kind: EvidenceKind = EvidenceKind.EPOCH) -> bytes:
@@ -156,6 +175,26 @@ class SimDevice:
             if stale is not None:
                 out.append(stale.raw)
             return out
+
+    # --- telemetry (device_sim.telemetry, device_sim.data_profiles) ---------------
+    def data_due(self) -> list[DataOut]:
+        """The next telemetry batch and what becomes of it: none before an epoch is known or before
+        firmware evidence was sent in this boot, none once quarantined (unless the profile ignores it)."""
+        with self._lock:
+            if self._epoch is None or self._attested is None or self._attested[0] != self._bootcount:
+                return []
+            if self._quarantined and self.data_profile is not DataProfile.IGNORES_QUARANTINE:
+                return []
+            out = self._planner.next(self._telemetry, self._signing_key, self._epoch.nonce, int(self._clock()),
+                                     self._attested)
+            self._data_log += out
+            return out
+
+    @property
+    def data_log(self) -> tuple[DataOut, ...]:
+        """Every batch signed, with what became of it (published, late, replayed, intercepted, lost)."""
+        with self._lock:
+            return tuple(self._data_log)
 
     def _sign(self, nonce: bytes, seq: int, now: float, kind: EvidenceKind) -> EvidenceRecord:
         claims = EvidenceClaims(
@@ -177,6 +216,7 @@ class SimDevice:
         self._seq += 1
         record = self._sign(nonce, self._seq, now, kind)
         self._evidence_log.append(record)
+        self._attested = record.ref
         if self.profile is Profile.REPLAY and self._withheld is None and not self._replayed:
             self._seq += 1
             self._withheld = self._sign(nonce, self._seq, now, EvidenceKind.REPLAY)
@@ -197,19 +237,60 @@ class SimDevice:
         self._evidence_log.append(record)
         return record
 
-    def resend_due(self, older_than: float, max_resends: int = 3) -> list[bytes]:
+    def resend_due(self, older_than: float, max_resends: int = 3, *, backoff: float | None = None,
+                   max_wait: float = 30.0) -> list[bytes]:
         """Unacknowledged evidence published more than ``older_than`` seconds ago, to send
-        again (the same bytes: the hub is idempotent), at most ``max_resends`` times each."""
+        again (the same bytes: the hub is idempotent), at most ``max_resends`` times each.
+
+        With ``backoff``, the k-th re-send waits ``older_than * backoff**k`` seconds (at most
+        ``max_wait``) after the previous send instead of ``older_than`` after the first."""
         with self._lock:
-            cutoff = self._clock() - older_than
-            due = [
-                r
-                for r in self._evidence_log
-                if r.ref not in self._acknowledged and r.time <= cutoff and self._resent.get(r.ref, 0) < max_resends
-            ]
+            now = self._clock()
+            due = []
+            for r in self._evidence_log:
+                count = self._resent.get(r.ref, 0)
+                if r.ref in self._acknowledged or count >= max_resends:
+                    continue
+                if backoff is None:
+                    ready = r.time <= now - older_than
+                else:
+                    ready = now - self._last_sent.get(r.ref, r.time) >= min(max_wait, older_than * backoff**count)
+                if ready:
+                    due.append(r)
             for record in due:
                 self._resent[record.ref] = self._resent.get(record.ref, 0) + 1
+                self._last_sent[record.ref] = now
             return [r.raw for r in due]
+
+    @property
+    def resent(self) -> int:
+        """How many times evidence was re-sent for want of a receipt."""
+        with self._lock:
+            return sum(self._resent.values())
+
+    def handle_result(self, raw: bytes) -> bool:
+        """An attestation result on ``fleet/{id}/result`` is the receipt of the evidence it names.
+
+        The hub publishes a result only after the verdict is committed, so a result that
+        verifies with the hub key, is about this device and names ``"{bootcount}:{seq}"``
+        acknowledges that evidence. Anything else is ignored (False)."""
+        if self.hub_key is None:
+            return False
+        try:
+            payload = cose.loads_exact(cose.verify_sign1(raw, self.hub_key).payload)
+        except cose.CoseError:
+            return False
+        if not isinstance(payload, Mapping) or payload.get(wire.SUB) != self.device_id:
+            return False
+        ref = payload.get(wire.RES_EVIDENCE_REF)
+        if not isinstance(ref, str):
+            return False
+        boot, _, seq = ref.partition(":")
+        if not all(part.isascii() and part.isdigit() and len(part) <= 20 for part in (boot, seq)):
+            return False  # "raw:..." / "signed:...": evidence that never parsed names no counter
+        with self._lock:
+            self._acknowledged.add((int(boot), int(seq)))
+        return True
 
     # --- commands ----------------------------------------------------------------
     def handle_command(self, raw: bytes) -> CommandOutcome:
@@ -240,12 +321,17 @@ class SimDevice:
                 return reject(Rejection.REPLAYED, f"seq {cmd.seq} <= last applied {self._last_command_seq}")
             self._last_command_seq = cmd.seq
         evidence: bytes | None = None
+        if self.profile is Profile.IGNORES_COMMANDS and cmd.state_changing:
+            return CommandOutcome(True, now, command=cmd, detail="verified, then ignored (compromised device)")
         if cmd.type == wire.COMMAND_QUARANTINE:
             self._quarantined = True
         elif cmd.type == wire.COMMAND_RELEASE:
             self._quarantined = False
         elif cmd.type == wire.COMMAND_REMEDIATE:
-            self._remediations.append(cmd.release_name or "")
+            try:
+                evidence = self._remediate(cmd.release_name)
+            except firmware.UnknownFirmwareError as exc:
+                return reject(Rejection.MALFORMED, str(exc))
         elif cmd.type == wire.COMMAND_RECEIPT:
             self._acknowledged.update(cmd.receipts)
         elif cmd.type == wire.COMMAND_CHALLENGE and cmd.nonce is not None:
@@ -254,6 +340,27 @@ class SimDevice:
             self._answered_challenges.add(cmd.nonce)
             evidence = self._make(cmd.nonce, EvidenceKind.CHALLENGE).raw
         return CommandOutcome(True, now, command=cmd, evidence=evidence)
+
+    def _remediate(self, release_name: str | None) -> bytes | None:
+        """Install the named release's genuine images, reboot and attest (the caller holds the lock).
+
+        A remediate command comes with a quarantine, so the device stays quarantined until released.
+        Returns fresh evidence to publish when an epoch nonce is known.
+        """
+        self._remediations.append(release_name or "")
+        self._quarantined = True
+        if release_name is None:
+            return None
+        self.release = firmware.release(release_name)
+        self._install(release_name)
+        self._reboot_locked()
+        if self._epoch is None:
+            return None
+        return self._make(self._epoch.nonce, EvidenceKind.EPOCH).raw
+
+    def _install(self, version: str) -> None:
+        """Switch to the genuine images of ``version`` (subclasses with other evidence override this)."""
+        self._measurements = firmware.measurements(self.device_class, version)
 
     # --- report ------------------------------------------------------------------
     def report(self) -> dict[str, object]:
@@ -272,4 +379,7 @@ class SimDevice:
                 "remediations": list(self._remediations),
                 "evidence": [r.to_json() for r in self._evidence_log],
                 "commands": [c.to_json() for c in self._command_log],
+                "data_profile": self.data_profile.value,
+                "data": [{"bootcount": d.batch.bootcount, "seq": d.batch.seq, "kind": d.kind.value}
+                         for d in self._data_log],
             }

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Final
 
 from device_sim import firmware, keys
+from device_sim.data_profiles import DATA_MIX_NAMES, DataProfile
 from device_sim.device import SimDevice
 from device_sim.records import Profile
 
@@ -23,6 +24,8 @@ NAMED_MIXES: Final = MappingProxyType(
         "demo": "honest:40,tampered:3,rollback:3,replay:2,forged:2",
         "honest": "honest:1",
         "mixed-versions": "honest:30,honest@1.1.0:10,tampered:3,rollback:3,replay:2,forged:2",
+        "data": "honest:10,data-mitm:1,data-drop:1,data-replay:1,data-reorder:1,data-restart:1,"
+        "data-ignores-quarantine:1",
     }
 )
 
@@ -36,6 +39,7 @@ class MixEntry:
     profile: Profile
     weight: int
     version: str | None = None  # None: the profile's default release
+    data_profile: DataProfile = DataProfile.HONEST
 
 
 def parse_mix(text: str) -> tuple[MixEntry, ...]:
@@ -45,11 +49,16 @@ def parse_mix(text: str) -> tuple[MixEntry, ...]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, sep, weight_text = part.partition(":")
         name, _, version = name.strip().partition("@")
+        data_profile = DataProfile.HONEST
+        if name.strip() in DATA_MIX_NAMES:
+            firmware_profile, data_profile = DATA_MIX_NAMES[name.strip()]
+            name = firmware_profile.value
         try:
             profile = Profile(name.strip())
             weight = int(weight_text) if sep else 1
         except ValueError as exc:
-            raise MixError(f"bad mix entry {part!r} (profiles: {', '.join(p.value for p in Profile)})") from exc
+            known = ", ".join([p.value for p in Profile] + list(DATA_MIX_NAMES))
+            raise MixError(f"bad mix entry {part!r} (profiles: {known})") from exc
         if weight < 0:
             raise MixError(f"negative weight in {part!r}")
         if version:
@@ -57,7 +66,7 @@ def parse_mix(text: str) -> tuple[MixEntry, ...]:
                 firmware.release(version.strip())
             except firmware.UnknownFirmwareError as exc:
                 raise MixError(str(exc)) from exc
-        entries.append(MixEntry(profile, weight, version.strip() or None))
+        entries.append(MixEntry(profile, weight, version.strip() or None, data_profile))
     if sum(e.weight for e in entries) <= 0:
         raise MixError(f"mix {text!r} has no positive weight")
     return tuple(entries)
@@ -126,6 +135,7 @@ def build_fleet(n: int, mix: str = "demo", seed: str = keys.DEFAULT_SEED, *, boo
             seed=seed,
             version=entries[pick].version,
             bootcount=bootcount,
+            data_profile=entries[pick].data_profile,
         )
         for (device_id, cls), pick in zip(device_ids(n), picks, strict=True)
     ]

@@ -17,10 +17,15 @@ from typing import Any
 
 import click
 
+from hub.cli_anomalies import anomalies
+from hub.cli_audit import audit, report
 from hub.cli_common import HubContext, emit, fail, pass_hub
+from hub.cli_db import db
 from hub.cli_device import device
 from hub.cli_manifest import manifest
 from hub.cli_pki import pki
+from hub.cli_policy import policy
+from hub.cli_whatif import whatif
 from hub.config import ConfigError, load_settings
 from hub.hubkeys import HubKeyError, init_state, load_hub_keys
 from hub.keys import public_pem
@@ -131,8 +136,14 @@ def demo(devices: int, seconds: float, keep: Path | None) -> None:
 
 
 cli.add_command(device)
+cli.add_command(anomalies)
 cli.add_command(manifest)
 cli.add_command(pki)
+cli.add_command(policy)
+cli.add_command(audit)
+cli.add_command(report)
+cli.add_command(whatif)
+cli.add_command(db)
 
 
 def main() -> Any:

@@ -1,14 +1,20 @@
 """``attest-hub demo``: a broker, the hub and a simulated fleet, then a verdict table.
 
-Everything runs on embedded defaults: Mosquitto from broker_config/dev.conf
-on a free loopback port, SQLite in a temporary state directory, the signed
-manifests and policies from firmware_manifests/. Everything started is
-stopped at the end.
+Everything runs on embedded defaults: Mosquitto from broker_config/prod.conf
+(mutual TLS, the ACL file) on a free loopback port with a CA, server, hub and
+per-device certificates made in a temporary directory, SQLite there too, the
+signed manifests and policies from firmware_manifests/. The hub enforces
+quarantine at the broker (acl_file + SIGHUP) and remediates firmware, so the
+demo shows a compromised device that ignores its quarantine command being cut
+off by the broker (its data publishes get PUBACK 0x87 on the session it
+already had open) and quarantined devices that install an approved release
+coming back. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -19,24 +25,28 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hub.broker_process import MosquittoProcess
+from hub import pki
+from hub.broker_process import MosquittoProcess, free_port, render_acl
+from hub.cli_anomalies import findings_table
 from hub.config import load_settings
 from hub.keys import public_pem
 from hub.localhub import LocalHub, enrol_all, prepare_state
 from hub.operations import Enrolment
 from hub.store import Store
 
-DEMO_MIX = "honest:40,tampered:3,rollback:3,replay:2,forged:2,data-mitm:2,data-drop:2,data-reorder:2,data-restart:2"
+DEMO_MIX = ("honest:40,tampered:3,rollback:3,replay:2,forged:2,ignores-commands:3,"
+            "data-mitm:2,data-drop:2,data-reorder:2,data-restart:2")
 EXPECTED = {
     "honest": "trusted",
-    "tampered": "quarantined",
-    "rollback": "quarantined",
+    "tampered": "quarantined, remediated, released",
+    "rollback": "quarantined, remediated, released",
+    "ignores-commands": "quarantined; cut off by the broker",
     "replay": "trusted, stale copy rejected",
     "forged": "evidence rejected, not quarantined",
     "data-mitm": "altered batches rejected, never republished",
     "data-drop": "data gap: warning",
     "data-reorder": "gap warning, late batch not republished",
-    "data-restart": "chain restart: quarantined",
+    "data-restart": "chain restart: quarantined (auto-release on clean firmware)",
 }
 
 
@@ -48,17 +58,28 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
     work = keep or Path(tempfile.mkdtemp(prefix="attest-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Fleet attestation demo[/]: {devices} devices for {seconds:.0f}s (state in {work})")
-    with MosquittoProcess("dev.conf", work / "broker") as broker:
+    fleet_devices = build_fleet(devices, DEMO_MIX, seed="demo")
+    tls, values, hub_tls = _pki(work / "pki", [d.device_id for d in fleet_devices])
+    with MosquittoProcess("prod.conf", work / "broker", values=values) as broker:
+        pid_file = work / "mosquitto.pid"
+        pid_file.write_text(f"{broker.pid}\n", encoding="ascii")
         settings = load_settings(None, environ={}, state_dir=work / "hub", broker_host=broker.host,
-                                 broker_port=broker.port, epoch_period_s=60.0)
+                                 broker_port=broker.port, epoch_period_s=60.0, broker_enforcement="acl-file",
+                                 broker_acl_file=values["acl_file"], broker_pid_file=str(pid_file),
+                                 remediation=True, metrics_port=free_port(), anomaly_interval_s=2.0,
+                                 anomaly_settle_s=1.0, **hub_tls)
         settings = prepare_state(settings)
-        fleet_devices = build_fleet(devices, DEMO_MIX, seed="demo")
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet_devices])
-        console.print(f"broker on {broker.host}:{broker.port}; enrolled {devices} devices; starting the hub")
+        console.print(f"mutual-TLS broker on {broker.host}:{broker.port} (prod.conf); enrolled {devices} devices; "
+                      "starting the hub")
         hub = LocalHub(settings).start()
+        console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
+                      f"docs/grafana-dashboard.json); findings: attest-hub --state-dir {work / 'hub'} anomalies "
+                      "(with --keep)")
         hub_key = public_pem(hub.workers[0].keys.public_key).encode()
-        fleet = Fleet(broker.host, broker.port, fleet_devices, hub_key, interval=max(1.0, seconds / 8), data=True)
+        fleet = Fleet(broker.host, broker.port, fleet_devices, hub_key, interval=max(1.0, seconds / 8), data=True,
+                      tls=tls)
         try:
             fleet.start()
             if fleet.wait_for_epoch(10) is None:
@@ -73,10 +94,73 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
             fleet.stop()
             hub.stop()
         table = _table(settings.effective_database_url, fleet_devices)
+        cut_off = _enforcement_table(settings.effective_database_url, fleet, broker.log_path)
+        anomaly_findings = findings_table(settings.effective_database_url)
     console.print(table)
+    console.print(cut_off)
+    console.print(anomaly_findings)
     if keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _pki(out: Path, device_ids: Sequence[str]) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """CA, server, hub-w0 and per-device certificates; the ACL with hub-w0 listed."""
+    from device_sim.fleet import FleetTls
+
+    ca = pki.create_ca(out, "Demo Fleet CA")
+    server = pki.issue_server_cert(ca, out)
+    hub_cert = pki.issue_hub_cert(ca, out, "w0")
+    mitm = pki.issue_device_cert(ca, out, "mitm-on-the-path")  # a valid identity, but not the victims'
+    certs = {d: pki.issue_device_cert(ca, out, d) for d in device_ids}
+    acl = out / "acl"
+    acl.write_text(render_acl(["w0"]), encoding="utf-8")
+    values = {"cafile": str(ca.cert_path), "certfile": str(server.cert_path), "keyfile": str(server.key_path),
+              "acl_file": str(acl)}
+    tls = FleetTls(str(ca.cert_path), {d: (str(c.cert_path), str(c.key_path)) for d, c in certs.items()},
+                   (str(mitm.cert_path), str(mitm.key_path)))
+    hub_tls = {"broker_tls_ca": str(ca.cert_path), "broker_tls_cert": str(hub_cert.cert_path),
+               "broker_tls_key": str(hub_cert.key_path)}
+    return tls, values, hub_tls
+
+
+def _enforcement_table(database_url: str, fleet: Any, broker_log: Path) -> Table:
+    """Per quarantined or remediated device: what the broker did with its data, and its transitions."""
+    log = broker_log.read_text(encoding="utf-8", errors="replace")
+    store = Store(database_url)
+    try:
+        with store.reading() as conn:
+            audit = store.audit_rows(conn)
+    finally:
+        store.close()
+    table = Table(title="Broker enforcement and remediation")
+    for column in ("device", "profile", "data PUBACKs (accepted, then 0x87 denied)", "sessions",
+                   "transitions (reason / evidence)"):
+        table.add_column(column)
+    for sim in fleet.devices:
+        steps = [_step(row) for row in audit if row["device_id"] == sim.device_id
+                 and row["action"] in ("status", "remediating")]
+        if not any("-> quarantined" in step for step in steps):
+            continue
+        codes = fleet.data_reason_codes(sim.device_id)
+        accepted = sum(1 for c in codes if c in (0x00, 0x10))
+        denied = sum(1 for c in codes if c == 0x87)
+        sessions = len(re.findall(rf"New client connected from \S+ as {re.escape(sim.device_id)} ", log))
+        style = "red" if denied else "green"
+        profile = sim.profile.value if sim.data_profile.value == "honest" else f"data-{sim.data_profile.value}"
+        table.add_row(sim.device_id, profile, f"[{style}]{accepted} accepted, {denied} denied[/]",
+                      str(sessions), "\n".join(steps))
+    table.caption = ("a device that ignores its quarantine keeps its session, but the broker refuses its data; "
+                     "a remediated device attests clean and is released")
+    return table
+
+
+def _step(row: dict[str, Any]) -> str:
+    detail = json.loads(row["detail"])
+    if row["action"] == "remediating":
+        return f"remediating: install {detail['release']} (evidence {detail['evidence']})"
+    reason = str(detail.get("reason", ""))[:50]
+    return f"{detail['from']} -> {detail['to']}: {reason} (evidence {detail.get('evidence', '-')})"
 
 
 def _table(database_url: str, fleet_devices: Sequence[Any]) -> Table:
@@ -99,7 +183,7 @@ def _table(database_url: str, fleet_devices: Sequence[Any]) -> Table:
         data = [v for v in histories[device_id] if v["scheme"] == "data"]
         history = [v for v in histories[device_id] if v["scheme"] != "data"]
         data_ok = sum(1 for v in data if v["status"] in ("affirming", "warning"))
-        data_problem = next((p for v in data for p in json.loads(v["problems"])), "-")
+        data_problem = next((p.split(":")[0] for v in data for p in json.loads(v["problems"])), "-")
         ok = sum(1 for v in history if v["authenticated"] and v["status"] != "rejected")
         rejected = len(history) - ok
         reasons: list[str] = json.loads(record.last_problems) or next(
@@ -111,6 +195,6 @@ def _table(database_url: str, fleet_devices: Sequence[Any]) -> Table:
         style = {"trusted": "green", "quarantined": "red", "warning": "yellow"}.get(status, "")
         table.add_row(device_id, profile, EXPECTED.get(profile, "?"), f"[{style}]{status}[/]" if style else status,
                       f"{ok}/{rejected}", "; ".join(reasons)[:70] or "-", f"{data_ok}/{len(data) - data_ok}",
-                      data_problem[:50], obeys)
+                      data_problem, obeys)
     table.caption = f"{quarantined} of {len(fleet_devices)} devices quarantined"
     return table

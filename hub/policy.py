@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 ACTIONS = ("affirm", "warn", "quarantine", "require-release")
 RELEASE_MODES = ("auto", "operator")
 DEBUG_RULES = ("disabled", "any")
+ANOMALY_ACTIONS = ("warn", "ignore", "quarantine")
 
 
 class PolicyError(ValueError):
@@ -49,6 +50,9 @@ class Policy:
     data_gap: str = "warning"
     missed: str = "warning"
     """What a missed attestation deadline does: "warning" (status missed-attestation) or "quarantine"."""
+    anomaly: str = "warn"
+    """What an open behavioural anomaly finding does (hub/anomaly_pass.py): "warn" (status warning),
+    "ignore" (recorded and exported only) or "quarantine" (held until an operator releases)."""
 
     @property
     def ref(self) -> str:
@@ -101,6 +105,8 @@ def load_policy(text: str) -> Policy:
         raise fail("release", f"must be one of {', '.join(RELEASE_MODES)}")
     if kwargs.get("missed", "warning") not in ("warning", "quarantine"):
         raise fail("missed", "must be 'warning' or 'quarantine'")
+    if kwargs.get("anomaly", "warn") not in ANOMALY_ACTIONS:
+        raise fail("anomaly", f"must be one of {', '.join(ANOMALY_ACTIONS)}")
     if kwargs.get("data_gap", "warning") not in ("warning", "contraindicated"):
         raise fail("data_gap", "must be 'warning' or 'contraindicated'")
     unknown_evidence = set(kwargs.get("required_evidence", ())) - {"firmware", "data", "tpm", "psa"}  # type: ignore[call-overload]

@@ -35,7 +35,7 @@ from hub.ratelimit import RateLimiter
 from hub.references import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.store import Store, StoreError
-from hub.transitions import QUARANTINED
+from hub.transitions import QUARANTINED, REVOKED
 from hub.transport import BrokerAddress, MqttTransport
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class HubWorker:
         try:
             with self.store.reading() as conn:
                 quarantined = self.store.device_ids_with_status(conn, QUARANTINED)
+                quarantined += self.store.device_ids_with_status(conn, REVOKED)
             self.enforcer.sync(quarantined)
         except (StoreError, EnforcementError) as exc:
             self.health.last_error = str(exc)

@@ -63,6 +63,7 @@ class Decider:
         self.epoch = 0
         self.epoch_period_s = epoch_period_s
         self.keys = keys
+        self.kid = keys.kid  # a SHA-256 of the public key: computed once, not per signature
         self.references = references
         self.command_ttl_s = command_ttl_s
         self.remediation = False  # send a remediate command when quarantining for firmware (Settings.remediation)
@@ -238,7 +239,7 @@ class Decider:
         self._touched.add(device.device_id)
         command = Command(device.device_id, kind, device.command_seq, int(now), int(now) + self.command_ttl_s,
                           reason[:500], release_name=release_name)
-        signed = command.sign(self.keys.signing_key, self.keys.kid)
+        signed = command.sign(self.keys.signing_key, self.kid)
         self._commands.append({"device_id": device.device_id, "seq": command.seq, "kind": kind, "reason": reason[:500],
                                "issued_at": now, "expires_at": float(command.expires_at), "signed": signed})
         return _publish(wire.device_topic(device.device_id, wire.COMMAND), signed, True, trace_id)
@@ -268,7 +269,7 @@ class Decider:
         decision.publishes.insert(0, self._result_message(result, ctx, retain))
 
     def _result_message(self, result: ResultClaims, ctx: Context, retain: bool) -> Outgoing:
-        signed = sign_result(result, self.keys.signing_key, self.keys.kid)
+        signed = sign_result(result, self.keys.signing_key, self.kid)
         return _publish(wire.device_topic(ctx.device_id, wire.RESULT), signed, retain, ctx.trace_id,
                         content_type=wire.EAR_MEDIA_TYPE)
 

@@ -1,0 +1,266 @@
+"""The leader's analysis pass: new verdicts in, findings opened and closed, device status by policy.
+
+Worker 0 (``HubWorker.is_leader``) runs ``AnomalyWatch.run_pass`` every
+``anomaly_interval_s`` between its batches. A pass reads the verdicts
+committed since the stored cursor (by any worker), folds them into the
+per-device state, scores the fleet, and in one transaction stores the
+state, the cursor, the findings and what they do to devices:
+
+- policy ``anomaly = "warn"`` (default): a device with an open finding is
+  held at ``warning`` (``Device.anomaly_hold``; the decider keeps it there
+  while affirming evidence arrives) until its findings close;
+- ``"ignore"``: findings are stored and exported only;
+- ``"quarantine"``: a new finding quarantines the device with a hold, so an
+  operator decides on its release.
+Signature-failure findings never change a device: only authenticated
+evidence may move one. Signed commands are returned for the worker to publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from hub import transitions, wire
+from hub.anomaly import KINDS, RARE, STATUS_KINDS, DetectorConfig, DeviceStats, observe
+from hub.anomaly_metadata import event_from_row
+from hub.anomaly_scores import Assessment, assess
+from hub.anomaly_store import (
+    cursor,
+    device_classes,
+    findings,
+    held_devices,
+    insert_findings,
+    known_sets,
+    last_closed_by,
+    load_stats,
+    max_verdict_id,
+    save_stats,
+    stat_rows,
+    status_counts,
+    update_findings,
+    verdicts_after,
+)
+from hub.audit import AuditDraft, append
+from hub.config import Settings
+from hub.envelope import Outgoing
+from hub.hubkeys import HubKeys
+from hub.messages import Command
+from hub.metrics import HubMetrics
+from hub.references import References
+from hub.store import DeviceRecord, Store
+from hub.store.db import dumps
+from hub.trust import Tier
+
+log = logging.getLogger(__name__)
+ACTOR = "anomaly-detector"
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    processed: int
+    opened: tuple[Assessment, ...] = ()
+    closed: int = 0
+    open_by_kind: dict[str, int] = field(default_factory=dict)
+    devices_by_status: dict[str, int] = field(default_factory=dict)
+    publishes: tuple[Outgoing, ...] = ()
+    quarantined: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Changes:
+    inserts: list[dict[str, object]] = field(default_factory=list)
+    updates: list[dict[str, object]] = field(default_factory=list)
+    opened: list[Assessment] = field(default_factory=list)
+    audit: list[AuditDraft] = field(default_factory=list)
+    closed: int = 0
+
+
+class AnomalyWatch:
+    def __init__(self, store: Store, keys: HubKeys, references: References, config: DetectorConfig, *,
+                 command_ttl_s: int, batch_limit: int = 50_000) -> None:
+        self.store = store
+        self.keys = keys
+        self.references = references
+        self.config = config
+        self.command_ttl_s = command_ttl_s
+        self.batch_limit = batch_limit
+        self._seen: list[tuple[float, int]] = []  # (monotonic time, newest verdict id then)
+
+    def run_pass(self, now: float | None = None, *, tick: float | None = None) -> PassResult:
+        """One pass (raises StoreError when the database fails; nothing is then stored).
+
+        ``now`` (wall clock) dates findings; ``tick`` (monotonic) decides which verdicts have settled:
+        only ids already visible ``settle_s`` ago are read, so a worker's transaction that took a lower id
+        and commits late is not passed over, whatever the wall clocks of the hosts do.
+        """
+        now = time.time() if now is None else now
+        tick = time.monotonic() if tick is None else tick
+        with self.store.reading() as conn:  # the heavy part runs outside the write transaction
+            after = cursor(self.store, conn)
+            rows = verdicts_after(conn, after, self._horizon(tick, max_verdict_id(conn)), self.batch_limit)
+            classes = device_classes(conn)
+            stats = load_stats(conn)
+            known = known_sets(conn)
+            current = {(f["device_id"], f["kind"]): f for f in findings(conn, open_only=True, limit=1_000_000)}
+            closed_by = last_closed_by(conn)
+        existing = set(stats)
+        for event in (event_from_row(r) for r in rows):
+            device_class = classes.get(event.device_id)
+            if device_class is None:
+                continue  # not enrolled: nothing to compare it with
+            device = stats.setdefault(event.device_id, DeviceStats(event.device_id, device_class))
+            device.device_class = device_class
+            observe(device, event, self.config)
+        assessments = assess(stats, now, self.config, known)
+        changes = self._findings(stats, assessments, current, closed_by, now)
+        state_rows = stat_rows(stats.values(), now)
+        with self.store.transaction() as conn:
+            if cursor(self.store, conn) != after:
+                log.warning("another anomaly pass moved the cursor; skipping this one")
+                return PassResult(0)
+            insert_findings(conn, changes.inserts)
+            update_findings(conn, changes.updates)
+            open_now = findings(conn, open_only=True, limit=1_000_000)
+            publishes, quarantined = self._devices(conn, open_now, changes, now)
+            append(self.store, conn, changes.audit)
+            save_stats(conn, state_rows, existing)
+            if rows:
+                self.store.set_state(conn, "anomaly_cursor", str(rows[-1]["id"]))
+            by_kind = Counter(str(f["kind"]) for f in open_now)
+            by_status = status_counts(conn)
+        for opened in changes.opened:
+            log.warning("anomaly: %s", opened.explanation,
+                        extra={"device_id": opened.device_id, "anomaly": opened.kind, "score": opened.score})
+        return PassResult(len(rows), tuple(changes.opened), changes.closed, dict(by_kind), by_status,
+                          tuple(publishes), tuple(quarantined))
+
+    def _horizon(self, tick: float, newest: int) -> int:
+        """The newest verdict id seen at least ``settle_s`` ago (this worker's own observations)."""
+        self._seen.append((tick, newest))
+        settled = [i for i, (t, _) in enumerate(self._seen) if tick - t >= self.config.settle_s]
+        if not settled:
+            return 0
+        last = settled[-1]
+        horizon = self._seen[last][1]
+        del self._seen[:last]
+        return horizon
+
+    def _findings(self, stats: dict[str, DeviceStats], assessments: list[Assessment],
+                  current: dict[tuple[str, str], dict[str, Any]], closed_by: dict[tuple[str, str], str],
+                  now: float) -> _Changes:
+        threshold = self.config.threshold
+        changes = _Changes()
+        for a in assessments:
+            device = stats[a.device_id]
+            low = a.score < threshold / 2 or (a.kind == RARE and a.score < threshold)
+            if low:
+                device.armed[a.kind] = True
+            row = current.get((a.device_id, a.kind))
+            if row is not None:
+                update = {"_id": row["id"], "score": a.score, "max_score": max(float(row["max_score"]), a.score),
+                          "explanation": a.explanation or row["explanation"],
+                          "detail": dumps(a.detail) if a.detail else row["detail"], "last_seen": now,
+                          "is_open": True, "closed_at": None, "closed_by": None, "close_reason": None}
+                if low:
+                    update.update(is_open=False, closed_at=now, closed_by="detector",
+                                  close_reason=f"score fell to {a.score:.2f}")
+                    changes.closed += 1
+                    changes.audit.append(AuditDraft(now, ACTOR, "anomaly-closed", a.device_id,
+                                                    {"kind": a.kind, "finding": row["id"], "score": a.score}))
+                changes.updates.append(update)
+                continue
+            operator_closed = closed_by.get((a.device_id, a.kind), "detector") != "detector"
+            armed = device.armed.get(a.kind, not operator_closed)
+            if a.score >= threshold and armed:
+                device.armed[a.kind] = False
+                changes.inserts.append({
+                    "device_id": a.device_id, "device_class": a.device_class, "kind": a.kind, "score": a.score,
+                    "max_score": a.score, "explanation": a.explanation, "detail": dumps(a.detail),
+                    "first_seen": now, "last_seen": now, "is_open": True,
+                })
+                changes.opened.append(a)
+                changes.audit.append(AuditDraft(now, ACTOR, "anomaly", a.device_id,
+                                                {"kind": a.kind, "score": a.score, "explanation": a.explanation}))
+        return changes
+
+    def _devices(self, conn: Connection, open_now: list[dict[str, object]], changes: _Changes,
+                 now: float) -> tuple[list[Outgoing], list[str]]:
+        """Apply the class policy to devices whose holds change or that got a new finding."""
+        holding = {str(f["device_id"]) for f in open_now if f["kind"] in STATUS_KINDS}
+        reasons: dict[str, list[str]] = {}
+        for f in open_now:
+            if f["kind"] in STATUS_KINDS:
+                reasons.setdefault(str(f["device_id"]), []).append(str(f["explanation"]))
+        fresh = {a.device_id for a in changes.opened if a.kind in STATUS_KINDS}
+        wanted = holding | held_devices(conn)
+        devices = self.store.devices(conn, wanted, lock=True) if wanted else {}
+        touched: list[DeviceRecord] = []
+        publishes: list[Outgoing] = []
+        quarantined: list[str] = []
+        for device_id, device in devices.items():
+            if device.revoked:
+                continue
+            action = self.references.policy(device.device_class).anomaly
+            hold = device_id in holding and action != "ignore"
+            reason = "; ".join(reasons.get(device_id, []))[:500] or "anomaly findings closed"
+            old = device.status
+            if hold and action == "quarantine" and device_id in fresh and device.status != transitions.QUARANTINED:
+                trace_id = uuid.uuid4().hex[:16]
+                publishes.append(self._quarantine(conn, device, reason, now, trace_id))
+                quarantined.append(device_id)
+                log.warning("anomaly: quarantining %s: %s", device_id, reason,
+                            extra={"device_id": device_id, "trace_id": trace_id, "verdict": "anomaly"})
+            elif hold and device.status == transitions.TRUSTED:
+                device.status = transitions.WARNING
+            elif not hold and device.status == transitions.WARNING and device.tier == int(Tier.AFFIRMING):
+                device.status = transitions.TRUSTED
+            if hold == device.anomaly_hold and old == device.status:
+                continue
+            device.anomaly_hold = hold
+            touched.append(device)
+            if old != device.status:
+                changes.audit.append(AuditDraft(now, ACTOR, "status", device_id,
+                                                {"from": old, "to": device.status, "reason": reason}))
+        self.store.save_devices(conn, touched)
+        return publishes, quarantined
+
+    def _quarantine(self, conn: Connection, device: DeviceRecord, reason: str, now: float,
+                    trace_id: str) -> Outgoing:
+        """Quarantine with a hold: a behavioural finding is not undone by the next clean evidence."""
+        device.status, device.quarantine_hold = transitions.QUARANTINED, True
+        device.command_seq += 1
+        command = Command(device.device_id, wire.COMMAND_QUARANTINE, device.command_seq, int(now),
+                          int(now) + self.command_ttl_s, reason)
+        signed = command.sign(self.keys.signing_key, self.keys.kid)
+        self.store.insert_commands(conn, [{"device_id": device.device_id, "seq": command.seq,
+                                           "kind": wire.COMMAND_QUARANTINE, "reason": reason, "issued_at": now,
+                                           "expires_at": float(command.expires_at), "signed": signed}])
+        return Outgoing(wire.device_topic(device.device_id, wire.COMMAND), signed, True, None, trace_id)
+
+
+def detector_config(settings: Settings) -> DetectorConfig:
+    return DetectorConfig(interval_s=settings.anomaly_interval_s, threshold=settings.anomaly_threshold,
+                          settle_s=settings.anomaly_settle_s)
+
+
+def fleet_counts(store: Store) -> PassResult:
+    """Open findings by kind and devices by status, without a pass (detection switched off)."""
+    with store.reading() as conn:
+        by_kind = Counter(str(f["kind"]) for f in findings(conn, open_only=True, limit=1_000_000))
+        return PassResult(0, open_by_kind=dict(by_kind), devices_by_status=status_counts(conn))
+
+
+def export(metrics: HubMetrics, result: PassResult) -> None:
+    """The leader's gauges: open findings by kind, devices by status."""
+    for kind in KINDS:
+        metrics.anomalies.labels(kind=kind).set(result.open_by_kind.get(kind, 0))
+    metrics.devices.clear()
+    for status, count in result.devices_by_status.items():
+        metrics.devices.labels(status=status).set(count)
