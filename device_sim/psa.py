@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device_sim import cose, firmware, keys
+from device_sim.data_profiles import DataOut
 from device_sim.device import Clock, SimDevice
 from device_sim.profiles import MixEntry, MixError, allocate, interleave
 from device_sim.records import EvidenceKind, EvidenceRecord, Profile
@@ -170,6 +171,10 @@ class PsaSimDevice(SimDevice):
         self._components = software_components(self.release.version, tampered=profile is PsaProfile.TAMPERED)
         secured = profile is not PsaProfile.DEBUG
         self.lifecycle = wire.PSA_LIFECYCLE_SECURED if secured else wire.PSA_LIFECYCLE_NON_PSA_ROT_DEBUG
+
+    def data_due(self) -> list[DataOut]:
+        """Simulated PSA platforms attest only; they send no telemetry batches."""
+        return []
 
     def __repr__(self) -> str:
         return f"PsaSimDevice({self.device_id!r}, {self.psa_profile.value}, {self.release.version})"

@@ -14,8 +14,10 @@ coming back. Everything started is stopped at the end.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -46,7 +48,11 @@ EXPECTED = {
     "data-mitm": "altered batches rejected, never republished",
     "data-drop": "data gap: warning",
     "data-reorder": "gap warning, late batch not republished",
-    "data-restart": "chain restart: quarantined (auto-release on clean firmware)",
+    "data-restart": "chain restart: quarantined, held for an operator",
+    "tpm-honest": "trusted (TPM quote, PCR 0 matches 1.2.0)",
+    "tpm-tampered": "quarantined (boot PCR matches no release), remediated, released",
+    "psa-honest": "trusted (PSA token)",
+    "psa-debug": "quarantined (lifecycle not secured)",
 }
 
 
@@ -54,11 +60,12 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
     from device_sim.fleet import Fleet
     from device_sim.profiles import build_fleet
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    logging.getLogger("device_sim").setLevel(logging.CRITICAL)  # the devices' own complaints are in the tables
     work = keep or Path(tempfile.mkdtemp(prefix="attest-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Fleet attestation demo[/]: {devices} devices for {seconds:.0f}s (state in {work})")
-    fleet_devices = build_fleet(devices, DEMO_MIX, seed="demo")
+    fleet_devices: list[Any] = [*build_fleet(devices, DEMO_MIX, seed="demo"), *_hardware_devices()]
     tls, values, hub_tls = _pki(work / "pki", [d.device_id for d in fleet_devices])
     with MosquittoProcess("prod.conf", work / "broker", values=values) as broker:
         pid_file = work / "mosquitto.pid"
@@ -71,8 +78,8 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
         settings = prepare_state(settings)
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet_devices])
-        console.print(f"mutual-TLS broker on {broker.host}:{broker.port} (prod.conf); enrolled {devices} devices; "
-                      "starting the hub")
+        console.print(f"mutual-TLS broker on {broker.host}:{broker.port} (prod.conf); enrolled "
+                      f"{len(fleet_devices)} devices (software-signed, TPM-backed on swtpm, PSA); starting the hub")
         hub = LocalHub(settings).start()
         console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
                       f"docs/grafana-dashboard.json); findings: attest-hub --state-dir {work / 'hub'} anomalies "
@@ -93,6 +100,9 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
         finally:
             fleet.stop()
             hub.stop()
+            for device in fleet_devices:
+                if hasattr(device, "close"):
+                    device.close()
         table = _table(settings.effective_database_url, fleet_devices)
         cut_off = _enforcement_table(settings.effective_database_url, fleet, broker.log_path)
         anomaly_findings = findings_table(settings.effective_database_url)
@@ -102,6 +112,15 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
     if keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _hardware_devices() -> list[Any]:
+    """Two TPM-backed gateways (each on its own swtpm) and two PSA platforms: one honest, one not, of each."""
+    from device_sim.psa import build_psa_fleet
+    from device_sim.tpm import TpmProfile, build_tpm_fleet
+
+    return [*build_tpm_fleet([TpmProfile.HONEST, TpmProfile.TAMPERED], seed="demo"),
+            *build_psa_fleet(2, "honest:1,debug:1", seed="demo")]
 
 
 def _pki(out: Path, device_ids: Sequence[str]) -> tuple[Any, dict[str, str], dict[str, str]]:
@@ -147,12 +166,20 @@ def _enforcement_table(database_url: str, fleet: Any, broker_log: Path) -> Table
         denied = sum(1 for c in codes if c == 0x87)
         sessions = len(re.findall(rf"New client connected from \S+ as {re.escape(sim.device_id)} ", log))
         style = "red" if denied else "green"
-        profile = sim.profile.value if sim.data_profile.value == "honest" else f"data-{sim.data_profile.value}"
+        profile = _profile(sim)
         table.add_row(sim.device_id, profile, f"[{style}]{accepted} accepted, {denied} denied[/]",
                       str(sessions), "\n".join(steps))
     table.caption = ("a device that ignores its quarantine keeps its session, but the broker refuses its data; "
                      "a remediated device attests clean and is released")
     return table
+
+
+def _profile(sim: Any) -> str:
+    if hasattr(sim, "tpm_profile"):
+        return f"tpm-{sim.tpm_profile.value}"
+    if hasattr(sim, "psa_profile"):
+        return f"psa-{sim.psa_profile.value}"
+    return str(sim.profile.value if sim.data_profile.value == "honest" else f"data-{sim.data_profile.value}")
 
 
 def _step(row: dict[str, Any]) -> str:
@@ -178,7 +205,7 @@ def _table(database_url: str, fleet_devices: Sequence[Any]) -> Table:
     quarantined = 0
     for sim in fleet_devices:
         device_id = sim.device_id
-        profile = sim.profile.value if sim.data_profile.value == "honest" else f"data-{sim.data_profile.value}"
+        profile = _profile(sim)
         record = records[device_id]
         data = [v for v in histories[device_id] if v["scheme"] == "data"]
         history = [v for v in histories[device_id] if v["scheme"] != "data"]
