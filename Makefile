@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 .PHONY: setup system-deps test demo lint bench bench-quick clean-venv postgres-up
 
-# Tests that build their hub with tests/e2e.make_env run a second time with a fresh PostgreSQL
+# Tests that build their hub with tests/e2e.make_env run a second time (HUB_TEST_DATABASE: not an ATTEST_HUB_*
+# setting, which the hub would refuse as unknown) with a fresh PostgreSQL
 # database per test (the postgres-marked tests already use PostgreSQL in the first run).
 PG_TEST_FILES = $(shell grep -l 'make_env' tests/test_*.py)
 
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml | $(PY) system-deps
 ## test: the whole suite; any non-zero pytest exit (5 = nothing collected included) fails
 test: setup postgres-up
 	$(PY) -m pytest $(PYTEST_ARGS)
-	ATTEST_HUB_TEST_DATABASE=postgresql $(PY) -m pytest -m 'not postgres' $(PYTEST_ARGS) $(PG_TEST_FILES)
+	HUB_TEST_DATABASE=postgresql $(PY) -m pytest -m 'not postgres' $(PYTEST_ARGS) $(PG_TEST_FILES)
 
 ## postgres-up: the local PostgreSQL (127.0.0.1:5432, trust auth, database `test`) must answer
 postgres-up:

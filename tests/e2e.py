@@ -1,6 +1,6 @@
 """End-to-end test plumbing: a hub state on disk, a simulated fleet, and an MQTT observer.
 
-With ``ATTEST_HUB_TEST_DATABASE=postgresql`` every ``make_env`` gets a fresh
+With ``HUB_TEST_DATABASE=postgresql`` every ``make_env`` gets a fresh
 PostgreSQL database (on ``ATTEST_HUB_TEST_PG_URL``, default the local server's
 ``test`` database as ``postgres``), dropped when the test process exits;
 otherwise SQLite in the test's state directory.
@@ -67,11 +67,11 @@ def fresh_pg_database() -> str:
 
 def test_database_url() -> str | None:
     """The database the end-to-end tests should use: None (SQLite in the state dir) or a fresh PostgreSQL one."""
-    wanted = os.environ.get("ATTEST_HUB_TEST_DATABASE", "sqlite").lower()
+    wanted = os.environ.get("HUB_TEST_DATABASE", "sqlite").lower()
     if wanted == "sqlite":
         return None
     if wanted != "postgresql":
-        raise ValueError(f"ATTEST_HUB_TEST_DATABASE={wanted!r}: expected sqlite or postgresql")
+        raise ValueError(f"HUB_TEST_DATABASE={wanted!r}: expected sqlite or postgresql")
     return fresh_pg_database()
 
 
