@@ -29,7 +29,7 @@ OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
 def run(env: HubEnv, *args: str) -> Result:
     return CliRunner().invoke(
         cli, ["--state-dir", str(env.settings.state_dir), "--broker", f"{env.broker.host}:{env.broker.port}",
-                      *args],
+              "--database-url", env.settings.effective_database_url, *args],
         env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
 
 
