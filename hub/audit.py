@@ -18,6 +18,8 @@ from sqlalchemy import Connection, func, select
 
 from hub.store.db import AUDIT, Store
 
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps(ensure_ascii=True) writes for a str
+
 GENESIS = "0" * 64
 
 
@@ -30,7 +32,31 @@ class AuditDraft:
     detail: Mapping[str, object]
 
 
+_DETAIL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def entry_hash(prev_hash: str, entry: Mapping[str, Any]) -> str:
+    canonical = _canonical_fast(entry)
+    if canonical is None:
+        canonical = _canonical(entry)
+    return hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
+
+
+def _canonical_fast(entry: Mapping[str, Any]) -> str | None:
+    """``_canonical``'s exact text, assembled directly for the usual types (int id, text fields); None
+    for anything else. Keys in sorted order, strings escaped by the json module's own ASCII encoder."""
+    ident, actor, action, device_id, detail = (entry["id"], entry["actor"], entry["action"], entry["device_id"],
+                                               entry["detail"])
+    if not (type(ident) is int and type(actor) is str and type(action) is str and type(detail) is str
+            and (device_id is None or type(device_id) is str)):
+        return None
+    text = _json_str
+    return (f'{{"action":{text(action)},"actor":{text(actor)},"at":{text(repr(float(entry["at"])))},'
+            f'"detail":{text(detail)},"device_id":{"null" if device_id is None else text(device_id)},'
+            f'"id":{int.__repr__(ident)}}}')
+
+
+def _canonical(entry: Mapping[str, Any]) -> str:
     body = {
         "id": entry["id"],
         "at": repr(float(entry["at"])),
@@ -39,8 +65,7 @@ def entry_hash(prev_hash: str, entry: Mapping[str, Any]) -> str:
         "device_id": entry["device_id"],
         "detail": entry["detail"],
     }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(prev_hash.encode() + canonical.encode()).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def append(store: Store, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
@@ -57,7 +82,7 @@ def append(store: Store, conn: Connection, drafts: Sequence[AuditDraft]) -> None
             "actor": draft.actor,
             "action": draft.action,
             "device_id": draft.device_id,
-            "detail": json.dumps(dict(draft.detail), sort_keys=True, separators=(",", ":"), default=str),
+            "detail": _DETAIL_JSON.encode(dict(draft.detail)),
             "prev_hash": prev,
         }
         row["entry_hash"] = prev = entry_hash(row["prev_hash"], row)

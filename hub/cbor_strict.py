@@ -41,13 +41,22 @@ def _reject_builtin(*_args: object) -> object:
 _REJECT_BUILTINS = {tag: _reject_builtin for tag in _BUILTIN_TAGS}
 
 
+_PLAIN_KEY_TYPES = frozenset({int, str, bytes})
+
+
 def _check_keys(mapping: object, _immutable: bool) -> object:
     """Map keys must be integers, text or bytes: ``true == 1`` and ``10.0 == 10`` in Python, so a
     boolean or float key could otherwise stand in for an integer label."""
-    for key in mapping if isinstance(mapping, Mapping) else ():
+    for key in mapping if type(mapping) is dict or isinstance(mapping, Mapping) else ():
+        if type(key) in _PLAIN_KEY_TYPES:  # the usual case, decided without the general checks below
+            continue
         if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
             raise cbor2.CBORDecodeError(f"map key of type {type(key).__name__} is not allowed")
     return mapping
+
+
+def _no_tags(tag: cbor2.CBORTag, _immutable: bool) -> object:
+    raise cbor2.CBORDecodeError(f"unknown tag {tag.tag}")
 
 
 def loads_strict(
@@ -74,10 +83,10 @@ def loads_strict(
             return tag
         raise cbor2.CBORDecodeError(f"unknown tag {tag.tag}")
 
-    stream = io.BytesIO(bytes(data))
+    stream = io.BytesIO(data if type(data) is bytes else bytes(data))
     decoder = cbor2.CBORDecoder(
         stream,
-        tag_hook=tag_hook,
+        tag_hook=tag_hook if allowed_tags else _no_tags,
         object_hook=_check_keys,
         semantic_decoders=_REJECT_BUILTINS,
         max_depth=max_depth,

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.x509 import Certificate
@@ -44,6 +44,8 @@ from hub.verdicts import Decider, Decision
 
 log = logging.getLogger(__name__)
 
+_ANCHOR_CACHE_MAX = 100_000
+
 
 @dataclass(slots=True)
 class BatchOutcome:
@@ -62,6 +64,24 @@ class _Routed:
     error: EvidenceError | None = None
     anchor: TrustAnchor | None = None
     anchor_revoked: bool = False
+    cached_row: _AnchorRow | None = None  # set when the anchor came from the worker's cache, not a read
+
+
+@dataclass(frozen=True, slots=True)
+class _AnchorRow:
+    """What verification needs of a device row; equal to the locked row's only if nothing of it changed."""
+
+    device_id: str
+    device_class: str
+    public_key_pem: str | None
+    ueid: bytes | None
+    key_version: int
+    revoked: bool
+
+    @classmethod
+    def of(cls, device: DeviceRecord) -> _AnchorRow:
+        return cls(device.device_id, device.device_class, device.public_key_pem, device.ueid, device.key_version,
+                   device.revoked)
 
 
 class Pipeline:
@@ -87,6 +107,8 @@ class Pipeline:
         self.ca_certificates = ca_certificates
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
         self._key_cache: dict[str, PublicKey] = {}
+        self._anchor_rows: dict[str, _AnchorRow] = {}
+        """device id -> its anchor fields as this worker last committed them (bounded: _ANCHOR_CACHE_MAX)."""
         self.device_classes: dict[str, str] = {}
         """device id -> class of the devices seen in the last batch (for metrics labels)."""
 
@@ -95,15 +117,18 @@ class Pipeline:
         routed = [r for r in (self._route(m, outcome) for m in batch) if r is not None]
         if not routed:
             return outcome
-        with self.store.reading() as conn:
-            anchors, revoked = self._anchors(conn, {r.device_id for r in routed})
+        ids = {r.device_id for r in routed}
+        anchors, revoked, from_cache = self._anchors(ids)
         for item in routed:
             item.anchor_revoked = item.device_id in revoked
+            item.cached_row = from_cache.get(item.device_id)
             self._verify(item, anchors.get(item.device_id))
         now = self.clock()
         self.decider.reset()
         with self.store.transaction() as conn:
-            devices = self.store.devices(conn, {r.device_id for r in routed}, lock=True)
+            devices = self.store.devices(conn, ids, lock=True)
+            self._recheck_cached(routed, devices)
+            before = {i: d.snapshot() for i, d in devices.items()}
             self.device_classes = {d.device_id: d.device_class for d in devices.values()}
             epoch = int(self.store.get_state(conn, "epoch") or 0)
             self.decider.epoch = epoch
@@ -115,7 +140,8 @@ class Pipeline:
             for item in routed:
                 decision = self._decide(conn, item, devices.get(item.device_id), epoch, seen, now)
                 outcome.decisions.append(decision)
-            self.decider.flush(conn, devices)
+            self.decider.flush(conn, devices, before)
+        self._remember(devices.values())
         for decision in outcome.decisions:
             outcome.publishes.extend(decision.publishes)
         return outcome
@@ -135,25 +161,62 @@ class Pipeline:
         trace_id = message.trace_id or uuid.uuid4().hex[:16]
         return _Routed(message, device_id, scheme, trace_id)
 
-    def _anchors(self, conn: Connection, ids: set[str]) -> tuple[dict[str, TrustAnchor], set[str]]:
-        devices = self.store.devices(conn, ids).values()
-        return {d.device_id: self._anchor(d) for d in devices}, {d.device_id for d in devices if d.revoked}
+    def _anchors(self, ids: set[str]) -> tuple[dict[str, TrustAnchor], set[str], dict[str, _AnchorRow]]:
+        """Trust anchors for verification (no lock held): from the worker's cache of device rows as last
+        committed, and from the database for devices not in it. Either may be stale; the locked read in
+        ``process`` decides (``_recheck_cached`` and the key_version/revoked checks in ``_decide``)."""
+        cached = {i: self._anchor_rows[i] for i in ids if i in self._anchor_rows}
+        rows = dict(cached)
+        missing = ids - rows.keys()
+        if missing:
+            with self.store.reading() as conn:
+                rows.update({i: _AnchorRow.of(d) for i, d in self.store.devices(conn, missing).items()})
+        now = self.clock()
+        anchors = {i: self._anchor(row, now) for i, row in rows.items()}
+        return anchors, {i for i, row in rows.items() if row.revoked}, cached
 
-    def _anchor(self, device: DeviceRecord) -> TrustAnchor:
+    def _recheck_cached(self, routed: Sequence[_Routed], devices: dict[str, DeviceRecord]) -> None:
+        """Under the lock: evidence verified with a cached anchor that no longer matches the device row (the
+        key or its version changed in another worker or by an operator since this worker last committed it)
+        is verified again with the anchor of the locked row, as if it had been read just now. Anchors read
+        from the database in this batch are left as they are: a change between that read and the lock is
+        the rotation or revocation ``_decide`` refuses."""
+        now = self.clock()
+        for item in routed:
+            if item.cached_row is None:
+                continue
+            device = devices.get(item.device_id)
+            if device is None:  # no longer enrolled: _decide rejects it
+                self._anchor_rows.pop(item.device_id, None)
+                continue
+            row = _AnchorRow.of(device)
+            if row != item.cached_row:  # compared with the row this item was verified with
+                self._anchor_rows[item.device_id] = row
+                item.claims, item.error, item.anchor_revoked, item.cached_row = None, None, row.revoked, None
+                self._verify(item, self._anchor(row, now))
+
+    def _remember(self, devices: Iterable[DeviceRecord]) -> None:
+        """After a commit: the anchors of the batch's devices as committed (bounded)."""
+        if len(self._anchor_rows) > _ANCHOR_CACHE_MAX:
+            self._anchor_rows.clear()
+        for device in devices:
+            self._anchor_rows[device.device_id] = _AnchorRow.of(device)
+
+    def _anchor(self, row: _AnchorRow, now: float) -> TrustAnchor:
         key = None
-        if device.public_key_pem and not device.revoked:
-            key = self._key_cache.get(device.public_key_pem)
+        if row.public_key_pem and not row.revoked:
+            key = self._key_cache.get(row.public_key_pem)
             if key is None:
                 try:
-                    key = load_public_pem(device.public_key_pem)
+                    key = load_public_pem(row.public_key_pem)
                 except KeyFileError:
                     key = None
                 else:
                     if len(self._key_cache) > 100_000:
                         self._key_cache.clear()
-                    self._key_cache[device.public_key_pem] = key
-        return TrustAnchor(device.device_id, device.device_class, key, device.ueid, device.key_version,
-                           self.ca_certificates, self.clock())
+                    self._key_cache[row.public_key_pem] = key
+        return TrustAnchor(row.device_id, row.device_class, key, row.ueid, row.key_version,
+                           self.ca_certificates, now)
 
     def _verify(self, item: _Routed, anchor: TrustAnchor | None) -> None:
         item.anchor = anchor
@@ -184,20 +247,20 @@ class Pipeline:
         now: float,
     ) -> Decision:
         scheme_name = item.scheme.name if item.scheme else "unknown"
-        raw_key = _unparsed_key(item)
         nonce = item.claims.nonce if item.claims is not None else None
         ctx = self.decider.context(item.device_id, scheme_name, item.trace_id, item.message.payload, now, nonce)
-        if device is None or item.anchor is None:
-            return self.decider.reject(conn, ctx, raw_key, item.error or EvidenceError("unknown-device"), seen)
+        if device is None or item.anchor is None:  # the unparsed key (a hash) only where it is used
+            return self.decider.reject(conn, ctx, _unparsed_key(item), item.error or EvidenceError("unknown-device"),
+                                       seen)
         if device.revoked or device.key_version != item.anchor.key_version:
             reason = "revoked" if device.revoked else "key-rotated"
-            return self.decider.reject(conn, ctx, raw_key, EvidenceError(reason, "key changed during verification"),
-                                       seen)
+            return self.decider.reject(conn, ctx, _unparsed_key(item),
+                                       EvidenceError(reason, "key changed during verification"), seen)
         if item.claims is None:
             error = item.error or EvidenceError("unverified")
             if error.authenticated:
-                return self.decider.misbehaving(conn, ctx, device, raw_key, error, seen)
-            return self.decider.reject(conn, ctx, raw_key, error, seen)
+                return self.decider.misbehaving(conn, ctx, device, _unparsed_key(item), error, seen)
+            return self.decider.reject(conn, ctx, _unparsed_key(item), error, seen)
         claims = item.claims
         if (item.device_id, claims.scheme, claims.dedup_key) in seen:
             return self.decider.duplicate(conn, ctx, device, claims)

@@ -71,6 +71,7 @@ class Decider:
         self._commands: list[dict[str, Any]] = []
         self._audit: list[AuditDraft] = []
         self._touched: set[str] = set()
+        self._vector_texts: dict[TrustVector, str] = {}  # a vector's JSON: few distinct vectors, encoded once
 
     def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float,
                 nonce: bytes | None = None) -> Context:
@@ -193,8 +194,8 @@ class Decider:
         old_status = device.status
         device.status, device.quarantine_hold = step.status, step.hold
         if platform:
-            device.tier, device.trust_vector = int(tier), dumps(vector.to_json())
-            device.last_problems = dumps(list(problems))
+            device.tier, device.trust_vector = int(tier), self._vector_json(vector)
+            device.last_problems = _problems_json(problems)
             if device.status != transitions.QUARANTINED:
                 device.next_deadline = float(deadline_epoch(self.epoch, policy, self.epoch_period_s))
         device.last_seen = device.last_verdict_at = ctx.now
@@ -253,8 +254,8 @@ class Decider:
         self._verdicts.append({
             "device_id": ctx.device_id, "scheme": ctx.scheme, "dedup_key": decision.evidence_ref,
             "received_at": ctx.now, "authenticated": decision.authenticated, "tier": int(decision.tier),
-            "status": decision.status, "trust_vector": dumps(decision.trust_vector.to_json()),
-            "problems": dumps(list(decision.problems)), "action": decision.action,
+            "status": decision.status, "trust_vector": self._vector_json(decision.trust_vector),
+            "problems": _problems_json(decision.problems), "action": decision.action,
             "firmware_version": None, "manifest_ref": manifest_ref, "policy_ref": policy.ref,
             "trace_id": ctx.trace_id, "evidence": ctx.evidence,
         })
@@ -273,6 +274,14 @@ class Decider:
         return _publish(wire.device_topic(ctx.device_id, wire.RESULT), signed, retain, ctx.trace_id,
                         content_type=wire.EAR_MEDIA_TYPE)
 
+    def _vector_json(self, vector: TrustVector) -> str:
+        text = self._vector_texts.get(vector)
+        if text is None:
+            if len(self._vector_texts) > 4096:
+                self._vector_texts.clear()
+            text = self._vector_texts[vector] = dumps(vector.to_json())
+        return text
+
     def _dup_only(self, ctx: Context, dedup_key: str) -> Decision:
         return Decision(ctx.device_id, ctx.scheme, DUPLICATE, False, Tier.NONE, TrustVector(), (), "none",
                         ctx.trace_id, dedup_key, DUPLICATE)
@@ -280,14 +289,20 @@ class Decider:
     def reset(self) -> None:
         self._verdicts, self._commands, self._audit, self._touched = [], [], [], set()
 
-    def flush(self, conn: Connection, devices: dict[str, DeviceRecord]) -> None:
+    def flush(self, conn: Connection, devices: dict[str, DeviceRecord],
+              before: dict[str, tuple[object, ...]] | None = None) -> None:
+        """Write the batch; ``before`` (snapshots of the devices as read) narrows device updates to changes."""
         try:
             self.store.insert_verdicts(conn, self._verdicts)
-            self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices])
+            self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices], before)
             self.store.insert_commands(conn, self._commands)
             append(self.store, conn, self._audit)
         finally:
             self.reset()
+
+
+def _problems_json(problems: tuple[str, ...]) -> str:
+    return dumps(list(problems)) if problems else "[]"
 
 
 def _publish(topic: str, payload: bytes, retain: bool, trace_id: str, content_type: str | None = None) -> Outgoing:

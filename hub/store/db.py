@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import SQLModel
@@ -81,8 +82,13 @@ class DeviceRecord:
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def snapshot(self) -> tuple[object, ...]:
+        """The field values in order, to find later what a batch changed (``Store.save_devices``)."""
+        return tuple(_SNAPSHOT(self))
+
 
 _DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRecord))
+_SNAPSHOT = attrgetter(*_DEVICE_FIELDS)
 
 
 class Store:
@@ -140,18 +146,29 @@ class Store:
         # Columns are selected in field order, so a row constructs its record positionally.
         return {row[0]: DeviceRecord(*row) for row in conn.execute(query)}
 
-    def save_devices(self, conn: Connection, records: Sequence[DeviceRecord]) -> None:
+    def save_devices(self, conn: Connection, records: Sequence[DeviceRecord],
+                     before: Mapping[str, tuple[object, ...]] | None = None) -> None:
+        """Write device rows (locked by the caller). With ``before`` (``DeviceRecord.snapshot`` of each as
+        read), only the columns that differ are written, one executemany per set of changed columns."""
         if not records:
             return
-        from sqlalchemy import bindparam
-
-        names = [n for n in _DEVICE_FIELDS if n != "device_id"]
-        stmt = (
-            update(DEVICES)
-            .where(DEVICES.c.device_id == bindparam("_id"))
-            .values({name: bindparam(name) for name in names})
-        )
-        conn.execute(stmt, [{"_id": r.device_id, **{n: getattr(r, n) for n in names}} for r in records])
+        groups: dict[tuple[str, ...], list[DeviceRecord]] = {}
+        for record in records:
+            old = before.get(record.device_id) if before is not None else None
+            if old is None:
+                names = _DEVICE_FIELDS[1:]
+            else:
+                names = tuple(n for n, was, now in zip(_DEVICE_FIELDS, old, record.snapshot(), strict=True)
+                              if was != now or type(was) is not type(now))
+            if names:
+                groups.setdefault(names, []).append(record)
+        for names, group in groups.items():
+            stmt = (
+                update(DEVICES)
+                .where(DEVICES.c.device_id == bindparam("_id"))
+                .values({name: bindparam(name) for name in names})
+            )
+            conn.execute(stmt, [{"_id": r.device_id, **{n: getattr(r, n) for n in names}} for r in group])
 
     def insert_device(self, conn: Connection, record: DeviceRecord) -> None:
         conn.execute(DEVICES.insert(), [record.values()])
@@ -388,5 +405,8 @@ def _short(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _COMPACT_JSON.encode(value)  # json.dumps(value, separators=(",", ":"), sort_keys=True), encoder reused
