@@ -26,9 +26,9 @@ import cbor2
 
 from hub import trust, wire
 from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, verify_sign1
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, typed, uint
+from hub.schemes.firmware import verify_cose_message
 from hub.trust import Tier, TrustVector
 
 MAX_BATCH_BYTES = 32 * 1024
@@ -105,24 +105,7 @@ class DataScheme:
     attests_platform = False
 
     def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:
-        try:
-            message = decode_sign1(raw, max_bytes=MAX_BATCH_BYTES)
-        except CoseError as exc:
-            raise EvidenceError(exc.reason, exc.detail) from exc
-        if message.kid is None or not hmac.compare_digest(message.kid, anchor.device_id.encode()):
-            raise EvidenceError("kid-mismatch", "protected kid does not name the topic's device")
-        if anchor.public_key is None:
-            raise EvidenceError("no-key", "no enrolled key for this device")
-        try:
-            verify_sign1(message, anchor.public_key)
-        except CoseError as exc:
-            raise EvidenceError(exc.reason, exc.detail) from exc
-        try:
-            claims = loads_strict(message.payload, max_bytes=MAX_BATCH_BYTES, max_depth=4)
-        except CborError as exc:
-            raise EvidenceError(exc.reason, f"payload: {exc.detail}", authenticated=True) from exc
-        if not isinstance(claims, Mapping):
-            raise EvidenceError("bad-claims", "payload must be a claims map", authenticated=True)
+        message, claims = verify_cose_message(raw, anchor, MAX_BATCH_BYTES, max_depth=4)
         if claims.get(wire.EAT_PROFILE) != wire.DATA_PROFILE:
             raise EvidenceError("wrong-profile", "eat_profile is not the data-batch profile", authenticated=True)
         ueid = require(claims, wire.UEID, bytes, "ueid")

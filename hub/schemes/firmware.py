@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hub import trust, wire
 from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, verify_sign1
+from hub.cose import CoseError, Sign1, decode_sign1, verify_sign1
 from hub.identity import IdentityError, parse_x5chain, verify_chain
 from hub.keys import PublicKey
 from hub.manifests import Manifest, Release
@@ -50,7 +50,8 @@ class FirmwareClaims:
     endpoints: tuple[str, ...] | None = None
 
 
-def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Mapping[object, object]:
+def verify_cose_message(raw: bytes, anchor: TrustAnchor, max_bytes: int,
+                        max_depth: int = 8) -> tuple[Sign1, Mapping[object, object]]:
     """Shared by COSE-signed schemes: decode, bind kid to the device, verify, decode the claims map."""
     try:
         message = decode_sign1(raw, max_bytes=max_bytes)
@@ -65,12 +66,17 @@ def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Map
     except CoseError as exc:
         raise EvidenceError(exc.reason, exc.detail) from exc
     try:
-        payload = loads_strict(message.payload, max_bytes=max_bytes, max_depth=8)
+        payload = loads_strict(message.payload, max_bytes=max_bytes, max_depth=max_depth)
     except CborError as exc:
         raise EvidenceError(exc.reason, f"payload: {exc.detail}", authenticated=True) from exc
     if not isinstance(payload, Mapping):
         raise EvidenceError("bad-claims", "payload must be a claims map", authenticated=True)
-    return payload
+    return message, payload
+
+
+def verify_cose_evidence(raw: bytes, anchor: TrustAnchor, max_bytes: int) -> Mapping[object, object]:
+    """``verify_cose_message`` when only the claims are needed."""
+    return verify_cose_message(raw, anchor, max_bytes)[1]
 
 
 def signing_key(x5chain: object, anchor: TrustAnchor) -> PublicKey:
