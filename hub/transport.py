@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.reasoncodes import ReasonCode
 
 from hub.envelope import Incoming, Outgoing
 
@@ -106,7 +107,9 @@ class MqttTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, 5)
+        self._pending_subscribe: int | None = None
         self.client = client
 
     def start(self, timeout: float = 10.0) -> None:
@@ -186,9 +189,24 @@ class MqttTransport:
             log.error("broker refused the connection: %s", reason)
             return
         if self.subscriptions:
-            client.subscribe([(topic, qos) for topic, qos in self.subscriptions])
+            # "connected" only once the broker has granted the subscriptions: evidence published
+            # before that would find no subscriber on a session's first connection.
+            _result, self._pending_subscribe = client.subscribe([(topic, qos) for topic, qos in self.subscriptions])
+            return
         self.connected.set()
         log.info("connected to broker", extra={"client_id": self.address.client_id})
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, mid: int, reason_codes: list[ReasonCode],
+                      _props: Properties) -> None:
+        if mid != self._pending_subscribe:
+            return
+        refused = [str(code) for code in reason_codes if getattr(code, "is_failure", False)]
+        if refused:
+            self.last_error = f"subscriptions refused: {refused}"
+            log.error("broker refused subscriptions: %s", refused)
+            return
+        self.connected.set()
+        log.info("connected to broker and subscribed", extra={"client_id": self.address.client_id})
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                        _props: object) -> None:
