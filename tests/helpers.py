@@ -224,3 +224,14 @@ def only(outcome: BatchOutcome) -> Any:
 
 def publishes_on(outcome: BatchOutcome, leaf: str) -> list[Any]:
     return [p for p in outcome.publishes if p.topic.endswith("/" + leaf)]
+
+
+def run_cli(env: HubEnv, *args: str) -> Any:
+    """``attest-hub --state-dir <env's> ARGS`` in-process, trusting the demo operator key."""
+    from click.testing import CliRunner
+
+    from hub.cli import cli
+    from hub.localhub import DEMO_OPERATOR_KEY
+
+    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
+                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)

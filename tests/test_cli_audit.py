@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env, incoming
+from click.testing import Result
+from helpers import HubEnv, build_env, incoming, run_cli
 from sqlalchemy import text
 
 from device_sim import firmware
 from device_sim.records import Profile
-from hub.cli import cli
 from hub.cli_audit import quarter_bounds
-from hub.localhub import DEMO_OPERATOR_KEY
 
 
 @pytest.fixture
@@ -30,8 +28,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def run(env: HubEnv, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
-                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    result: Result = run_cli(env, *args)
+    return result
 
 
 def populate(env: HubEnv) -> None:

@@ -9,14 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import SEED, HubEnv, build_env, incoming
+from click.testing import Result
+from helpers import SEED, HubEnv, build_env, incoming, run_cli
 
 from device_sim import firmware
 from device_sim.device import SimDevice
 from device_sim.records import Profile
-from hub.cli import cli
-from hub.localhub import DEMO_OPERATOR_KEY
 from hub.operations import enrol, read_enrolment_csv
 
 
@@ -30,8 +28,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def run(env: HubEnv, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
-                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    result: Result = run_cli(env, *args)
+    return result
 
 
 def csv_text(devices: list[SimDevice], key_files: Path | None = None) -> str:

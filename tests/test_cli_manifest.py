@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env
+from click.testing import Result
+from helpers import HubEnv, build_env, run_cli
 
 from device_sim import firmware
-from hub.cli import cli
 from hub.keys import generate_p256, write_private_key
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
+from hub.localhub import MANIFESTS_DIR
 from hub.manifests import verify_manifest
 
 OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
@@ -30,8 +29,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def run(env: HubEnv, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
-                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    result: Result = run_cli(env, *args)
+    return result
 
 
 def test_diff_lists_release_status_svn_and_digest_changes(env: HubEnv, tmp_path: Path) -> None:

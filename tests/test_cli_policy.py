@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env
+from helpers import HubEnv, build_env, run_cli
 
 from hub.cli import cli
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
+from hub.localhub import MANIFESTS_DIR
 
 ENV_POLICY = MANIFESTS_DIR / "env-sensor" / "policy.toml"
 
@@ -26,8 +26,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def run(env: HubEnv, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
-                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    result: Result = run_cli(env, *args)
+    return result
 
 
 def test_the_repository_policies_are_valid(env: HubEnv) -> None:

@@ -8,15 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env, incoming
+from click.testing import Result
+from helpers import HubEnv, build_env, incoming, run_cli
 
 from device_sim import firmware
 from device_sim.records import Profile
 from hub import wire
-from hub.cli import cli
 from hub.keys import load_private_file
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
+from hub.localhub import MANIFESTS_DIR
 from hub.manifests import Manifest, sign_manifest
 from hub.policy import load_policy
 from hub.schemes import default_schemes
@@ -44,8 +43,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def run(env: HubEnv, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
-                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    result: Result = run_cli(env, *args)
+    return result
 
 
 def next_manifest(env: HubEnv, status: str, version: str = "1.1.0", device_class: str = "env-sensor") -> Manifest:
