@@ -47,6 +47,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict -p hub -p device_sim
+	$(VENV)/bin/lint-imports
 
 ## bench: every figure (about 10 minutes on 2 cores); writes bench/results/latest.json and latest.md
 bench: setup postgres-up

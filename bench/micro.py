@@ -23,15 +23,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_sim.profiles import build_fleet
 from hub import wire
+from hub.appraisal.operations import Enrolment
+from hub.appraisal.pipeline import Pipeline
 from hub.config import load_settings
+from hub.crypto.freshness import epoch_nonce
+from hub.crypto.hubkeys import load_hub_keys
 from hub.envelope import Incoming
-from hub.freshness import epoch_nonce
-from hub.hubkeys import load_hub_keys
-from hub.localhub import enrol_all, prepare_state
-from hub.operations import Enrolment
-from hub.pipeline import Pipeline
-from hub.references import References
+from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.server.localhub import enrol_all, prepare_state
 from hub.store import Store
 
 

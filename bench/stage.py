@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import loadgen
-from hub.broker_process import MosquittoProcess
+from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
-from hub.hubkeys import load_hub_keys
-from hub.keys import public_pem
-from hub.localhub import prepare_state
+from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.keys import public_pem
+from hub.server.localhub import prepare_state
 from hub.store import Store
 from hub.store.db import DEVICES
 

@@ -49,14 +49,14 @@ class Settings:
     # SQLite only: a size limit in pages (PRAGMA max_page_count; 0: none). Reaching it behaves like a
     # full disk: the commit fails, nothing is acknowledged (docs/RELIABILITY.md, tests/faults/).
     sqlite_max_pages: int = 0
-    # Quarantine enforced by the broker (hub/enforcement.py, docs/ENFORCEMENT.md):
+    # Quarantine enforced by the broker (hub/broker/enforcement.py, docs/ENFORCEMENT.md):
     # "none" (signed commands only) or "acl-file" (Mosquitto acl_file + SIGHUP).
     broker_enforcement: str = "none"
     broker_acl_file: str = ""
     broker_pid_file: str = ""
     # Send a remediate command naming the newest approved release when quarantining for firmware.
     remediation: bool = False
-    # Behavioural anomaly detection (hub/anomaly_pass.py, docs/OBSERVABILITY.md): the leader's pass period
+    # Behavioural anomaly detection (hub/anomaly/watch.py, docs/OBSERVABILITY.md): the leader's pass period
     # (0: off), the score at which a finding opens, and how long a verdict must be visible before a pass reads it.
     anomaly_interval_s: float = 30.0
     anomaly_threshold: float = 1.0

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub import pki
-from hub.broker_process import MosquittoProcess, render_acl
+from hub.broker.process import MosquittoProcess, render_acl
+from hub.crypto import pki
 
 
 @pytest.fixture

@@ -25,13 +25,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from device_sim.device import SimDevice
 from device_sim.profiles import build_fleet
-from hub.broker_process import MosquittoProcess
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
-from hub.cose import decode_sign1, verify_sign1
-from hub.hubkeys import HubKeys, load_hub_keys
-from hub.keys import public_pem
-from hub.localhub import enrol_all, prepare_state
-from hub.operations import Enrolment
+from hub.crypto.cose import decode_sign1, verify_sign1
+from hub.crypto.hubkeys import HubKeys, load_hub_keys
+from hub.crypto.keys import public_pem
+from hub.server.localhub import enrol_all, prepare_state
 from hub.store import Store
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"

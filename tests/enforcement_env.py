@@ -17,12 +17,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet, FleetTls
 from device_sim.profiles import build_fleet
-from hub import pki
-from hub.broker_process import render_acl
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import render_acl
 from hub.config import Settings, load_settings
-from hub.keys import public_pem
-from hub.localhub import LocalHub, enrol_all, prepare_state
-from hub.operations import Enrolment
+from hub.crypto import pki
+from hub.crypto.keys import public_pem
+from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
 
 if TYPE_CHECKING:

@@ -24,17 +24,17 @@ from device_sim.device import SimDevice
 from device_sim.evidence import EvidenceClaims, claims_map
 from device_sim.records import Profile
 from hub import wire
+from hub.appraisal.operations import Enrolment, enrol
+from hub.appraisal.pipeline import BatchOutcome, Pipeline
+from hub.appraisal.ratelimit import RateLimiter
 from hub.config import Settings, load_settings
+from hub.crypto.freshness import challenge_nonce, epoch_nonce
+from hub.crypto.hubkeys import HubKeys, load_hub_keys
 from hub.envelope import Incoming
-from hub.freshness import challenge_nonce, epoch_nonce
-from hub.hubkeys import HubKeys, load_hub_keys
-from hub.localhub import prepare_state
-from hub.operations import Enrolment, enrol
-from hub.pipeline import BatchOutcome, Pipeline
-from hub.ratelimit import RateLimiter
-from hub.references import References
+from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.schemes.base import TrustAnchor
+from hub.server.localhub import prepare_state
 from hub.store import DeviceRecord, Store
 
 SEED = "security-tests"
@@ -230,8 +230,8 @@ def run_cli(env: HubEnv, *args: str) -> Any:
     """``attest-hub --state-dir <env's> ARGS`` in-process, trusting the demo operator key."""
     from click.testing import CliRunner
 
-    from hub.cli import cli
-    from hub.localhub import DEMO_OPERATOR_KEY
+    from hub.cli.main import cli
+    from hub.server.localhub import DEMO_OPERATOR_KEY
 
     return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
                               env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)

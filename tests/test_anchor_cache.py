@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from helpers import HubEnv, build_env, incoming, only, sign_claims
 
-from hub.keys import public_pem
-from hub.operations import revoke
+from hub.appraisal.operations import revoke
+from hub.crypto.keys import public_pem
 
 A = "smart-meter-0001"
 

@@ -11,7 +11,9 @@ import random
 import pytest
 
 from device_sim.device import SimDevice
-from hub.anomaly import (
+from hub.anomaly.metadata import measurement_set
+from hub.anomaly.scores import Assessment, assess
+from hub.anomaly.stats import (
     BOOTS,
     CADENCE,
     RARE,
@@ -24,8 +26,6 @@ from hub.anomaly import (
     duration,
     observe,
 )
-from hub.anomaly_metadata import measurement_set
-from hub.anomaly_scores import Assessment, assess
 
 CONFIG = DetectorConfig()
 CLASS = "env-sensor"

@@ -18,13 +18,13 @@ import pytest
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from device_sim.slow_attacks import SlowAttack, SlowAttackDriver, build_slow_attack_fleet
-from hub import anomaly
-from hub.anomaly_store import findings
-from hub.broker_process import MosquittoProcess, free_port
+from hub.anomaly import stats as anomaly
+from hub.anomaly.records import findings
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import MosquittoProcess, free_port
 from hub.config import Settings, load_settings
-from hub.keys import public_pem
-from hub.localhub import LocalHub, enrol_all, prepare_state
-from hub.operations import Enrolment
+from hub.crypto.keys import public_pem
+from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
 from tests.e2e import test_database_url
 

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from hub.metrics import HubMetrics
+from hub.server.metrics import HubMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
 DOC = DASHBOARD.parent / "OBSERVABILITY.md"

@@ -13,14 +13,16 @@ from helpers import HubEnv, build_env, incoming
 from device_sim import firmware
 from device_sim.device import SimDevice
 from device_sim.records import Profile
-from hub import anomaly, wire
-from hub.anomaly import DetectorConfig
-from hub.anomaly_pass import AnomalyWatch, PassResult, export
-from hub.anomaly_store import findings
-from hub.cli import cli
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
-from hub.metrics import HubMetrics
-from hub.pipeline import Pipeline
+from hub import wire
+from hub.anomaly import stats as anomaly
+from hub.anomaly.records import findings
+from hub.anomaly.stats import DetectorConfig
+from hub.anomaly.watch import AnomalyWatch, PassResult
+from hub.appraisal.pipeline import Pipeline
+from hub.cli.main import cli
+from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
+from hub.server.metrics import HubMetrics
+from hub.server.observe import export_anomalies as export
 
 CLASS = firmware.ENV_SENSOR
 LOOPER = "env-sensor-0003"

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hub.broker_process import BrokerConfigError, BrokerStartError, MosquittoProcess, free_port, render_template
+from hub.broker.process import BrokerConfigError, BrokerStartError, MosquittoProcess, free_port, render_template
 
 pytestmark = pytest.mark.broker
 

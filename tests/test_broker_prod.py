@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hub import pki
+from hub.crypto import pki
 
 if TYPE_CHECKING:  # the fixture's type; conftest itself is loaded by pytest, not imported
     from tests.conftest import ProdBroker

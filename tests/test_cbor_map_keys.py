@@ -7,9 +7,9 @@ import pytest
 
 from device_sim.device import SimDevice
 from hub import wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, sign1
-from hub.freshness import epoch_nonce
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, decode_sign1, sign1
+from hub.crypto.freshness import epoch_nonce
 from hub.schemes.base import EvidenceError, TrustAnchor
 from hub.schemes.firmware import FirmwareScheme
 

@@ -1,11 +1,11 @@
-"""Strict CBOR decoding (hub.cbor_strict): every generous cbor2 default is turned off."""
+"""Strict CBOR decoding (hub.crypto.cbor_strict): every generous cbor2 default is turned off."""
 
 from __future__ import annotations
 
 import cbor2
 import pytest
 
-from hub.cbor_strict import DEFAULT_MAX_BYTES, CborError, loads_strict
+from hub.crypto.cbor_strict import DEFAULT_MAX_BYTES, CborError, loads_strict
 
 
 def reason(data: object, **kw: object) -> str:

@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.challenge import challenge_and_wait, make_challenge
-from hub.cli import cli
-from hub.localhub import LocalHub
-from hub.operations import publish_once
+from hub.appraisal.challenge import challenge_and_wait, make_challenge
+from hub.appraisal.operations import publish_once
+from hub.broker.process import MosquittoProcess
+from hub.cli.main import cli
+from hub.server.localhub import LocalHub
 from tests.e2e import Observer, make_env, signed_payload
 
 pytestmark = pytest.mark.broker

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from device_sim import firmware
 from device_sim.records import Profile
-from hub.cli_audit import quarter_bounds
+from hub.cli.audit import quarter_bounds
 
 
 @pytest.fixture

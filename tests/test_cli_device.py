@@ -15,7 +15,7 @@ from helpers import SEED, HubEnv, build_env, incoming, run_cli
 from device_sim import firmware
 from device_sim.device import SimDevice
 from device_sim.records import Profile
-from hub.operations import enrol, read_enrolment_csv
+from hub.appraisal.operations import enrol, read_enrolment_csv
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from click.testing import Result
 from helpers import HubEnv, build_env, run_cli
 
 from device_sim import firmware
-from hub.keys import generate_p256, write_private_key
-from hub.localhub import MANIFESTS_DIR
-from hub.manifests import verify_manifest
+from hub.crypto.keys import generate_p256, write_private_key
+from hub.reference.manifests import verify_manifest
+from hub.server.localhub import MANIFESTS_DIR
 
 OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
 ENV_SIGNED = MANIFESTS_DIR / "env-sensor" / "manifest.cose"

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import HubEnv, build_env, run_cli
 
-from hub.cli import cli
-from hub.localhub import MANIFESTS_DIR
+from hub.cli.main import cli
+from hub.server.localhub import MANIFESTS_DIR
 
 ENV_POLICY = MANIFESTS_DIR / "env-sensor" / "policy.toml"
 

@@ -12,13 +12,13 @@ from click.testing import CliRunner, Result
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.cli import cli
-from hub.cose import sign1
+from hub.appraisal.operations import publish_once
+from hub.broker.process import MosquittoProcess
+from hub.cli.main import cli
+from hub.crypto.cose import sign1
+from hub.crypto.keys import generate_p256
 from hub.envelope import Outgoing
-from hub.keys import generate_p256
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR, LocalHub
-from hub.operations import publish_once
+from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR, LocalHub
 from tests.e2e import HubEnv, make_env
 
 pytestmark = pytest.mark.broker

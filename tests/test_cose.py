@@ -1,4 +1,4 @@
-"""COSE_Sign1 (RFC 9052) rules of hub.cose: each check has a message that fails only that check."""
+"""COSE_Sign1 (RFC 9052) rules of hub.crypto.cose: each check has a message that fails only that check."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from helpers import P256_ORDER, malleate, parts, rebuild, sig_structure, sign_raw
 
 from hub import wire
-from hub.cose import CoseError, decode_sign1, sign1, verify_sign1
+from hub.crypto.cose import CoseError, decode_sign1, sign1, verify_sign1
 
 PAYLOAD = cbor2.dumps({1: "payload"})
 ES256 = {wire.HDR_ALG: wire.ALG_ES256, wire.HDR_KID: b"dev-1"}

@@ -20,9 +20,9 @@ from device_sim.data_profiles import DataKind, DataProfile
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
-from hub.operations import publish_once, set_quarantine
+from hub.appraisal.operations import publish_once, set_quarantine
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
 from tests.e2e import HubEnv, Observer, make_env
 
 pytestmark = pytest.mark.broker

@@ -18,11 +18,12 @@ from device_sim import cose as sim_cose
 from device_sim.data_profiles import alter_record
 from device_sim.device import SimDevice
 from device_sim.telemetry import Batch, TelemetryChain, encode_records, with_records
-from hub import trust, wire
-from hub.policy import Policy
+from hub import wire
+from hub.reference import trust
+from hub.reference.policy import Policy
+from hub.reference.trust import Tier
 from hub.schemes.base import AppraisalInputs, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.data import ChainState, DataBatch, DataScheme, appraise_batch
-from hub.trust import Tier
 
 DEVICE = "env-sensor-0001"
 NONCE = b"E" + bytes(31)

@@ -14,9 +14,9 @@ from paho.mqtt.properties import Properties
 from device_sim.fleet import Fleet
 from device_sim.records import Profile
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
-from hub.trust import Tier
+from hub.broker.process import MosquittoProcess
+from hub.reference.trust import Tier
+from hub.server.localhub import LocalHub
 from tests.e2e import Observer, make_env, signed_payload
 
 pytestmark = pytest.mark.broker

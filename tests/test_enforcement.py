@@ -1,4 +1,4 @@
-"""hub.enforcement without a broker: the managed ACL section, injection refusal, signalling, settings,
+"""hub.broker.enforcement without a broker: the managed ACL section, injection refusal, signalling, settings,
 and the hub worker's enforcement path (after commit; full sync at start and after a failure)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hub import wire
-from hub.broker_process import BROKER_CONFIG_DIR, render_acl
-from hub.config import ConfigError, load_settings
-from hub.enforcement import (
+from hub.appraisal.pipeline import BatchOutcome
+from hub.appraisal.verdicts import Decision
+from hub.broker.enforcement import (
     ACL_SECTION_BEGIN,
     ACL_SECTION_END,
     QUARANTINE_DENIED,
@@ -23,9 +23,9 @@ from hub.enforcement import (
     enforcer_from_settings,
     pid_file_signaller,
 )
-from hub.pipeline import BatchOutcome
-from hub.trust import Tier, TrustVector
-from hub.verdicts import Decision
+from hub.broker.process import BROKER_CONFIG_DIR, render_acl
+from hub.config import ConfigError, load_settings
+from hub.reference.trust import Tier, TrustVector
 
 
 class Signals:
@@ -193,8 +193,8 @@ def _decision(device_id: str, action: str) -> Decision:
 
 
 def test_worker_enforces_committed_quarantines_and_releases_and_resyncs_after_a_failure(tmp_path: Path) -> None:
-    from hub.localhub import prepare_state
-    from hub.service import HubWorker
+    from hub.server.localhub import prepare_state
+    from hub.server.worker import HubWorker
 
     settings = prepare_state(load_settings(None, environ={}, state_dir=tmp_path / "hub"))
     recorder = Recorder()

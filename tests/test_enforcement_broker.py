@@ -10,13 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from device_sim.records import Profile
-from hub import pki, transitions, wire
-from hub.cli import cli
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.operations import set_quarantine
+from hub.broker.enforcement import AclFileEnforcer
+from hub.cli.main import cli
 from hub.config import Settings
-from hub.enforcement import AclFileEnforcer
-from hub.hubkeys import load_hub_keys
-from hub.localhub import LocalHub
-from hub.operations import set_quarantine
+from hub.crypto import pki
+from hub.crypto.hubkeys import load_hub_keys
+from hub.server.localhub import LocalHub
 from hub.store import Store
 from tests.enforcement_env import NOT_AUTHORIZED, make_secure_env, wait_for
 from tests.test_broker_prod import TlsClient

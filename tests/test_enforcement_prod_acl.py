@@ -13,7 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub import pki, wire
+from hub import wire
+from hub.crypto import pki
 from tests import test_broker_prod
 from tests.test_broker_prod import Connect
 

@@ -14,15 +14,16 @@ from helpers import SEED, Claims, anchor_for, component, honest_claims, sign_cla
 from device_sim import firmware
 from device_sim.device import SimDevice
 from device_sim.records import Profile
-from hub import trust, wire
-from hub.hubkeys import load_operator_keys
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
-from hub.manifests import Manifest, verify_manifest
-from hub.policy import Policy
+from hub import wire
+from hub.crypto.hubkeys import load_operator_keys
+from hub.reference import trust
+from hub.reference.manifests import Manifest, verify_manifest
+from hub.reference.policy import Policy
+from hub.reference.trust import Tier
 from hub.schemes.base import AppraisalInputs, DeviceState, EvidenceError
 from hub.schemes.base import Claims as EvidenceClaims
 from hub.schemes.firmware import FirmwareClaims, FirmwareScheme, MeasuredComponent, appraise_firmware
-from hub.trust import Tier
+from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
 
 NONCE = b"E" + bytes(31)
 SCHEME = FirmwareScheme()

@@ -13,8 +13,8 @@ from paho.mqtt.properties import Properties
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
 from tests.e2e import make_env
 
 pytestmark = pytest.mark.broker

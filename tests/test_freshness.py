@@ -1,11 +1,11 @@
-"""Stateless epoch and challenge nonces (hub.freshness)."""
+"""Stateless epoch and challenge nonces (hub.crypto.freshness)."""
 
 from __future__ import annotations
 
 import pytest
 
 from hub import wire
-from hub.freshness import NONCE_SIZE, challenge_nonce, check_nonce, epoch_nonce
+from hub.crypto.freshness import NONCE_SIZE, challenge_nonce, check_nonce, epoch_nonce
 
 SECRET = b"s" * 32
 DEVICE = "smart-meter-0001"

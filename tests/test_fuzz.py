@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from device_sim import firmware
 from device_sim.device import SimDevice
 from hub import wire
-from hub.cose import CoseError, decode_sign1, verify_sign1
+from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
 from hub.envelope import Incoming
 from hub.schemes.base import EvidenceError
 from hub.schemes.firmware import FirmwareScheme

@@ -17,14 +17,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from device_sim.device import SimDevice
-from hub import pki, wire
-from hub.broker_process import MosquittoProcess
-from hub.cose import decode_sign1, sign1
-from hub.freshness import epoch_nonce
-from hub.localhub import LocalHub
-from hub.operations import OperationError, enrolment_from_certificate
+from hub import wire
+from hub.appraisal.operations import OperationError, enrolment_from_certificate
+from hub.broker.process import MosquittoProcess
+from hub.crypto import pki
+from hub.crypto.cose import decode_sign1, sign1
+from hub.crypto.freshness import epoch_nonce
 from hub.schemes.base import EvidenceError, TrustAnchor
 from hub.schemes.firmware import FirmwareScheme
+from hub.server.localhub import LocalHub
 from tests.e2e import Observer, make_env, signed_payload
 
 NONCE = epoch_nonce(b"k" * 32, 1)

@@ -15,12 +15,12 @@ from paho.mqtt.properties import Properties
 from device_sim.device import SimDevice
 from device_sim.rotation import next_key, rotation_message
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.freshness import epoch_nonce
-from hub.keys import load_public_pem, public_pem
-from hub.localhub import LocalHub
+from hub.broker.process import MosquittoProcess
+from hub.crypto.freshness import epoch_nonce
+from hub.crypto.keys import load_public_pem, public_pem
 from hub.schemes.base import EvidenceError, TrustAnchor
 from hub.schemes.keyrotation import KeyRotationScheme
+from hub.server.localhub import LocalHub
 from tests.e2e import Observer, make_env, signed_payload
 
 NONCE = epoch_nonce(b"s" * 32, 3)
@@ -56,7 +56,7 @@ def test_proof_must_be_made_with_the_new_key() -> None:
     forged = rotation_message(DEVICE, old, other, NONCE)  # proof by `other`, then claim `new` below
     import cbor2
 
-    from hub.cose import decode_sign1, sign1
+    from hub.crypto.cose import decode_sign1, sign1
 
     payload = cbor2.loads(decode_sign1(forged).payload)
     payload[wire.ROT_NEW_KEY] = cbor2.loads(decode_sign1(raw).payload)[wire.ROT_NEW_KEY]

@@ -9,10 +9,10 @@ import pytest
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.liveness import deadline_epoch
-from hub.localhub import LocalHub
-from hub.policy import Policy
+from hub.appraisal.liveness import deadline_epoch
+from hub.broker.process import MosquittoProcess
+from hub.reference.policy import Policy
+from hub.server.localhub import LocalHub
 from tests.e2e import Observer, make_env, signed_payload
 
 

@@ -12,11 +12,11 @@ from helpers import parts, rebuild, sign_raw
 
 from device_sim import firmware
 from hub import wire
-from hub.hubkeys import load_operator_keys
-from hub.keys import PublicKey, fingerprint, load_private_file
-from hub.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
-from hub.manifests import Manifest, ManifestError, parse_source, sign_manifest, verify_manifest
-from hub.references import References
+from hub.crypto.hubkeys import load_operator_keys
+from hub.crypto.keys import PublicKey, fingerprint, load_private_file
+from hub.reference.manifests import Manifest, ManifestError, parse_source, sign_manifest, verify_manifest
+from hub.reference.values import References
+from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
 from hub.store import Store
 
 CLASSES = ("env-sensor", "smart-meter")

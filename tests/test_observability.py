@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from device_sim.fleet import Fleet
-from hub.broker_process import MosquittoProcess, free_port
-from hub.localhub import LocalHub
+from hub.broker.process import MosquittoProcess, free_port
+from hub.server.localhub import LocalHub
 from tests.e2e import make_env
 
 pytestmark = pytest.mark.broker

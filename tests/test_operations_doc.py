@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker_process import MosquittoProcess
+from hub.broker.process import MosquittoProcess
 from hub.store import Store
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

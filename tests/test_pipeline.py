@@ -29,11 +29,11 @@ from device_sim import cose as sim_cose
 from device_sim.commands import parse_command
 from device_sim.records import Profile
 from hub import wire
-from hub.freshness import epoch_nonce
-from hub.keys import public_pem
-from hub.operations import revoke, set_quarantine
-from hub.pipeline import Pipeline
-from hub.ratelimit import RateLimiter
+from hub.appraisal.operations import revoke, set_quarantine
+from hub.appraisal.pipeline import Pipeline
+from hub.appraisal.ratelimit import RateLimiter
+from hub.crypto.freshness import epoch_nonce
+from hub.crypto.keys import public_pem
 from hub.store import Store
 
 A = "smart-meter-0001"

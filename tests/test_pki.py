@@ -1,4 +1,4 @@
-"""hub.pki and the `pki` CLI: chains verify, unsafe names refused, key modes, and mutual TLS with Mosquitto."""
+"""hub.crypto.pki and the `pki` CLI: chains verify, unsafe names refused, key modes, and mutual TLS with Mosquitto."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hub import pki
-from hub.cli_pki import pki as pki_cli
+from hub.cli.pki import pki as pki_cli
+from hub.crypto import pki
 
 if TYPE_CHECKING:  # the fixture's type; conftest itself is loaded by pytest, not imported
     from tests.conftest import ProdBroker

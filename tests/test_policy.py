@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub.policy import Policy, PolicyError, TierActions, default_policy, load_policy
-from hub.references import References
+from hub.reference.policy import Policy, PolicyError, TierActions, default_policy, load_policy
+from hub.reference.values import References
 
 GOOD = """\
 device_class = "smart-meter"

@@ -19,17 +19,17 @@ from device_sim.commands import Epoch
 from device_sim.fleet import Fleet
 from device_sim.records import Profile
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.cli import cli
-from hub.cli_db import db
+from hub.appraisal.pipeline import Pipeline
+from hub.broker.process import MosquittoProcess
+from hub.cli.db import db
+from hub.cli.main import cli
 from hub.config import load_settings
+from hub.crypto.freshness import epoch_nonce
+from hub.crypto.hubkeys import load_hub_keys
 from hub.envelope import Incoming
-from hub.freshness import epoch_nonce
-from hub.hubkeys import load_hub_keys
-from hub.localhub import LocalHub, prepare_state
-from hub.pipeline import Pipeline
-from hub.references import References
+from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.server.localhub import LocalHub, prepare_state
 from hub.store import Store
 from hub.store.migrate import current_revision, head_revision, upgrade
 from tests.e2e import fresh_pg_database, make_env

@@ -12,14 +12,14 @@ from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from device_sim.psa import PsaProfile, PsaSimDevice, build_psa_fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import MosquittoProcess
 from hub.config import load_settings
-from hub.hubkeys import load_hub_keys
-from hub.keys import public_pem
-from hub.localhub import LocalHub, enrol_all, prepare_state
-from hub.operations import Enrolment
+from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.keys import public_pem
+from hub.reference.trust import Tier
+from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
-from hub.trust import Tier
 from tests.e2e import Observer, signed_payload
 
 pytestmark = pytest.mark.broker

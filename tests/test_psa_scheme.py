@@ -13,11 +13,20 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from device_sim import cose as sim_cose
 from device_sim import keys as sim_keys
 from device_sim import psa as sim_psa
-from hub import trust, wire
-from hub.cose import sign1
-from hub.keys import fingerprint, load_public_pem
-from hub.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, verify_manifest
-from hub.policy import Policy
+from hub import wire
+from hub.crypto.cose import sign1
+from hub.crypto.keys import fingerprint, load_public_pem
+from hub.reference import trust
+from hub.reference.manifests import (
+    Component,
+    Manifest,
+    ManifestError,
+    Release,
+    parse_source,
+    sign_manifest,
+    verify_manifest,
+)
+from hub.reference.policy import Policy
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.psa import PsaClaims, PsaScheme

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from hub import trust
-from hub.keys import load_public_pem
-from hub.policy import Policy
+from hub.crypto.keys import load_public_pem
+from hub.reference import trust
+from hub.reference.policy import Policy
 from hub.schemes.base import AppraisalInputs, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.psa import PsaClaims, PsaScheme
 

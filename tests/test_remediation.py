@@ -12,13 +12,15 @@ import pytest
 from device_sim import keys as sim_keys
 from device_sim.commands import Epoch
 from device_sim.records import Profile
-from hub import transitions, trust, wire
-from hub.keys import public_pem
-from hub.manifests import Component, Manifest, Release
-from hub.messages import Command
-from hub.policy import Policy
-from hub.remediation import plan_remediation
-from hub.trust import TrustVector
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.messages import Command
+from hub.appraisal.remediation import plan_remediation
+from hub.crypto.keys import public_pem
+from hub.reference import trust
+from hub.reference.manifests import Component, Manifest, Release
+from hub.reference.policy import Policy
+from hub.reference.trust import TrustVector
 from tests.e2e import signed_payload
 from tests.helpers import EPOCH, HubEnv, build_env, incoming, only, publishes_on
 
@@ -116,8 +118,8 @@ def test_compromised_device_verifies_but_ignores_state_commands(env: HubEnv) -> 
 
 
 def test_data_verdicts_after_a_firmware_quarantine_do_not_block_its_automatic_release() -> None:
-    from hub.policy import Policy as P
-    from hub.trust import Tier
+    from hub.reference.policy import Policy as P
+    from hub.reference.trust import Tier
 
     auto = P("c", release="auto")
     quarantined = transitions.after_verdict(transitions.TRUSTED, False, Tier.CONTRAINDICATED, auto)

@@ -13,11 +13,12 @@ import pytest
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from device_sim.records import Profile
-from hub import transitions, wire
-from hub.enforcement import enforcer_from_settings
-from hub.hubkeys import load_hub_keys
-from hub.localhub import LocalHub
-from hub.operations import set_quarantine
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.operations import set_quarantine
+from hub.broker.enforcement import enforcer_from_settings
+from hub.crypto.hubkeys import load_hub_keys
+from hub.server.localhub import LocalHub
 from hub.store import Store
 from tests.enforcement_env import SecureEnv, TlsObserver, make_secure_env, wait_for
 

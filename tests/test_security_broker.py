@@ -22,12 +22,12 @@ from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from device_sim.records import Profile
 from hub import wire
-from hub.broker_process import MosquittoProcess
+from hub.appraisal.messages import Command
+from hub.appraisal.operations import Enrolment, publish_once, revoke, set_quarantine
+from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
-from hub.keys import public_pem
-from hub.localhub import LocalHub, enrol_all, prepare_state
-from hub.messages import Command
-from hub.operations import Enrolment, publish_once, revoke, set_quarantine
+from hub.crypto.keys import public_pem
+from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
 
 pytestmark = pytest.mark.broker

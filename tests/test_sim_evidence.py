@@ -150,7 +150,7 @@ def test_demo_mix_for_50_devices() -> None:
         Profile.ROLLBACK: 3,
         Profile.REPLAY: 2,
         Profile.FORGED: 2,
-        Profile.IGNORES_COMMANDS: 0,  # not in the "demo" mix (hub/demo.py adds it)
+        Profile.IGNORES_COMMANDS: 0,  # not in the "demo" mix (hub/cli/demo.py adds it)
     }
     assert [d.device_id for d in fleet[:4]] == [
         "env-sensor-0001",

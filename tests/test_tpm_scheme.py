@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from hub import trust, wire
-from hub.freshness import check_nonce, epoch_nonce
-from hub.keys import load_public_pem
-from hub.manifests import Manifest, parse_source
-from hub.policy import Policy
+from hub import wire
+from hub.crypto.freshness import check_nonce, epoch_nonce
+from hub.crypto.keys import load_public_pem
+from hub.reference import trust
+from hub.reference.manifests import Manifest, parse_source
+from hub.reference.policy import Policy
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.schemes.base import AppraisalInputs, Claims, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.tpm import TpmQuoteClaims, TpmScheme, expected_boot_pcr

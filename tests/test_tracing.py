@@ -20,9 +20,9 @@ from paho.mqtt.properties import Properties
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
-from hub.logs import JsonFormatter, configure_logging
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
+from hub.server.logs import JsonFormatter, configure_logging
 from tests.e2e import Observer, Received, make_env
 
 
@@ -40,7 +40,7 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def service_log() -> Iterator[Records]:
-    logger = logging.getLogger("hub.service")
+    logger = logging.getLogger("hub.server.worker")
     handler, level = Records(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -62,11 +62,11 @@ def verdict_records(log: Records, device_id: str) -> list[dict[str, Any]]:
 
 
 def test_json_lines_keep_the_evidence_fields() -> None:
-    record = logging.makeLogRecord({"name": "hub.service", "levelno": logging.INFO, "levelname": "INFO",
+    record = logging.makeLogRecord({"name": "hub.server.worker", "levelno": logging.INFO, "levelname": "INFO",
                                     "msg": "verdict %s", "args": ("affirming",), "device_id": "d1",
                                     "scheme": "firmware", "verdict": "affirming", "trace_id": "abc"})
     line = json.loads(JsonFormatter().format(record))
-    assert line["msg"] == "verdict affirming" and line["level"] == "info" and line["logger"] == "hub.service"
+    assert line["msg"] == "verdict affirming" and line["level"] == "info" and line["logger"] == "hub.server.worker"
     assert (line["device_id"], line["scheme"], line["verdict"], line["trace_id"]) == ("d1", "firmware",
                                                                                       "affirming", "abc")
 

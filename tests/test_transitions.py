@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hub import transitions as t
 from hub import wire
-from hub.policy import Policy, TierActions
-from hub.trust import Tier
+from hub.appraisal import transitions as t
+from hub.reference.policy import Policy, TierActions
+from hub.reference.trust import Tier
 
 AUTO = Policy("c")
 OPERATOR = Policy("c", release="operator")

@@ -8,7 +8,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from hub import wire
-from hub.transport import _PublishProperties, publish_properties
+from hub.broker.transport import _PublishProperties, publish_properties
 
 CASES = [
     (wire.EAR_MEDIA_TYPE, "0123456789abcdef"),

@@ -28,18 +28,18 @@ from pycose.messages.sign1message import Sign1Message
 from device_sim import commands as sim_commands
 from device_sim.keys import load_hub_public_key
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, Sign1, decode_sign1, verify_sign1
-from hub.freshness import check_nonce, epoch_nonce
-from hub.keys import PublicKey, fingerprint, load_public_pem
-from hub.localhub import LocalHub, enrol_all
-from hub.manifests import ManifestError, verify_manifest
-from hub.operations import Enrolment
-from hub.references import References
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import MosquittoProcess
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, Sign1, decode_sign1, verify_sign1
+from hub.crypto.freshness import check_nonce, epoch_nonce
+from hub.crypto.keys import PublicKey, fingerprint, load_public_pem
+from hub.reference.manifests import ManifestError, verify_manifest
+from hub.reference.trust import TrustVector, tier_of
+from hub.reference.values import References
 from hub.schemes.base import EvidenceError, TrustAnchor
 from hub.schemes.firmware import FirmwareClaims, FirmwareScheme
-from hub.trust import TrustVector, tier_of
+from hub.server.localhub import LocalHub, enrol_all
 from tests.e2e import Observer, make_env, signed_payload
 
 VECTORS = Path(__file__).parent / "vectors"

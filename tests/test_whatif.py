@@ -14,12 +14,12 @@ from helpers import HubEnv, build_env, incoming, run_cli
 from device_sim import firmware
 from device_sim.records import Profile
 from hub import wire
-from hub.keys import load_private_file
-from hub.localhub import MANIFESTS_DIR
-from hub.manifests import Manifest, sign_manifest
-from hub.policy import load_policy
+from hub.appraisal.whatif import Outcome, Proposal, ProposalError, load_proposal, what_if
+from hub.crypto.keys import load_private_file
+from hub.reference.manifests import Manifest, sign_manifest
+from hub.reference.policy import load_policy
 from hub.schemes import default_schemes
-from hub.whatif import Outcome, Proposal, ProposalError, load_proposal, what_if
+from hub.server.localhub import MANIFESTS_DIR
 
 OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
 ENV_POLICY = (MANIFESTS_DIR / "env-sensor" / "policy.toml").read_text()
@@ -116,7 +116,7 @@ def test_stale_or_untrusted_proposals_are_refused(env: HubEnv, tmp_path: Path) -
     with pytest.raises(ProposalError, match="not above"):
         load_proposal(("m.cose", current.signed), None, env.references, env.keys.operator_keys)
     with pytest.raises(ProposalError, match="untrusted key"):
-        from hub.keys import generate_p256
+        from hub.crypto.keys import generate_p256
 
         load_proposal(("m.cose", sign_manifest(next_manifest(env, "revoked"), generate_p256())), None,
                       env.references, env.keys.operator_keys)
@@ -146,7 +146,7 @@ def test_cli_whatif_policy_source_and_errors(env: HubEnv, tmp_path: Path) -> Non
     deprecated = tmp_path / "meter-2-manifest.toml"
     import tomli_w
 
-    from hub.manifests import to_source
+    from hub.reference.manifests import to_source
 
     deprecated.write_text(tomli_w.dumps(to_source(next_manifest(env, "deprecated", "1.1.0", "smart-meter"))))
     both = json.loads(run(env, "whatif", "--manifest", str(deprecated), "--policy", str(policy), "--json").stdout)

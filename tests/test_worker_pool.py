@@ -14,8 +14,8 @@ import pytest
 
 from device_sim.fleet import Fleet
 from hub import wire
-from hub.broker_process import MosquittoProcess
-from hub.supervisor import run_workers
+from hub.broker.process import MosquittoProcess
+from hub.server.supervisor import run_workers
 from tests.e2e import Observer, make_env
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub import wire
-from hub.anomaly import PLATFORM_SCHEMES, VerdictEvent, counter_of
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1
+from hub.anomaly.stats import PLATFORM_SCHEMES, VerdictEvent, counter_of
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, decode_sign1
 
 MAX_EVIDENCE = 64 * 1024
 

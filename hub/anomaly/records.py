@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select, update
 
-from hub.anomaly import AnomalyStateError, DeviceStats
+from hub.anomaly.stats import AnomalyStateError, DeviceStats
 from hub.store import Store
 from hub.store.db import DEVICES, STATE, VERDICTS
 from hub.store.models import AnomalyFinding, AnomalyStat

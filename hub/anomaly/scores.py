@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from hub.anomaly import BOOTS, CADENCE, RARE, SIGNATURES, DetectorConfig, DeviceStats, duration
+from hub.anomaly.stats import BOOTS, CADENCE, RARE, SIGNATURES, DetectorConfig, DeviceStats, duration
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,9 @@ summary of how it behaves over time so that a slow change (reports arriving
 later and later, a climbing boot count, an unusual release appearing on a
 few devices at once, signature failures) can be compared with the device's
 own past and with its class. Everything here is pure: ``observe`` folds one
-verdict into a device's ``DeviceStats``; ``hub.anomaly_scores.assess`` turns
+verdict into a device's ``DeviceStats``; ``hub.anomaly.scores.assess`` turns
 the stats of the fleet into scored, explained assessments; the leader's pass
-(``hub.anomaly_pass``) loads and stores the state and acts on the findings.
+(``hub.anomaly.watch``) loads and stores the state and acts on the findings.
 
 State per device is bounded (a few windows of ``window`` numbers) and kept
 as JSON in the ``anomaly_stat`` table, so the detector survives restarts and

@@ -27,11 +27,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from hub import transitions, wire
-from hub.anomaly import KINDS, RARE, STATUS_KINDS, DetectorConfig, DeviceStats, observe
-from hub.anomaly_metadata import event_from_row
-from hub.anomaly_scores import Assessment, assess
-from hub.anomaly_store import (
+from hub import wire
+from hub.anomaly.metadata import event_from_row
+from hub.anomaly.records import (
     cursor,
     device_classes,
     findings,
@@ -47,16 +45,18 @@ from hub.anomaly_store import (
     update_findings,
     verdicts_after,
 )
+from hub.anomaly.scores import Assessment, assess
+from hub.anomaly.stats import RARE, STATUS_KINDS, DetectorConfig, DeviceStats, observe
+from hub.appraisal import transitions
+from hub.appraisal.messages import Command
 from hub.audit import AuditDraft, append
 from hub.config import Settings
+from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
-from hub.hubkeys import HubKeys
-from hub.messages import Command
-from hub.metrics import HubMetrics
-from hub.references import References
+from hub.reference.trust import Tier
+from hub.reference.values import References
 from hub.store import DeviceRecord, Store
 from hub.store.db import dumps
-from hub.trust import Tier
 
 log = logging.getLogger(__name__)
 ACTOR = "anomaly-detector"
@@ -255,12 +255,3 @@ def fleet_counts(store: Store) -> PassResult:
     with store.reading() as conn:
         by_kind = Counter(str(f["kind"]) for f in findings(conn, open_only=True, limit=1_000_000))
         return PassResult(0, open_by_kind=dict(by_kind), devices_by_status=status_counts(conn))
-
-
-def export(metrics: HubMetrics, result: PassResult) -> None:
-    """The leader's gauges: open findings by kind, devices by status."""
-    for kind in KINDS:
-        metrics.anomalies.labels(kind=kind).set(result.open_by_kind.get(kind, 0))
-    metrics.devices.clear()
-    for status, count in result.devices_by_status.items():
-        metrics.devices.labels(status=status).set(count)

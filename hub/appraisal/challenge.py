@@ -1,7 +1,7 @@
 """On-demand attestation: send a device a single-use challenge nonce and wait for the verdict.
 
 The challenge is a signed command (``challenge``) carrying a nonce from
-``hub.freshness.challenge_nonce``: bound to the device, valid for the current
+``hub.crypto.freshness.challenge_nonce``: bound to the device, valid for the current
 and next epoch, accepted once by whichever worker receives the answer. The
 hub echoes the evidence's nonce (EAT claim 10) in its signed result, which is
 how the operator, or any relying party that asked, matches the answer to the
@@ -19,16 +19,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub import wire
+from hub.appraisal.messages import Command
+from hub.appraisal.operations import OperationError, publish_once
 from hub.audit import AuditDraft, append
+from hub.broker.transport import TransportError
 from hub.config import Settings
-from hub.cose import CoseError, decode_sign1, verify_sign1
+from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
+from hub.crypto.freshness import challenge_nonce
+from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
-from hub.freshness import challenge_nonce
-from hub.hubkeys import HubKeys
-from hub.messages import Command
-from hub.operations import OperationError, publish_once
 from hub.store import Store
-from hub.transport import TransportError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import time
 
-from hub import transitions, wire
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.messages import Command
 from hub.audit import AuditDraft, append
+from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
-from hub.hubkeys import HubKeys
-from hub.messages import Command
-from hub.policy import Policy
-from hub.references import References
+from hub.reference.policy import Policy
+from hub.reference.values import References
 from hub.store import Store
 from hub.store.db import DEVICES
 

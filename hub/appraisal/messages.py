@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import cbor2
 
 from hub import wire
-from hub.cose import sign1
-from hub.keys import PrivateKey
-from hub.trust import Tier, TrustVector
+from hub.crypto.cose import sign1
+from hub.crypto.keys import PrivateKey
+from hub.reference.trust import Tier, TrustVector
 
 VERIFIER_BUILD = "fleet-attestation-hub 0.1.0"
 VERIFIER_DEVELOPER = "fleet-attest.org"

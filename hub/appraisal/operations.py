@@ -19,17 +19,19 @@ from pathlib import Path
 
 from cryptography import x509
 
-from hub import pki, transitions, wire
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.messages import Command
 from hub.audit import AuditDraft, append
+from hub.broker.enforcement import BrokerEnforcer
 from hub.config import Settings
-from hub.cose import CoseError, decode_sign1, sign1, verify_sign1
-from hub.enforcement import BrokerEnforcer
+from hub.crypto import pki
+from hub.crypto.cose import CoseError, decode_sign1, sign1, verify_sign1
+from hub.crypto.hubkeys import HubKeys
+from hub.crypto.keys import KeyFileError, load_public_pem, public_pem
 from hub.envelope import Outgoing
-from hub.hubkeys import HubKeys
-from hub.keys import KeyFileError, load_public_pem, public_pem
-from hub.manifests import Manifest, verify_manifest
-from hub.messages import Command
-from hub.policy import Policy, load_policy
+from hub.reference.manifests import Manifest, verify_manifest
+from hub.reference.policy import Policy, load_policy
 from hub.store.db import DeviceRecord, Store
 
 
@@ -136,7 +138,7 @@ def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
 def enrolment_from_certificate(cert_pem: str, device_class: str, anchors: Sequence[x509.Certificate],
                                ueid: bytes | None = None) -> Enrolment:
     """Enrol by manufacturer certificate: the chain must verify to an anchor; the device id is its CN."""
-    from hub.identity import IdentityError, common_name, verify_chain
+    from hub.reference.identity import IdentityError, common_name, verify_chain
 
     try:
         chain = x509.load_pem_x509_certificates(cert_pem.encode())
@@ -200,7 +202,7 @@ def set_quarantine(store: Store, keys: HubKeys, device_id: str, quarantine: bool
                    ttl_s: int, actor: str = "operator", *, enforcer: BrokerEnforcer | None = None) -> Outgoing:
     """Manual quarantine (held until an operator releases) or release; returns the signed command.
 
-    After the commit, ``enforcer`` (the hub workers' own path, hub/enforcement.py) cuts the device
+    After the commit, ``enforcer`` (the hub workers' own path, hub/broker/enforcement.py) cuts the device
     off at the broker or readmits it; its EnforcementError reaches the caller.
     """
     if not reason.strip():
@@ -254,7 +256,7 @@ def revoke(store: Store, device_id: str, reason: str, actor: str = "operator", *
 
 def publish_once(settings: Settings, messages: Sequence[Outgoing], client_id: str, timeout: float = 10.0) -> None:
     """Publish signed messages through the broker and wait for the PUBACKs (used by CLI commands)."""
-    from hub.transport import BrokerAddress, MqttTransport, TransportError
+    from hub.broker.transport import BrokerAddress, MqttTransport, TransportError
 
     transport = MqttTransport(BrokerAddress(settings.broker_host, settings.broker_port, client_id,
                                             session_expiry_s=0, tls_ca=settings.broker_tls_ca,

@@ -30,17 +30,17 @@ from cryptography.x509 import Certificate
 from sqlalchemy import Connection
 
 from hub import wire
-from hub.cose import CoseError, decode_sign1
+from hub.appraisal.ratelimit import RateLimiter
+from hub.appraisal.verdicts import Decider, Decision
+from hub.crypto.cose import CoseError, decode_sign1
+from hub.crypto.freshness import check_nonce
+from hub.crypto.hubkeys import HubKeys
+from hub.crypto.keys import KeyFileError, PublicKey, load_public_pem
 from hub.envelope import Incoming, Outgoing
-from hub.freshness import check_nonce
-from hub.hubkeys import HubKeys
-from hub.keys import KeyFileError, PublicKey, load_public_pem
-from hub.ratelimit import RateLimiter
-from hub.references import References
+from hub.reference.values import References
 from hub.schemes import SchemeRegistry
 from hub.schemes.base import Claims, EvidenceError, EvidenceScheme, TrustAnchor
 from hub.store.db import DeviceRecord, Store
-from hub.verdicts import Decider, Decision
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ policy's minimum security version and the highest one this device has proved),
 the hub sends a signed ``remediate`` command naming the newest such release.
 The device installs it, reboots and attests; fresh affirming platform evidence
 then releases it when ``policy.release`` is ``auto``, or leaves it awaiting an
-operator when it is ``operator`` (hub/transitions.py).
+operator when it is ``operator`` (hub/appraisal/transitions.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub import wire
-from hub.manifests import Manifest, Release
-from hub.policy import Policy
-from hub.trust import Tier, TrustVector, tier_of
+from hub.reference.manifests import Manifest, Release
+from hub.reference.policy import Policy
+from hub.reference.trust import Tier, TrustVector, tier_of
 
 __all__ = ["Remediation", "plan_remediation"]
 

@@ -11,7 +11,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from hub import transitions
+from hub.appraisal import transitions
 from hub.store.db import Store
 
 

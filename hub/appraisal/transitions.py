@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub import wire
-from hub.policy import Policy
-from hub.trust import Tier
+from hub.reference.policy import Policy
+from hub.reference.trust import Tier
 
 TRUSTED = "trusted"
 WARNING = "warning"

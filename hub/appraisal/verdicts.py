@@ -14,17 +14,19 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from hub import transitions, trust, wire
+from hub import wire
+from hub.appraisal import transitions
+from hub.appraisal.liveness import deadline_epoch
+from hub.appraisal.messages import Command, ResultClaims, sign_result
+from hub.appraisal.remediation import plan_remediation
 from hub.audit import AuditDraft, append
+from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
-from hub.hubkeys import HubKeys
-from hub.liveness import deadline_epoch
-from hub.messages import Command, ResultClaims, sign_result
-from hub.references import References
-from hub.remediation import plan_remediation
+from hub.reference import trust
+from hub.reference.trust import Tier, TrustVector
+from hub.reference.values import References
 from hub.schemes.base import AppraisalInputs, Claims, DeviceState, EvidenceError, EvidenceScheme
 from hub.store.db import DeviceRecord, Store, dumps
-from hub.trust import Tier, TrustVector
 
 REJECTED = "rejected"
 DUPLICATE = "duplicate"
@@ -187,7 +189,7 @@ class Decider:
         policy = self.references.policy(device.device_class)
         tier = vector.tier()
         step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy, platform=platform)
-        if device.anomaly_hold and step.status == transitions.TRUSTED:  # an open anomaly finding (hub/anomaly_pass.py)
+        if device.anomaly_hold and step.status == transitions.TRUSTED:  # an open anomaly finding (hub/anomaly/watch.py)
             step = replace(step, status=transitions.WARNING, action="warn" if step.action == "affirm" else step.action)
         decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, step.action,
                             ctx.trace_id, dedup_key)
@@ -222,7 +224,7 @@ class Decider:
 
     def _remediate(self, ctx: Context, device: DeviceRecord, vector: TrustVector, reason: str, dedup_key: str,
                    decision: Decision) -> None:
-        """Quarantined for what it runs: name the newest approved release to install (hub/remediation.py)."""
+        """Quarantined for what it runs: name the newest approved release to install (hub/appraisal/remediation.py)."""
         plan = plan_remediation(vector, self.references.manifest(device.device_class),
                                 self.references.policy(device.device_class), device.svn_high_water)
         if plan is None:

@@ -5,7 +5,7 @@ authenticated platform evidence (firmware, PSA, ...) is read back from the
 verdict table, verified again with the device's enrolled identity, appraised
 by its scheme twice, against the references the hub holds now and against
 the proposal, and the status the proposal would lead to is computed with the
-same transition rules the pipeline uses (``hub.transitions.after_verdict``).
+same transition rules the pipeline uses (``hub.appraisal.transitions.after_verdict``).
 A device counts as changed when the proposal leads it to another status than
 the held references would on the same evidence: a device that was released
 by hand and will turn trusted on its next evidence anyway is not the
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 from cryptography.x509 import Certificate
 
-from hub import transitions
-from hub.keys import KeyFileError, PublicKey, load_public_pem
-from hub.manifests import Manifest, ManifestError, parse_source, verify_manifest
-from hub.policy import Policy, load_policy
-from hub.references import References
+from hub.appraisal import transitions
+from hub.crypto.keys import KeyFileError, PublicKey, load_public_pem
+from hub.reference.manifests import Manifest, ManifestError, parse_source, verify_manifest
+from hub.reference.policy import Policy, load_policy
+from hub.reference.trust import Tier
+from hub.reference.values import References
 from hub.schemes.base import AppraisalInputs, DeviceState, EvidenceError, EvidenceScheme, TrustAnchor
 from hub.store.db import DeviceRecord, Store
-from hub.trust import Tier
 
 
 class ProposalError(ValueError):

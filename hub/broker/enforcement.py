@@ -33,8 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from hub import pki, wire
+from hub import wire
 from hub.config import Settings
+from hub.crypto import pki
 
 __all__ = [
     "ACL_SECTION_BEGIN",

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from hub.pki import hub_common_name
+from hub.crypto.pki import hub_common_name
 
 __all__ = [
     "BROKER_CONFIG_DIR",
@@ -44,7 +44,7 @@ __all__ = [
     "render_template",
 ]
 
-BROKER_CONFIG_DIR = Path(__file__).resolve().parent.parent / "broker_config"
+BROKER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
 _FALLBACK_BINARIES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (or run `make setup`)"

@@ -1,4 +1,4 @@
-"""``attest-hub anomalies``: behavioural findings of the detector (hub/anomaly_pass.py), and closing them."""
+"""``attest-hub anomalies``: behavioural findings of the detector (hub/anomaly/watch.py), and closing them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hub.anomaly import KINDS, RARE
-from hub.anomaly_store import acknowledge_set, close_finding, findings
+from hub.anomaly.records import acknowledge_set, close_finding, findings
+from hub.anomaly.stats import KINDS, RARE
 from hub.audit import AuditDraft, append
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.store import Store, StoreError
 
 

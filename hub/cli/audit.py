@@ -15,9 +15,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
 from hub.audit import GENESIS, verify_chain
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
-from hub.report import FleetReport, build_report, format_age, parse_duration
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.store import StoreError
 
 EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from hub.config import Settings
-from hub.hubkeys import HubKeyError, HubKeys, load_hub_keys
+from hub.crypto.hubkeys import HubKeyError, HubKeys, load_hub_keys
 from hub.store import Store, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.store import Store, StoreError
 from hub.store.migrate import current_revision, head_revision, upgrade
 

@@ -27,13 +27,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hub import pki
-from hub.broker_process import MosquittoProcess, free_port, render_acl
-from hub.cli_anomalies import findings_table
+from hub.appraisal.operations import Enrolment
+from hub.broker.process import MosquittoProcess, free_port, render_acl
+from hub.cli.anomalies import findings_table
 from hub.config import load_settings
-from hub.keys import public_pem
-from hub.localhub import LocalHub, enrol_all, prepare_state
-from hub.operations import Enrolment
+from hub.crypto import pki
+from hub.crypto.keys import public_pem
+from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
 
 DEMO_MIX = ("honest:40,tampered:3,rollback:3,replay:2,forged:2,ignores-commands:3,"

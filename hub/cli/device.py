@@ -12,13 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hub.anomaly_store import findings
-from hub.cli_anomalies import finding_view
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
-from hub.enforcement import EnforcementError, enforcer_from_settings
-from hub.identity import load_anchors
-from hub.keys import KeyFileError
-from hub.operations import (
+from hub.anomaly.records import findings
+from hub.appraisal.operations import (
     Enrolment,
     OperationError,
     enrol,
@@ -29,9 +24,14 @@ from hub.operations import (
     revoke,
     set_quarantine,
 )
-from hub.report import parse_duration
+from hub.appraisal.report import parse_duration
+from hub.broker.enforcement import EnforcementError, enforcer_from_settings
+from hub.broker.transport import TransportError
+from hub.cli.anomalies import finding_view
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.keys import KeyFileError
+from hub.reference.identity import load_anchors
 from hub.store import StoreError
-from hub.transport import TransportError
 
 
 @click.group()
@@ -189,7 +189,7 @@ def _print_device(d: dict[str, Any]) -> None:
                       v["status"], v["action"], "; ".join(v["problems"])[:60] or "-", v["manifest"] or "-",
                       v["policy"])
     console.print(table)
-    for f in d.get("anomalies", []):  # hub/cli_anomalies.py
+    for f in d.get("anomalies", []):  # hub/cli/anomalies.py
         state = "open" if f["open"] else f"closed by {f['closed_by']}"
         console.print(f"anomaly #{f['id']} {f['kind']} score {f['score']:.2f} ({state}): {f['explanation']}")
 
@@ -255,7 +255,7 @@ def challenge(hub: HubContext, device_id: str, wait_s: float) -> None:
     Exit 0 if the fresh evidence is affirmed, 1 if not, 4 if no answer came in time.
     Example: attest-hub device challenge env-sensor-0001 --wait 10
     """
-    from hub.challenge import challenge_and_wait
+    from hub.appraisal.challenge import challenge_and_wait
 
     try:
         outcome = challenge_and_wait(hub.settings, hub.store(), hub.keys(), device_id, wait_s)

@@ -17,19 +17,19 @@ from typing import Any
 
 import click
 
-from hub.cli_anomalies import anomalies
-from hub.cli_audit import audit, report
-from hub.cli_common import HubContext, emit, fail, pass_hub
-from hub.cli_db import db
-from hub.cli_device import device
-from hub.cli_manifest import manifest
-from hub.cli_pki import pki
-from hub.cli_policy import policy
-from hub.cli_whatif import whatif
+from hub.cli.anomalies import anomalies
+from hub.cli.audit import audit, report
+from hub.cli.common import HubContext, emit, fail, pass_hub
+from hub.cli.db import db
+from hub.cli.device import device
+from hub.cli.manifest import manifest
+from hub.cli.pki import pki
+from hub.cli.policy import policy
+from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings
-from hub.hubkeys import HubKeyError, init_state, load_hub_keys
-from hub.keys import public_pem
-from hub.logs import configure_logging
+from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
+from hub.crypto.keys import public_pem
+from hub.server.logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,7 +94,7 @@ def serve(hub: HubContext, workers: int | None) -> None:
 
     Example: attest-hub --state-dir var serve --workers 2
     """
-    from hub.supervisor import run_workers
+    from hub.server.supervisor import run_workers
 
     settings = hub.settings
     count = workers or settings.workers
@@ -129,7 +129,7 @@ def config_show(hub: HubContext) -> None:
               help="Keep the demo's state (database, keys) in this directory.")
 def demo(devices: int, seconds: float, keep: Path | None) -> None:
     """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything."""
-    from hub.demo import run_demo
+    from hub.cli.demo import run_demo
 
     configure_logging(0)
     sys.exit(run_demo(devices, seconds, keep))

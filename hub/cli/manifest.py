@@ -13,14 +13,14 @@ import click
 import tomli_w
 
 from hub import wire
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
-from hub.hubkeys import HubKeyError, load_operator_keys
-from hub.keys import KeyFileError, load_private_file
-from hub.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, to_source
-from hub.manifests import verify_manifest as verify_signed
-from hub.operations import OperationError, import_manifest, manifest_announcement, publish_once
+from hub.appraisal.operations import OperationError, import_manifest, manifest_announcement, publish_once
+from hub.broker.transport import TransportError
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.hubkeys import HubKeyError, load_operator_keys
+from hub.crypto.keys import KeyFileError, load_private_file
+from hub.reference.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, to_source
+from hub.reference.manifests import verify_manifest as verify_signed
 from hub.store import StoreError
-from hub.transport import TransportError
 
 
 @click.group()

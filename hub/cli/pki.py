@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hub import pki as pkilib
+from hub.crypto import pki as pkilib
 
 __all__ = ["pki"]
 

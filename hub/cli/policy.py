@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
-from hub.operations import OperationError, import_policy, policy_announcement, publish_once
-from hub.policy import Policy, PolicyError, default_policy, load_policy
+from hub.appraisal.operations import OperationError, import_policy, policy_announcement, publish_once
+from hub.broker.transport import TransportError
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.reference.policy import Policy, PolicyError, default_policy, load_policy
 from hub.store import StoreError
-from hub.transport import TransportError
 
 
 @click.group()

@@ -9,13 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hub.cli_common import HubContext, emit, fail, json_option, pass_hub
-from hub.identity import load_anchors
-from hub.policy import PolicyError
-from hub.references import References
+from hub.appraisal.whatif import Outcome, ProposalError, load_proposal, what_if
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.reference.identity import load_anchors
+from hub.reference.policy import PolicyError
+from hub.reference.values import References
 from hub.schemes import default_schemes
 from hub.store import StoreError
-from hub.whatif import Outcome, ProposalError, load_proposal, what_if
 
 _STYLE = {"trusted": "green", "warning": "yellow", "quarantined": "red"}
 

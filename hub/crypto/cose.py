@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from hub import wire
-from hub.cbor_strict import DEFAULT_MAX_BYTES, CborError, loads_strict
-from hub.keys import PrivateKey, PublicKey, allowed_algorithms, signing_algorithm
+from hub.crypto.cbor_strict import DEFAULT_MAX_BYTES, CborError, loads_strict
+from hub.crypto.keys import PrivateKey, PublicKey, allowed_algorithms, signing_algorithm
 
 _HASH_FOR_ALG: dict[int, type[hashes.HashAlgorithm]] = {
     wire.ALG_ES256: hashes.SHA256,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hub.config import Settings
-from hub.keys import (
+from hub.crypto.keys import (
     PrivateKey,
     PublicKey,
     fingerprint,

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from hub.keys import KeyFileError, PublicKey, allowed_algorithms
-from hub.pki import PkiError, validate_device_id
+from hub.crypto.keys import KeyFileError, PublicKey, allowed_algorithms
+from hub.crypto.pki import PkiError, validate_device_id
 
 MAX_CHAIN = 4
 MAX_CERT_BYTES = 4096

@@ -19,9 +19,9 @@ from typing import TypeVar
 import cbor2
 
 from hub import wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, sign1, verify_sign1
-from hub.keys import PrivateKey, PublicKey, fingerprint
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, decode_sign1, sign1, verify_sign1
+from hub.crypto.keys import PrivateKey, PublicKey, fingerprint
 
 _T = TypeVar("_T")
 RELEASE_STATUSES = (wire.RELEASE_APPROVED, wire.RELEASE_DEPRECATED, wire.RELEASE_REVOKED)

@@ -51,7 +51,7 @@ class Policy:
     missed: str = "warning"
     """What a missed attestation deadline does: "warning" (status missed-attestation) or "quarantine"."""
     anomaly: str = "warn"
-    """What an open behavioural anomaly finding does (hub/anomaly_pass.py): "warn" (status warning),
+    """What an open behavioural anomaly finding does (hub/anomaly/watch.py): "warn" (status warning),
     "ignore" (recorded and exported only) or "quarantine" (held until an operator releases)."""
 
     @property

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from hub.keys import PublicKey
-from hub.manifests import Manifest, ManifestError, verify_manifest
-from hub.policy import Policy, PolicyError, default_policy, load_policy
+from hub.crypto.keys import PublicKey
+from hub.reference.manifests import Manifest, ManifestError, verify_manifest
+from hub.reference.policy import Policy, PolicyError, default_policy, load_policy
 
 log = logging.getLogger(__name__)
 

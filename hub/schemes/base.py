@@ -1,6 +1,6 @@
 """The evidence-scheme seam: what every scheme takes and returns.
 
-A scheme is pure. The orchestrator (``hub.pipeline``) does all I/O: it finds
+A scheme is pure. The orchestrator (``hub.appraisal.pipeline``) does all I/O: it finds
 the scheme by media type, fetches the trust anchor for the topic's device id,
 calls ``verify``, checks freshness and replay on the returned claims, fetches
 the reference values and device state the scheme needs, calls ``appraise``,
@@ -20,10 +20,10 @@ from typing import Protocol
 
 from cryptography.x509 import Certificate
 
-from hub.keys import PublicKey
-from hub.manifests import Manifest
-from hub.policy import Policy
-from hub.trust import TrustVector
+from hub.crypto.keys import PublicKey
+from hub.reference.manifests import Manifest
+from hub.reference.policy import Policy
+from hub.reference.trust import TrustVector
 
 
 class EvidenceError(Exception):

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import cbor2
 
-from hub import trust, wire
-from hub.cbor_strict import CborError, loads_strict
+from hub import wire
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.reference import trust
+from hub.reference.trust import Tier, TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, DeviceState, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, typed, uint
 from hub.schemes.firmware import verify_cose_message
-from hub.trust import Tier, TrustVector
 
 MAX_BATCH_BYTES = 32 * 1024
 MAX_RECORDS = 256

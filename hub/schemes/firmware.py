@@ -15,15 +15,16 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 
-from hub import trust, wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, Sign1, decode_sign1, verify_sign1
-from hub.identity import IdentityError, parse_x5chain, verify_chain
-from hub.keys import PublicKey
-from hub.manifests import Manifest, Release
+from hub import wire
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, Sign1, decode_sign1, verify_sign1
+from hub.crypto.keys import PublicKey
+from hub.reference import trust
+from hub.reference.identity import IdentityError, parse_x5chain, verify_chain
+from hub.reference.manifests import Manifest, Release
+from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, text_list, typed, uint
-from hub.trust import TrustVector
 
 MAX_EVIDENCE_BYTES = 16 * 1024
 MAX_COMPONENTS = 32

@@ -18,14 +18,15 @@ import hmac
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from hub import trust, wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, verify_sign1
-from hub.keys import PublicKey, allowed_algorithms, public_pem
+from hub import wire
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
+from hub.crypto.keys import PublicKey, allowed_algorithms, public_pem
+from hub.reference import trust
+from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import require
 from hub.schemes.firmware import spki, verify_cose_evidence
-from hub.trust import TrustVector
 
 MAX_BYTES = 4096
 

@@ -25,10 +25,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hub import trust, wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.cose import CoseError, decode_sign1, verify_sign1
-from hub.manifests import Manifest
+from hub import wire
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
+from hub.reference import trust
+from hub.reference.manifests import Manifest
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require
 from hub.schemes.firmware import FirmwareClaims, MeasuredComponent, appraise_firmware

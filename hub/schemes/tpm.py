@@ -23,13 +23,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from hub import trust, wire
-from hub.cbor_strict import CborError, loads_strict
-from hub.manifests import Component, Manifest, Release
+from hub import wire
+from hub.crypto.cbor_strict import CborError, loads_strict
+from hub.reference import trust
+from hub.reference.manifests import Component, Manifest, Release
+from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.firmware import release_rules
 from hub.schemes.tpm_structs import ClockInfo, StructError, parse_attest, parse_ecdsa_signature
-from hub.trust import TrustVector
 
 MAX_EVIDENCE_BYTES = 4096
 MAX_ATTEST_BYTES = 1024

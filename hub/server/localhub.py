@@ -11,15 +11,15 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from hub.appraisal.operations import Enrolment, enrol
 from hub.config import Settings
-from hub.hubkeys import init_state, load_hub_keys
-from hub.manifests import verify_manifest
-from hub.operations import Enrolment, enrol
-from hub.policy import load_policy
-from hub.service import HubWorker
+from hub.crypto.hubkeys import init_state, load_hub_keys
+from hub.reference.manifests import verify_manifest
+from hub.reference.policy import load_policy
+from hub.server.worker import HubWorker
 from hub.store import Store
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS_DIR = REPO_ROOT / "firmware_manifests"
 DEMO_OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.pub.pem"
 

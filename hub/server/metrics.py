@@ -1,6 +1,6 @@
 """Prometheus metrics of one hub worker, in a registry of its own (no process-wide globals).
 
-Each worker serves its registry on ``metrics_port + index`` (see ``hub.httpserver``);
+Each worker serves its registry on ``metrics_port + index`` (see ``hub.server.http``);
 Prometheus scrapes every worker. Label sets are bounded: schemes, reasons,
 tiers, classes, statuses and command kinds are small closed vocabularies.
 """

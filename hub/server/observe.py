@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from hub.anomaly.stats import KINDS
+from hub.anomaly.watch import PassResult
+from hub.appraisal.pipeline import BatchOutcome
+from hub.appraisal.verdicts import DUPLICATE, REJECTED
 from hub.envelope import Incoming
-from hub.metrics import HubMetrics
-from hub.pipeline import BatchOutcome
-from hub.verdicts import DUPLICATE, REJECTED
+from hub.server.metrics import HubMetrics
 
 
 def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchOutcome, commit_s: float,
@@ -45,3 +47,12 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
         for out in decision.publishes:
             if out.topic.endswith("/cmd"):
                 metrics.commands.labels(kind=decision.action).inc()
+
+
+def export_anomalies(metrics: HubMetrics, result: PassResult) -> None:
+    """The leader's gauges: open findings by kind, devices by status."""
+    for kind in KINDS:
+        metrics.anomalies.labels(kind=kind).set(result.open_by_kind.get(kind, 0))
+    metrics.devices.clear()
+    for status, count in result.devices_by_status.items():
+        metrics.devices.labels(status=status).set(count)

@@ -19,13 +19,13 @@ import threading
 import time
 
 from hub.config import Settings
-from hub.logs import configure_logging
+from hub.server.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
 
 def _worker_main(settings: Settings, index: int, verbosity: int) -> None:
-    from hub.service import HubWorker
+    from hub.server.worker import HubWorker
 
     configure_logging(verbosity)
     stop = threading.Event()
@@ -36,7 +36,7 @@ def _worker_main(settings: Settings, index: int, verbosity: int) -> None:
 
 def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
     if count == 1:
-        from hub.service import HubWorker
+        from hub.server.worker import HubWorker
 
         HubWorker(settings, 0).run(stop)
         return

@@ -15,28 +15,28 @@ import time
 from dataclasses import dataclass
 
 from hub import wire
-from hub.anomaly_pass import AnomalyWatch, detector_config, export, fleet_counts
+from hub.anomaly.watch import AnomalyWatch, detector_config, fleet_counts
+from hub.appraisal.liveness import sweep_missed
+from hub.appraisal.messages import epoch_message
+from hub.appraisal.operations import OperationError, read_policy_announcement
+from hub.appraisal.pipeline import BatchOutcome, Pipeline
+from hub.appraisal.ratelimit import RateLimiter
+from hub.appraisal.transitions import QUARANTINED, REVOKED
+from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
+from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
-from hub.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
+from hub.crypto.freshness import epoch_nonce
+from hub.crypto.hubkeys import HubKeys, load_hub_keys
 from hub.envelope import Incoming, Outgoing
-from hub.freshness import epoch_nonce
-from hub.httpserver import HealthView, serve_http
-from hub.hubkeys import HubKeys, load_hub_keys
-from hub.identity import load_anchors
-from hub.liveness import sweep_missed
-from hub.manifests import ManifestError
-from hub.messages import epoch_message
-from hub.metrics import HubMetrics
-from hub.observe import record_batch
-from hub.operations import OperationError, read_policy_announcement
-from hub.pipeline import BatchOutcome, Pipeline
-from hub.policy import PolicyError
-from hub.ratelimit import RateLimiter
-from hub.references import References
+from hub.reference.identity import load_anchors
+from hub.reference.manifests import ManifestError
+from hub.reference.policy import PolicyError
+from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.server.http import HealthView, serve_http
+from hub.server.metrics import HubMetrics
+from hub.server.observe import export_anomalies, record_batch
 from hub.store import Store, StoreError
-from hub.transitions import QUARANTINED, REVOKED
-from hub.transport import BrokerAddress, MqttTransport
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class HubWorker:
         return outcome
 
     def _enforce(self, outcome: BatchOutcome) -> None:
-        """Committed quarantines and releases, applied at the broker (hub/enforcement.py)."""
+        """Committed quarantines and releases, applied at the broker (hub/broker/enforcement.py)."""
         for decision in outcome.decisions:
             try:
                 if decision.action == "quarantine":
@@ -272,7 +272,7 @@ class HubWorker:
             self.transport.publish_all(missed)
 
     def _keep_watch(self) -> None:
-        """Leader: the anomaly pass (hub/anomaly_pass.py) and the devices-by-status gauge, each period."""
+        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period."""
         now = time.monotonic()
         if now < self._next_watch_at:
             return
@@ -283,7 +283,7 @@ class HubWorker:
         except StoreError as exc:
             log.error("anomaly pass failed (retried next period): %s", exc)
             return
-        export(self.metrics, result)
+        export_anomalies(self.metrics, result)
         for device_id in result.quarantined:
             try:
                 self.enforcer.quarantine(device_id)

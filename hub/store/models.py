@@ -35,7 +35,7 @@ class Device(SQLModel, table=True):
     chain_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     chain_head: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     anomaly_hold: bool = False
-    """An open anomaly finding keeps the device at warning (policy ``anomaly = "warn"``, hub/anomaly_pass.py)."""
+    """An open anomaly finding keeps the device at warning (policy ``anomaly = "warn"``, hub/anomaly/watch.py)."""
 
 
 class Verdict(SQLModel, table=True):
@@ -121,7 +121,7 @@ class AuditEntry(SQLModel, table=True):
 
 
 class AnomalyFinding(SQLModel, table=True):
-    """A behavioural anomaly the leader's detector found (hub/anomaly_pass.py); closed, never deleted."""
+    """A behavioural anomaly the leader's detector found (hub/anomaly/watch.py); closed, never deleted."""
 
     __tablename__ = "anomaly_finding"
     __table_args__ = (Index("ix_anomaly_finding_device", "device_id", "is_open"),)
@@ -142,7 +142,7 @@ class AnomalyFinding(SQLModel, table=True):
 
 
 class AnomalyStat(SQLModel, table=True):
-    """The detector's streaming state of one device (JSON of hub.anomaly.DeviceStats)."""
+    """The detector's streaming state of one device (JSON of hub.anomaly.stats.DeviceStats)."""
 
     __tablename__ = "anomaly_stat"
     device_id: str = Field(primary_key=True, max_length=64)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker_process import MosquittoProcess
+from hub.broker.process import MosquittoProcess
 from tests.e2e import HubEnv, make_env
 from tests.faults.rig import DEVICES, FAST_HUB, MIX, REPORT_KEY, FaultReport, FaultRun, make_fleet
 

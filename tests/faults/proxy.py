@@ -12,7 +12,7 @@ import socket
 import threading
 from types import TracebackType
 
-from hub.broker_process import free_port
+from hub.broker.process import free_port
 
 
 class PartitionProxy:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
 from tests.faults.rig import FaultRun
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

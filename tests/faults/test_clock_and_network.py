@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from device_sim.records import Profile
-from hub.localhub import LocalHub
+from hub.server.localhub import LocalHub
 from hub.store import Store
 from hub.store.db import VERDICTS
 from tests.faults.proxy import PartitionProxy

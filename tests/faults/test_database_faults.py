@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker_process import MosquittoProcess
-from hub.localhub import LocalHub
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
 from tests.e2e import HubEnv, fresh_pg_database, make_env
 from tests.faults.rig import DEVICES, FAST_HUB, MIX, FaultReport, FaultRun, make_fleet, wait_until
 

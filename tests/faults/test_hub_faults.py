@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker_process import BROKER_CONFIG_DIR, MosquittoProcess, _listens, free_port
-from hub.localhub import LocalHub
+from hub.broker.process import BROKER_CONFIG_DIR, MosquittoProcess, _listens, free_port
+from hub.server.localhub import LocalHub
 from tests.e2e import make_env
 from tests.faults.rig import DEVICES, FAST_HUB, MIX, FaultReport, FaultRun, HubProcess, make_fleet, wait_until
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_sim.device import SimDevice
-from hub.messages import ResultClaims, sign_result
-from hub.trust import Tier, TrustVector
+from hub.appraisal.messages import ResultClaims, sign_result
+from hub.reference.trust import Tier, TrustVector
 
 DEVICE = "env-sensor-0001"
 KID = b"hub-kid"

@@ -8,7 +8,7 @@ are deterministic (RFC 6979) and Ed25519 is deterministic by design, so the
 same code always writes the same bytes. The messages themselves come from the
 project's own encoders: evidence payloads from the simulator
 (``device_sim.evidence``), commands, results and epochs from
-``hub.messages``, manifests from ``hub.manifests``; only the signature value
+``hub.appraisal.messages``, manifests from ``hub.reference.manifests``; only the signature value
 is then recomputed deterministically over the very same protected header and
 payload. Invalid cases are built from the valid ones, one defect each.
 
@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from device_sim import firmware as sim_firmware
 from device_sim.evidence import EvidenceClaims, claims_map, encode_payload
 from hub import wire
-from hub.freshness import challenge_nonce, epoch_nonce
-from hub.keys import PrivateKey, fingerprint, load_private_pem, public_pem
-from hub.manifests import parse_source, sign_manifest
-from hub.messages import Command, ResultClaims, epoch_message, sign_result
-from hub.trust import Tier, TrustVector, crypto_failure
+from hub.appraisal.messages import Command, ResultClaims, epoch_message, sign_result
+from hub.crypto.freshness import challenge_nonce, epoch_nonce
+from hub.crypto.keys import PrivateKey, fingerprint, load_private_pem, public_pem
+from hub.reference.manifests import parse_source, sign_manifest
+from hub.reference.trust import Tier, TrustVector, crypto_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"
@@ -611,7 +611,7 @@ def manifest_vectors() -> Iterator[Vector]:
     held = deterministic(sign_manifest(newer, key, issued_at=T0 + 86400), key)
     yield Vector("manifests", "lower-sequence", "A genuine manifest with sequence 1 offered to a hub that holds "
                  "sequence 2 for the class. It decodes and verifies (expected: valid): the sequence rule belongs "
-                 "to the store (hub.references.References.offer_manifest), which refuses it as a rollback.",
+                 "to the store (hub.reference.values.References.offer_manifest), which refuses it as a rollback.",
                  signed, pem(key), "valid", "", {
                      "trusted_keys_pem": trusted, "held_cose_hex": held.hex(), "held_sequence": newer.sequence,
                      "store_expected": "refused", "store_reason": "rollback"})
@@ -641,18 +641,18 @@ def examples_markdown(vectors: list[Vector]) -> str:
          f"Signed by the device key of `{DEVICE}` (ES256). Payload built by `device_sim.evidence.encode_payload`; "
          f"the nonce is the epoch-{EPOCH} nonce of the test nonce secret."),
         ("Command: quarantine", ("commands", "valid-quarantine"), "fleet/vec-env-0001/cmd",
-         "Built by `hub.messages.Command.sign` with the test hub key; retained."),
+         "Built by `hub.appraisal.messages.Command.sign` with the test hub key; retained."),
         ("Command: challenge", ("commands", "valid-challenge"), "fleet/vec-env-0001/cmd",
          "A challenge nonce (layout in PROTOCOL.md) for this device in epoch 7; not retained."),
         ("Command: receipt", ("commands", "valid-receipt"), "fleet/vec-env-0001/cmd", "Not retained."),
         ("Attestation result (EAR)", ("results", "valid-affirming"), "fleet/vec-env-0001/result",
-         "Built by `hub.messages.sign_result`; retained."),
+         "Built by `hub.appraisal.messages.sign_result`; retained."),
         ("Attestation result for evidence that did not authenticate", ("results", "valid-rejected"),
          "fleet/vec-env-0001/result", "Not retained."),
-        ("Epoch", ("epoch", "valid"), "hub/epoch", "Built by `hub.messages.epoch_message`; retained."),
+        ("Epoch", ("epoch", "valid"), "hub/epoch", "Built by `hub.appraisal.messages.epoch_message`; retained."),
         ("Signed manifest", ("manifests", "valid"), "hub/manifests/env-sensor",
-         "Built by `hub.manifests.sign_manifest` from `firmware_manifests/env-sensor/manifest.toml` with the demo "
-         "operator key; retained."),
+         "Built by `hub.reference.manifests.sign_manifest` from `firmware_manifests/env-sensor/manifest.toml` "
+         "with the demo operator key; retained."),
     ]
     out = [
         "# Worked examples",
