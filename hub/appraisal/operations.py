@@ -112,10 +112,25 @@ def read_enrolment_file(text: str) -> list[Enrolment]:
         raise OperationError(f"enrolment file: {exc}") from exc
 
 
+def read_enrolment_bytes(data: bytes, name: str, base_dir: Path) -> list[Enrolment]:
+    """An enrolment file as stored: ``*.csv`` as CSV, anything else as JSON; decoded as ``utf-8-sig`` (a
+    byte-order mark is dropped). OperationError names what is wrong."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OperationError(f"enrolment file {name}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if name.lower().endswith(".csv"):
+        return read_enrolment_csv(text, base_dir)
+    return read_enrolment_file(text)
+
+
 def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
     """A manufacturer's CSV: header ``device_id,device_class`` plus ``public_key_pem`` (the PEM text) or
-    ``public_key_file`` (relative to the CSV), and optionally ``ueid`` (hex). Errors name the line."""
-    reader = csv.DictReader(io.StringIO(text))
+    ``public_key_file`` (relative to the CSV), and optionally ``ueid`` (hex). Errors name the line.
+
+    A leading UTF-8 byte-order mark (what spreadsheet programs write for "CSV UTF-8") is dropped, as the
+    ``utf-8-sig`` codec does; ``read_enrolment_bytes`` decodes a file that way."""
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff")))
     missing = {"device_id", "device_class"} - set(reader.fieldnames or ())
     if missing:
         raise OperationError(f"enrolment CSV: missing column(s) {', '.join(sorted(missing))}")

@@ -19,8 +19,7 @@ from hub.appraisal.operations import (
     enrol,
     enrolment_from_certificate,
     publish_once,
-    read_enrolment_csv,
-    read_enrolment_file,
+    read_enrolment_bytes,
     revoke,
     set_quarantine,
 )
@@ -68,10 +67,8 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
     """
     ueid_bytes = bytes.fromhex(ueid) if ueid else None
     try:
-        if file is not None and file.suffix.lower() == ".csv":
-            entries = read_enrolment_csv(file.read_text(), file.parent)
-        elif file is not None:
-            entries = read_enrolment_file(file.read_text())
+        if file is not None:
+            entries = read_enrolment_bytes(file.read_bytes(), file.name, file.parent)
         elif cert_path is not None and device_class:
             anchors = load_anchors(hub.settings.manufacturer_cas)
             entries = [enrolment_from_certificate(cert_path.read_text(), device_class, anchors, ueid_bytes)]

@@ -18,7 +18,16 @@ from hub.broker.transport import TransportError
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, load_operator_keys
 from hub.crypto.keys import KeyFileError, load_private_file
-from hub.reference.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, to_source
+from hub.reference.manifests import (
+    Component,
+    Manifest,
+    ManifestError,
+    Release,
+    check_manifest,
+    parse_source,
+    sign_manifest,
+    to_source,
+)
 from hub.reference.manifests import verify_manifest as verify_signed
 from hub.store import StoreError
 
@@ -58,6 +67,10 @@ def create(hub: HubContext, device_class: str, sequence: int, min_svn: int, rele
                            for p in images)
         built.append(Release(version, svn, components))
     source = Manifest(device_class, sequence, min_svn, tuple(built))
+    try:
+        check_manifest(source)
+    except ManifestError as exc:
+        fail(str(exc))
     out.write_text(tomli_w.dumps(to_source(source)))
     emit(hub, {"source": str(out), "releases": len(built)}, lambda d: click.echo(f"wrote {d['source']}"))
 

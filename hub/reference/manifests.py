@@ -147,6 +147,11 @@ def _uint(data: Mapping[str, object], key: str) -> int:
     return value
 
 
+def check_manifest(manifest: Manifest) -> None:
+    """Raise ManifestError for a manifest no device could be appraised against (names the release and component)."""
+    _check(manifest)
+
+
 def _check(manifest: Manifest) -> None:
     versions = [rel.version for rel in manifest.releases]
     if len(set(versions)) != len(versions):
@@ -156,6 +161,11 @@ def _check(manifest: Manifest) -> None:
             raise ManifestError(f"release {rel.version}: status must be one of {', '.join(RELEASE_STATUSES)}")
         if not rel.components:
             raise ManifestError(f"release {rel.version} lists no components")
+        names = [comp.name for comp in rel.components]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            # appraisal matches measured components to a release by name: a second entry would shadow the
+            # first and make honest devices of this release look as if they ran another one
+            raise ManifestError(f"release {rel.version} lists component {name!r} twice")
         for comp in rel.components:
             if len(comp.digest) != 32:
                 raise ManifestError(f"release {rel.version} component {comp.name}: digest must be 32 bytes")
@@ -219,6 +229,8 @@ def encode_payload(manifest: Manifest, issued_at: int | None = None) -> bytes:
 
 
 def sign_manifest(manifest: Manifest, key: PrivateKey, issued_at: int | None = None) -> bytes:
+    """COSE_Sign1 over the manifest payload; ManifestError if the manifest breaks a rule of ``check_manifest``."""
+    _check(manifest)
     kid = fingerprint(key.public_key()).encode()
     return sign1(encode_payload(manifest, issued_at), key, kid=kid, content_type=wire.MANIFEST_PROFILE)
 
