@@ -59,6 +59,8 @@ EAR_MEDIA_TYPE: Final = 'application/eat+cwt; eat_profile="tag:github.com,2023:v
 
 # --- COSE (RFC 9052 / 9053 / 9864) ------------------------------------------
 COSE_SIGN1_TAG: Final = 18
+COSE_MAC0_TAG: Final = 17
+CWT_TAG: Final = 61  # RFC 8392 section 6: a CWT, allowed around an EAT's COSE message (RFC 9711 7.1)
 HDR_ALG: Final = 1
 HDR_CRIT: Final = 2
 HDR_CONTENT_TYPE: Final = 3
@@ -82,6 +84,8 @@ NBF: Final = 5
 IAT: Final = 6
 CTI: Final = 7
 NONCE: Final = 10
+NONCE_MIN_SIZE: Final = 8  # eat_nonce is bstr .size (8..64) (RFC 9711 4.1)
+NONCE_MAX_SIZE: Final = 64
 UEID: Final = 256
 OEMID: Final = 258
 HWMODEL: Final = 259
@@ -127,6 +131,13 @@ RES_EVIDENCE_REF: Final = -65571  # tstr: the evidence's dedup key, e.g. "3:42" 
 RES_MANIFEST_REF: Final = -65572  # tstr "class#sequence" or null
 RES_POLICY_REF: Final = -65573  # tstr "class@version"
 RES_ACTION: Final = -65574  # tstr: what the hub did
+# ...and their names in the JWT form of a result (docs/PROTOCOL.md#results)
+RES_JSON_PROBLEMS: Final = "fleet-attest.problems"
+RES_JSON_EVIDENCE_REF: Final = "fleet-attest.evidence-ref"
+RES_JSON_MANIFEST_REF: Final = "fleet-attest.manifest-ref"
+RES_JSON_POLICY_REF: Final = "fleet-attest.policy-ref"
+RES_JSON_ACTION: Final = "fleet-attest.action"
+EAR_JWT_MEDIA_TYPE: Final = 'application/eat+jwt; eat_profile="tag:github.com,2023:veraison/ear"'
 
 COMMAND_QUARANTINE: Final = "quarantine"
 COMMAND_RELEASE: Final = "release"
@@ -141,10 +152,10 @@ COMMAND_TYPES: Final = frozenset(
 EAR_STATUS: Final = 1000
 EAR_TRUST_VECTOR: Final = 1001
 EAR_RAW_EVIDENCE: Final = 1002
-EAR_POLICY_ID: Final = 1003
+EAR_POLICY_ID: Final = 1003  # tstr in profile EAR_PROFILE (the array form belongs to later drafts)
 EAR_VERIFIER_ID: Final = 1004
-EAR_VERIFIER_BUILD: Final = 0
-EAR_VERIFIER_DEVELOPER: Final = 1
+EAR_VERIFIER_DEVELOPER: Final = 0  # ear-verifier-id = { ? &(developer: 0) => tstr, ? &(build: 1) => tstr }
+EAR_VERIFIER_BUILD: Final = 1
 
 TIER_NONE: Final = 0
 TIER_AFFIRMING: Final = 2

@@ -421,6 +421,11 @@ def test_replayed_signed_malformed_evidence_cannot_requarantine(env: HubEnv, var
     assert only(pipeline.process([incoming(A, bad)])).action == "quarantine"
     assert only(pipeline.process([incoming(A, env.evidence(A))])).action == "release"
     copy = bad if variant == "same-bytes" else malleate(bad)
+    sent = env.command_count(A)
     outcome = pipeline.process([incoming(A, copy)])
-    assert only(outcome).status == "duplicate" and commands(env, outcome) == []
+    # the copy gets its stored result (its receipt), not retained: the later release result stands; and the
+    # device's latest state command again (the release), no new command
+    assert only(outcome).status == "duplicate" and commands(env, outcome) == [("release", True)]
+    assert [p.retain for p in publishes_on(outcome, wire.RESULT)] == [False]
+    assert env.command_count(A) == sent
     assert env.device(A).status == "trusted" and len(env.verdicts(A)) == 2

@@ -106,6 +106,7 @@ class Pipeline:
         self.clock = clock
         self.ca_certificates = ca_certificates
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
+        self.decider.platform_schemes = registry.platform_schemes
         self._key_cache: dict[str, PublicKey] = {}
         self._anchor_rows: dict[str, _AnchorRow] = {}
         """device id -> its anchor fields as this worker last committed them (bounded: _ANCHOR_CACHE_MAX)."""
@@ -259,11 +260,13 @@ class Pipeline:
         if item.claims is None:
             error = item.error or EvidenceError("unverified")
             if error.authenticated:
-                return self.decider.misbehaving(conn, ctx, device, _unparsed_key(item), error, seen)
+                return self.decider.misbehaving(conn, ctx, device, _unparsed_key(item), error, seen,
+                                                platform=item.scheme is not None and item.scheme.attests_platform)
             return self.decider.reject(conn, ctx, _unparsed_key(item), error, seen)
         claims = item.claims
         if (item.device_id, claims.scheme, claims.dedup_key) in seen:
-            return self.decider.duplicate(conn, ctx, device, claims)
+            return self.decider.duplicate(conn, ctx, device, claims,
+                                          platform=item.scheme is not None and item.scheme.attests_platform)
         seen.add((item.device_id, claims.scheme, claims.dedup_key))
         if claims.counter is not None and claims.counter <= (device.bootcount, device.seq):
             return self.decider.reject(

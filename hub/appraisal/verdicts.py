@@ -8,7 +8,6 @@ attached to each ``Decision`` and sent only after the commit.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +16,7 @@ from sqlalchemy import Connection
 from hub import wire
 from hub.appraisal import transitions
 from hub.appraisal.liveness import deadline_epoch
-from hub.appraisal.messages import Command, ResultClaims, sign_result
+from hub.appraisal.messages import Command, ResultClaims, result_from_verdict, sign_result
 from hub.appraisal.remediation import plan_remediation
 from hub.audit import AuditDraft, append
 from hub.crypto.hubkeys import HubKeys
@@ -74,6 +73,8 @@ class Decider:
         self._audit: list[AuditDraft] = []
         self._touched: set[str] = set()
         self._vector_texts: dict[TrustVector, str] = {}  # a vector's JSON: few distinct vectors, encoded once
+        self.platform_schemes: frozenset[str] = frozenset({"firmware", "tpm", "psa"})
+        """Schemes whose results are retained (set by the pipeline from its registry)."""
 
     def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float,
                 nonce: bytes | None = None) -> Context:
@@ -94,7 +95,7 @@ class Decider:
         """Evidence that cannot move the device: unauthenticated, stale, replayed, unknown."""
         key = (ctx.device_id, ctx.scheme, dedup_key)
         if key in seen and not error.authenticated:
-            return self._dup_only(ctx, dedup_key)
+            return self.repeat(conn, ctx, device, dedup_key, None, platform=False)
         seen.add(key)
         vector = (
             TrustVector(instance_identity=trust.IDENTITY_UNTRUSTWORTHY)
@@ -112,41 +113,56 @@ class Decider:
 
     def misbehaving(
         self, conn: Connection, ctx: Context, device: DeviceRecord, dedup_key: str, error: EvidenceError,
-        seen: set[tuple[str, str, str]],
+        seen: set[tuple[str, str, str]], *, platform: bool = True,
     ) -> Decision:
         """Evidence the device signed but that breaks the profile: its own fault, appraised as contraindicated."""
         key = (ctx.device_id, ctx.scheme, dedup_key)
         if key in seen:
-            return self._dup_only(ctx, dedup_key)
+            return self.repeat(conn, ctx, device, dedup_key, None, platform=platform)
+        if error.reason == "bad-nonce":  # a nonce out of range (RFC 9711 4.1) fails freshness like a forged one
+            return self.reject(conn, ctx, dedup_key, error, seen, device=device)
         seen.add(key)
         vector = TrustVector(instance_identity=trust.IDENTITY_TRUSTWORTHY,
                              configuration=trust.CONFIG_CONTRAINDICATED)
         problem = f"{error.reason}: {error.detail}" if error.detail else error.reason
-        return self._apply(ctx, device, vector, (problem,), None, dedup_key, {})
+        return self._apply(ctx, device, vector, (problem,), None, dedup_key, {}, platform=platform)
 
-    def duplicate(self, conn: Connection, ctx: Context, device: DeviceRecord, claims: Claims) -> Decision:
+    def duplicate(self, conn: Connection, ctx: Context, device: DeviceRecord, claims: Claims, *,
+                  platform: bool = True) -> Decision:
         """Redelivered evidence: no second verdict; re-send its result and the device's state command."""
-        decision = self._dup_only(ctx, claims.dedup_key)
-        stored = self.store.verdict_for(conn, ctx.device_id, claims.scheme, claims.dedup_key)
+        return self.repeat(conn, ctx, device, claims.dedup_key, claims.nonce, platform=platform)
+
+    def repeat(self, conn: Connection, ctx: Context, device: DeviceRecord | None, dedup_key: str,
+               nonce: bytes | None, *, platform: bool) -> Decision:
+        """One rule for every copy of evidence already judged (docs/PROTOCOL.md#duplicates): no second verdict;
+        the stored result again (same claims, iat and nonce, signed deterministically: the same bytes) and
+        the device's latest state command. The result is retained only if it is a platform result that
+        still stands (the device's newest non-rejected platform verdict): an old result never replaces the
+        standing one, and data results are never retained."""
+        decision = self._dup_only(ctx, dedup_key)
+        stored = next((v for v in self._verdicts if (v["device_id"], v["scheme"], v["dedup_key"])
+                       == (ctx.device_id, ctx.scheme, dedup_key)), None)  # judged earlier in this batch
+        if stored is None:
+            stored = self.store.verdict_for(conn, ctx.device_id, ctx.scheme, dedup_key)
         if stored is not None:
-            result = ResultClaims(
-                device_id=ctx.device_id, scheme=claims.scheme,
-                trust_vector=TrustVector.from_json(json.loads(stored["trust_vector"])),
-                tier=Tier(stored["tier"]) if stored["tier"] in set(Tier) else Tier.CONTRAINDICATED,
-                issued_at=int(ctx.now), problems=tuple(json.loads(stored["problems"])),
-                evidence_ref=claims.dedup_key, manifest_ref=stored["manifest_ref"], policy_ref=stored["policy_ref"],
-                action=stored["action"],
-            )
-            # The result doubles as the device's receipt (docs/PROTOCOL.md#receipts). Retained only if it is
-            # still the device's latest: a re-sent old evidence must not replace the standing result.
-            latest = claims.counter is None or claims.counter == (device.bootcount, device.seq)
-            retain = bool(stored["authenticated"]) and latest
-            decision.publishes.append(self._result_message(result, ctx, retain=retain))
-        command = self.store.latest_state_command(conn, ctx.device_id)
-        if command is not None:
-            decision.publishes.append(_publish(wire.device_topic(ctx.device_id, wire.COMMAND), bytes(command["signed"]),
-                                               True, ctx.trace_id))
+            # The result doubles as the device's receipt (docs/PROTOCOL.md#receipts).
+            retain = platform and stored["status"] != REJECTED and self._stands(conn, stored)
+            decision.publishes.append(self._result_message(result_from_verdict(stored, nonce), ctx, retain=retain))
+        if device is not None:
+            command = self.store.latest_state_command(conn, ctx.device_id)
+            if command is not None:
+                decision.publishes.append(_publish(wire.device_topic(ctx.device_id, wire.COMMAND),
+                                                   bytes(command["signed"]), True, ctx.trace_id))
         return decision
+
+    def _stands(self, conn: Connection, stored: dict[str, Any]) -> bool:
+        """Is ``stored`` the device's newest non-rejected platform verdict (committed or in this batch)?"""
+        device_id = stored["device_id"]
+        pending = [v for v in self._verdicts if v["device_id"] == device_id and v["scheme"] in self.platform_schemes
+                   and v["status"] != REJECTED]
+        newest = pending[-1] if pending else self.store.standing_verdict(conn, device_id, self.platform_schemes)
+        return newest is not None and (newest["scheme"], newest["dedup_key"]) == (stored["scheme"],
+                                                                                   stored["dedup_key"])
 
     def appraise(
         self, conn: Connection, ctx: Context, device: DeviceRecord, scheme: EvidenceScheme, claims: Claims

@@ -34,6 +34,7 @@ _HASH_FOR_ALG: dict[int, type[hashes.HashAlgorithm]] = {
     wire.ALG_ES384: hashes.SHA384,
     wire.ALG_ES512: hashes.SHA512,
 }
+_CWT_TAG_HEAD = bytes((0xD8, wire.CWT_TAG))
 _KNOWN_ALGS = frozenset(_HASH_FOR_ALG) | {wire.ALG_EDDSA, wire.ALG_ED25519}
 
 
@@ -74,11 +75,18 @@ def sig_structure(protected_bytes: bytes, payload: bytes, external_aad: bytes = 
 
 
 def decode_sign1(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Sign1:
-    """Parse a tagged COSE_Sign1 and check its header rules; the signature is not checked yet."""
+    """Parse a tagged COSE_Sign1 and check its header rules; the signature is not checked yet.
+
+    The COSE_Sign1 may be wrapped in the CWT tag 61 (RFC 8392 §6, which RFC 9711 §7.1 allows for an
+    EAT): ``61(18([...]))``, the tag in its preferred encoding ``d8 3d``. The CWT tag around anything but
+    tag 18 is ``not-cose-sign1`` with a detail naming tag 61. Raises CoseError."""
+    body = raw[len(_CWT_TAG_HEAD):] if raw[:len(_CWT_TAG_HEAD)] == _CWT_TAG_HEAD else raw
     try:
-        item = loads_strict(raw, max_bytes=max_bytes, max_depth=4, allowed_tags=(wire.COSE_SIGN1_TAG,))
+        item = loads_strict(body, max_bytes=max_bytes, max_depth=4, allowed_tags=(wire.COSE_SIGN1_TAG,))
     except CborError as exc:
         raise CoseError(exc.reason, exc.detail) from exc
+    if body is not raw and not (isinstance(item, cbor2.CBORTag) and item.tag == wire.COSE_SIGN1_TAG):
+        raise CoseError("not-cose-sign1", "CWT tag 61 must wrap a tag-18 COSE_Sign1")
     if not isinstance(item, cbor2.CBORTag) or item.tag != wire.COSE_SIGN1_TAG:
         raise CoseError("not-cose-sign1", "expected CBOR tag 18 (COSE_Sign1)")
     body = item.value
@@ -162,8 +170,11 @@ def sign1(
     kid: bytes | None = None,
     content_type: str | None = None,
     extra_protected: Mapping[int, object] | None = None,
+    deterministic: bool = False,
 ) -> bytes:
-    """The hub's own COSE_Sign1 (results, commands, manifests, epochs), tagged."""
+    """The hub's own COSE_Sign1 (results, commands, manifests, epochs), tagged.
+
+    ``deterministic``: ECDSA per RFC 6979, so the same payload and key always give the same bytes."""
     alg = signing_algorithm(key)
     header: dict[int, object] = {wire.HDR_ALG: alg}
     if kid is not None:
@@ -178,7 +189,7 @@ def sign1(
         signature = key.sign(to_be_signed)
     else:
         size = (key.curve.key_size + 7) // 8
-        der = key.sign(to_be_signed, ec.ECDSA(_HASH_FOR_ALG[alg]()))
+        der = key.sign(to_be_signed, ec.ECDSA(_HASH_FOR_ALG[alg](), deterministic_signing=deterministic))
         r, s = decode_dss_signature(der)
         signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
     return cbor2.dumps(cbor2.CBORTag(wire.COSE_SIGN1_TAG, [protected_bytes, {}, payload, signature]))

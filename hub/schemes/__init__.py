@@ -38,6 +38,11 @@ class SchemeRegistry:
         return self._by_name.get(name)
 
     @property
+    def platform_schemes(self) -> frozenset[str]:
+        """Names of the schemes whose verdicts say what a device runs (``attests_platform``)."""
+        return frozenset(name for name, scheme in self._by_name.items() if scheme.attests_platform)
+
+    @property
     def topic_leaves(self) -> frozenset[str]:
         return frozenset(self._by_leaf)
 

@@ -29,7 +29,7 @@ from hub.crypto.cbor_strict import CborError, loads_strict
 from hub.reference import trust
 from hub.reference.trust import Tier, TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, DeviceState, EvidenceError, TrustAnchor
-from hub.schemes.claims import optional, require, typed, uint
+from hub.schemes.claims import optional, require, require_nonce, typed, uint
 from hub.schemes.firmware import verify_cose_message
 
 MAX_BATCH_BYTES = 32 * 1024
@@ -141,7 +141,7 @@ class DataScheme:
             device_id=anchor.device_id,
             dedup_key=f"data:{bootcount}:{seq}:{body.digest.hex()}",
             counter=None,  # batches keep their own order (the chain), apart from the evidence counter
-            nonce=require(claims, wire.NONCE, bytes, "nonce"),
+            nonce=require_nonce(claims, wire.NONCE),
             body=body,
             issued_at=optional(claims, wire.IAT, int, "iat"),
         )

@@ -24,7 +24,7 @@ from hub.reference.identity import IdentityError, parse_x5chain, verify_chain
 from hub.reference.manifests import Manifest, Release
 from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
-from hub.schemes.claims import optional, require, text_list, typed, uint
+from hub.schemes.claims import optional, require, require_nonce, text_list, typed, uint
 
 MAX_EVIDENCE_BYTES = 16 * 1024
 MAX_COMPONENTS = 32
@@ -117,7 +117,7 @@ class FirmwareScheme:
         body = _firmware_claims(claims)
         if anchor.ueid is not None and not hmac.compare_digest(body.ueid, anchor.ueid):
             raise EvidenceError("ueid-mismatch", "ueid differs from the one bound at enrolment", authenticated=True)
-        nonce = require(claims, wire.NONCE, bytes, "nonce")
+        nonce = require_nonce(claims, wire.NONCE)
         iat = optional(claims, wire.IAT, int, "iat")
         return Claims(
             scheme=self.name,

@@ -25,7 +25,7 @@ from hub.crypto.keys import PublicKey, allowed_algorithms, public_pem
 from hub.reference import trust
 from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
-from hub.schemes.claims import require
+from hub.schemes.claims import require, require_nonce
 from hub.schemes.firmware import spki, verify_cose_evidence
 
 MAX_BYTES = 4096
@@ -42,7 +42,7 @@ class KeyRotationScheme:
         if claims.get(wire.EAT_PROFILE) != wire.KEY_ROTATION_PROFILE:
             raise EvidenceError("wrong-profile", "not a key-rotation message", authenticated=True)
         assert anchor.public_key is not None or anchor.ca_certificates
-        nonce = require(claims, wire.NONCE, bytes, "nonce")
+        nonce = require_nonce(claims, wire.NONCE)
         new_spki = require(claims, wire.ROT_NEW_KEY, bytes, "new key")
         proof = require(claims, wire.ROT_PROOF, bytes, "proof")
         try:

@@ -31,7 +31,7 @@ from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
 from hub.reference import trust
 from hub.reference.manifests import Manifest
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
-from hub.schemes.claims import optional, require
+from hub.schemes.claims import optional, require, require_nonce
 from hub.schemes.firmware import FirmwareClaims, MeasuredComponent, appraise_firmware
 
 MAX_TOKEN_BYTES = 8 * 1024
@@ -162,7 +162,7 @@ def psa_claims(claims: Mapping[object, object]) -> PsaClaims:
     if not 1 <= len(entries) <= MAX_COMPONENTS:
         raise _bad(f"software components must hold 1..{MAX_COMPONENTS} entries")
     return PsaClaims(
-        nonce=_hash(require(claims, wire.NONCE, bytes, "nonce"), "nonce"),
+        nonce=_hash(require_nonce(claims, wire.NONCE), "nonce"),
         instance_id=instance_id,
         implementation_id=implementation_id,
         client_id=client_id,

@@ -29,6 +29,7 @@ from hub.reference import trust
 from hub.reference.manifests import Component, Manifest, Release
 from hub.reference.trust import TrustVector
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
+from hub.schemes.claims import eat_nonce
 from hub.schemes.firmware import release_rules
 from hub.schemes.tpm_structs import ClockInfo, StructError, parse_attest, parse_ecdsa_signature
 
@@ -115,6 +116,7 @@ class TpmScheme:
         if clock.reset_count >= 2**31 or clock.clock >= _COUNTER_LIMIT:
             raise EvidenceError("counter-range", "resetCount or clock beyond what the hub stores",
                                 authenticated=True)
+        nonce = eat_nonce(attest.extra_data, "extraData (nonce)")
         boot = boot_counter(clock)
         body = TpmQuoteClaims(clock, attest.firmware_version, attest.qualified_signer, reported)
         return Claims(
@@ -122,7 +124,7 @@ class TpmScheme:
             device_id=anchor.device_id,
             dedup_key=f"{clock.reset_count}.{clock.restart_count}.{clock.clock}",
             counter=(boot, clock.clock),
-            nonce=attest.extra_data,
+            nonce=nonce,
             body=body,
         )
 

@@ -206,6 +206,18 @@ class Store:
         ).first()
         return dict(row._mapping) if row else None
 
+    def standing_verdict(self, conn: Connection, device_id: str, schemes: Iterable[str]) -> dict[str, Any] | None:
+        """The device's newest verdict of one of ``schemes`` that was not a rejection: the one whose result
+        stands retained on ``fleet/{id}/result`` when ``schemes`` are the platform schemes."""
+        row = conn.execute(
+            select(VERDICTS)
+            .where(VERDICTS.c.device_id == device_id, VERDICTS.c.scheme.in_(list(schemes)),
+                   VERDICTS.c.status != "rejected")
+            .order_by(VERDICTS.c.id.desc())
+            .limit(1)
+        ).first()
+        return dict(row._mapping) if row else None
+
     def verdict_history(self, conn: Connection, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
         rows = conn.execute(
             select(VERDICTS).where(VERDICTS.c.device_id == device_id).order_by(VERDICTS.c.id.desc()).limit(limit)
