@@ -25,6 +25,7 @@ from hub.cli.device import device
 from hub.cli.manifest import manifest
 from hub.cli.pki import pki
 from hub.cli.policy import policy
+from hub.cli.result import result
 from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings
 from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
@@ -144,6 +145,7 @@ cli.add_command(audit)
 cli.add_command(report)
 cli.add_command(whatif)
 cli.add_command(db)
+cli.add_command(result)
 
 
 def main() -> Any:
