@@ -4,7 +4,7 @@ The token is built here from RFC 9783's claim structure and signed with the
 simulator's own COSE encoder (``device_sim.cose``), never the hub's::
 
     {265: profile, 10: nonce, 256: instance id (0x01 || 32 bytes), 2394: client id,
-     2395: security lifecycle, 2396: implementation id (32 bytes), 2397: boot seed,
+     2395: security lifecycle, 2396: implementation id (32 bytes), 268: boot seed (EAT bootseed),
      2398: certification reference, 2400: verification service indicator,
      2399: [{1: measurement type, 2: measurement value, 4: version, 5: signer id}, ...]}
 

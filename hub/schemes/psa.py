@@ -1,5 +1,9 @@
 """PSA attestation tokens (RFC 9783), profile ``tag:psacertified.org,2023:psa#tfm``.
 
+The older profiles deployed TF-M platforms send, ``http://arm.com/psa/2.0.0`` and
+``PSA_IOT_PROFILE_1``, are accepted as RFC 9783 (appendix A) recommends: their claims are mapped to
+the psa#tfm keys (``_as_tfm``) and then read by the same rules.
+
 A token is a COSE_Sign1 (ES256, ES384 or ES512, ``alg`` protected) over a
 claims map; the claim keys are in ``hub.wire`` (``PSA_*``, ``SWC_*``).
 ``verify`` checks the signature with the key the registry holds for the
@@ -39,6 +43,19 @@ MAX_COMPONENTS = 32
 MAX_TEXT = 256
 PSA_ALGORITHMS = frozenset({wire.ALG_ES256, wire.ALG_ES384, wire.ALG_ES512})
 _CERTIFICATION_REFERENCE = re.compile(r"[0-9]{13}-[0-9]{5}")
+_LEGACY_CERTIFICATION_REFERENCE = re.compile(r"[0-9]{13}(-[0-9]{5})?")  # EAN-13, or EAN-13+5
+_P1_KEYS = {  # PSA_IOT_PROFILE_1 claim -> its psa#tfm key (RFC 9783 appendix A)
+    wire.PSA_P1_CLIENT_ID: wire.PSA_CLIENT_ID,
+    wire.PSA_P1_SECURITY_LIFECYCLE: wire.PSA_SECURITY_LIFECYCLE,
+    wire.PSA_P1_IMPLEMENTATION_ID: wire.PSA_IMPLEMENTATION_ID,
+    wire.PSA_P1_BOOT_SEED: wire.PSA_BOOT_SEED,
+    wire.PSA_P1_HARDWARE_VERSION: wire.PSA_CERTIFICATION_REFERENCE,
+    wire.PSA_P1_SOFTWARE_COMPONENTS: wire.PSA_SOFTWARE_COMPONENTS,
+    wire.PSA_P1_NONCE: wire.NONCE,
+    wire.PSA_P1_INSTANCE_ID: wire.UEID,
+    wire.PSA_P1_VERIFICATION_SERVICE: wire.PSA_VERIFICATION_SERVICE,
+}
+PROFILES = (wire.PSA_PROFILE, wire.PSA_PROFILE_2, wire.PSA_PROFILE_1)
 _LIFECYCLE_STATES = {
     wire.PSA_LIFECYCLE_UNKNOWN: "unknown",
     wire.PSA_LIFECYCLE_ASSEMBLY_AND_TEST: "assembly-and-test",
@@ -71,6 +88,7 @@ class PsaClaims:
     boot_seed: bytes | None = None
     certification_reference: str | None = None
     verification_service: str | None = None
+    profile: str = wire.PSA_PROFILE
 
     @property
     def secured(self) -> bool:
@@ -106,9 +124,11 @@ class PsaScheme:
             raise EvidenceError(exc.reason, f"payload: {exc.detail}", authenticated=True) from exc
         if not isinstance(payload, Mapping):
             raise EvidenceError("bad-claims", "payload must be a claims map", authenticated=True)
-        if payload.get(wire.EAT_PROFILE) != wire.PSA_PROFILE:
-            raise EvidenceError("wrong-profile", f"eat_profile must be {wire.PSA_PROFILE!r}", authenticated=True)
-        body = psa_claims(payload)
+        profile = profile_of(payload)
+        if profile is None:
+            raise EvidenceError("wrong-profile", f"eat_profile must be {wire.PSA_PROFILE!r} (or an older PSA profile: "
+                                f"{wire.PSA_PROFILE_2!r}, {wire.PSA_PROFILE_1!r})", authenticated=True)
+        body = psa_claims(_as_tfm(payload, profile), profile)
         if anchor.ueid is None:
             raise EvidenceError("instance-id-unbound", "no instance id (UEID) was bound at enrolment",
                                 authenticated=True)
@@ -135,8 +155,33 @@ class PsaScheme:
 # --- claims ------------------------------------------------------------------------
 
 
-def psa_claims(claims: Mapping[object, object]) -> PsaClaims:
-    """Type every RFC 9783 claim; raise EvidenceError naming the first one that does not fit."""
+def profile_of(payload: Mapping[object, object]) -> str | None:
+    """Which PSA profile a claims map declares: eat_profile (265), or the profile 1 claim (-75000)."""
+    declared = payload.get(wire.EAT_PROFILE)
+    if declared in (wire.PSA_PROFILE, wire.PSA_PROFILE_2):
+        return str(declared)
+    if wire.EAT_PROFILE not in payload and payload.get(wire.PSA_P1_PROFILE) == wire.PSA_PROFILE_1:
+        return wire.PSA_PROFILE_1
+    return None
+
+
+def _as_tfm(payload: Mapping[object, object], profile: str) -> Mapping[object, object]:
+    """The claims of an older profile under their psa#tfm keys (RFC 9783 appendix A). Keys the declared
+    profile does not define are left out, as any unknown claim is ignored (RFC 9711 section 4)."""
+    if profile == wire.PSA_PROFILE:
+        return payload
+    if profile == wire.PSA_PROFILE_2:
+        mapped = {k: v for k, v in payload.items() if k not in (wire.PSA_BOOT_SEED, wire.PSA_LEGACY_BOOT_SEED)}
+        if wire.PSA_LEGACY_BOOT_SEED in payload:
+            mapped[wire.PSA_BOOT_SEED] = payload[wire.PSA_LEGACY_BOOT_SEED]
+        return mapped
+    if wire.PSA_P1_NO_SW_MEASUREMENTS in payload and wire.PSA_P1_SOFTWARE_COMPONENTS not in payload:
+        raise _bad("the token asserts no software measurements (-75007): there is nothing to appraise")
+    return {tfm: payload[p1] for p1, tfm in _P1_KEYS.items() if p1 in payload}
+
+
+def psa_claims(claims: Mapping[object, object], profile: str = wire.PSA_PROFILE) -> PsaClaims:
+    """Type every RFC 9783 claim (psa#tfm keys); raise EvidenceError naming the first one that does not fit."""
     instance_id = require(claims, wire.UEID, bytes, "instance id")
     if len(instance_id) != wire.PSA_INSTANCE_ID_SIZE or instance_id[0] != 0x01:
         raise _bad("instance id must be 33 bytes starting with 0x01 (RAND)")
@@ -144,8 +189,9 @@ def psa_claims(claims: Mapping[object, object]) -> PsaClaims:
     if len(implementation_id) != wire.PSA_IMPLEMENTATION_ID_SIZE:
         raise _bad("implementation id must be 32 bytes")
     client_id = require(claims, wire.PSA_CLIENT_ID, int, "client id")
-    if not -(2**31) <= client_id < 2**31:
-        raise _bad("client id must be a 32-bit signed integer")
+    if not -(2**31) <= client_id < 2**31 or client_id == 0:
+        raise _bad("client id must be a 32-bit signed integer other than 0 (RFC 9783: -2**31..-1 non-secure, "
+                   "1..2**31-1 secure)")
     lifecycle = require(claims, wire.PSA_SECURITY_LIFECYCLE, int, "security lifecycle")
     if not 0 <= lifecycle <= 0xFFFF or lifecycle_name(lifecycle) == "invalid":
         raise _bad(f"security lifecycle {lifecycle:#x} is not a PSA lifecycle state")
@@ -153,7 +199,8 @@ def psa_claims(claims: Mapping[object, object]) -> PsaClaims:
     if boot_seed is not None and not 8 <= len(boot_seed) <= 32:
         raise _bad("boot seed must be 8..32 bytes")
     reference = optional(claims, wire.PSA_CERTIFICATION_REFERENCE, str, "certification reference")
-    if reference is not None and not _CERTIFICATION_REFERENCE.fullmatch(reference):
+    pattern = _CERTIFICATION_REFERENCE if profile == wire.PSA_PROFILE else _LEGACY_CERTIFICATION_REFERENCE
+    if reference is not None and not pattern.fullmatch(reference):
         raise _bad("certification reference must be EAN-13+5 (13 digits, '-', 5 digits)")
     service = optional(claims, wire.PSA_VERIFICATION_SERVICE, str, "verification service indicator")
     if service is not None and not 0 < len(service) <= MAX_TEXT:
@@ -171,6 +218,7 @@ def psa_claims(claims: Mapping[object, object]) -> PsaClaims:
         boot_seed=boot_seed,
         certification_reference=reference,
         verification_service=service,
+        profile=profile,
     )
 
 
@@ -271,6 +319,7 @@ def _component_checks(body: PsaClaims, manifest: Manifest | None) -> list[str]:
 
 def _annotations(body: PsaClaims) -> dict[str, object]:
     notes: dict[str, object] = {
+        "psa.profile": body.profile,
         "psa.lifecycle": f"{body.lifecycle:#06x} {lifecycle_name(body.lifecycle)}",
         "psa.implementation_id": body.implementation_id.hex(),
         "psa.client_id": body.client_id,

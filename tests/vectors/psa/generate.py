@@ -9,6 +9,7 @@ same bytes. Each ``<name>.json`` holds ``description``, ``cose_hex`` (the whole 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -23,7 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 HERE = Path(__file__).resolve().parent
 PROFILE = "tag:psacertified.org,2023:psa#tfm"
 NONCE, UEID, PROFILE_KEY = 10, 256, 265
-CLIENT_ID, LIFECYCLE, IMPL_ID, BOOT_SEED, CERT_REF, SW_COMPONENTS, VSI = 2394, 2395, 2396, 2397, 2398, 2399, 2400
+CLIENT_ID, LIFECYCLE, IMPL_ID, CERT_REF, SW_COMPONENTS, VSI = 2394, 2395, 2396, 2398, 2399, 2400
+BOOT_SEED = 268  # EAT bootseed (RFC 9711 4.2.13), as RFC 9783 uses it
+LEGACY_BOOT_SEED = 2397  # the boot seed of profile http://arm.com/psa/2.0.0, unknown in psa#tfm
+P1 = {"profile": -75000, "client_id": -75001, "lifecycle": -75002, "impl_id": -75003, "boot_seed": -75004,
+      "hw_version": -75005, "sw": -75006, "no_sw": -75007, "nonce": -75008, "ueid": -75009, "vsi": -75010}
 ALG, KID = 1, 4
 ES256, ES384 = -7, -35
 
@@ -119,6 +124,56 @@ def _der_signature() -> bytes:
     return cbor2.dumps(cbor2.CBORTag(18, [protected_bytes, {}, payload, der]))
 
 
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+# The published structure and values of TF-M's iat-verifier sample token for profile
+# http://arm.com/psa/2.0.0 (tf-m-tools, iat-verifier/tests/data/psa-2_0_0_token.yaml), public test data;
+# signed here with this folder's own key, since the sample's signing key is not used.
+TFM_SAMPLE_INSTANCE_ID = _b64("AfpYdV9lhifOVGDym3UpZxMkjK562eKYS5AoDvy8tQJI")
+
+
+def tfm_sample_p2() -> dict[int, Any]:
+    return {
+        PROFILE_KEY: "http://arm.com/psa/2.0.0",
+        CLIENT_ID: 3002,
+        LIFECYCLE: 0x3000,  # SL_SECURED
+        IMPL_ID: _b64("qqqqqqqqqqq7u7u7u7u7u8zMzMzMzMzM3d3d3d3d3d0="),
+        LEGACY_BOOT_SEED: _b64("oKGio6SlpqeoqaqrrK2ur7CxsrO0tba3uLm6u7y9vr8="),
+        CERT_REF: "0604565272829-10010",
+        SW_COMPONENTS: [
+            {1: "SPE", 2: _b64("4z6h4ALS/nlNGhZ521i7aiOo9lm7d/icRYzs+dWZX/0="), 4: "1.6.0",
+             5: _b64("v+bYb4gm9P+X+5bE5vvEmT5GGfxWXaJq3zTDKUia3Dg="), 6: "sha-256"},
+            {1: "NSPE", 2: _b64("CH0Txo8yqq+4xPwKIlNEVDIAl2XiFvuFw5jJWAUiwb8="), 4: "0.0.0",
+             5: _b64("s2DK9cmMa5QqSIL6nUgj77Fmqe9qbkqjfBkZ7R/MwEk="), 6: "sha-256"},
+        ],
+        NONCE: bytes(64),
+        UEID: TFM_SAMPLE_INSTANCE_ID,
+        VSI: "www.trustedfirmware.org",
+    }
+
+
+def tfm_sample_p1(**changes: object) -> dict[int, Any]:
+    """The same token as PSA_IOT_PROFILE_1 writes it (claim keys -75000.., RFC 9783 appendix A)."""
+    p2 = tfm_sample_p2()
+    claims: dict[int, Any] = {
+        P1["profile"]: "PSA_IOT_PROFILE_1", P1["client_id"]: p2[CLIENT_ID], P1["lifecycle"]: p2[LIFECYCLE],
+        P1["impl_id"]: p2[IMPL_ID], P1["boot_seed"]: p2[LEGACY_BOOT_SEED], P1["hw_version"]: "0604565272829",
+        P1["sw"]: p2[SW_COMPONENTS], P1["nonce"]: bytes(32), P1["ueid"]: p2[UEID], P1["vsi"]: p2[VSI],
+    }
+    for name, value in changes.items():
+        if value is None:
+            claims.pop(P1[name])
+        else:
+            claims[P1[name]] = value
+    return claims
+
+
+ENROLLED = {name: TFM_SAMPLE_INSTANCE_ID for name in (
+    "valid-profile-psa-2.0.0", "valid-profile-psa-iot-1", "invalid-profile-psa-iot-1-no-measurements",
+    "valid-profile-psa-2.0.0-bootseed-268-ignored")}
+
 Case = tuple[str, str, Callable[[], bytes], str, str]
 _BAD_SW = [{1: "BL", 2: _hash("image/BL/3.4.2"), 4: "3.4.2"}]
 
@@ -155,8 +210,27 @@ def cases() -> list[Case]:
          lambda: sign(p(_with(lifecycle=0x5000)), IAK), "invalid", "lifecycle-not-secured"),
         ("invalid-implementation-id-size", "implementation id of 31 bytes",
          lambda: sign(p(_with(impl_id=bytes(31))), IAK), "invalid", "bad-claim"),
-        ("invalid-boot-seed-size", "boot seed of 7 bytes (8..32)",
+        ("invalid-boot-seed-size", "boot seed (268) of 7 bytes (8..32)",
          lambda: sign(p(_with(boot_seed=bytes(7))), IAK), "invalid", "bad-claim"),
+        ("invalid-boot-seed-64", "boot seed (268) of 64 bytes (8..32)",
+         lambda: sign(p(_with(boot_seed=bytes(64))), IAK), "invalid", "bad-claim"),
+        ("valid-legacy-boot-seed-ignored", "key 2397 (an older profile's boot seed) holding 64 bytes: unknown in "
+         "psa#tfm, so ignored",
+         lambda: sign(p({**_with(boot_seed=None), LEGACY_BOOT_SEED: bytes(64)}), IAK), "valid", ""),
+        ("invalid-client-id-zero", "client id 0 (RFC 9783 permits -2**31..-1 and 1..2**31-1)",
+         lambda: sign(p(_with(client_id=0)), IAK), "invalid", "bad-claim"),
+        ("valid-profile-psa-2.0.0", "profile http://arm.com/psa/2.0.0 with the structure and values of TF-M's "
+         "iat-verifier sample psa-2_0_0_token.yaml (boot seed under 2397, EAN-13+5 reference, 64-byte nonce)",
+         lambda: sign(p(tfm_sample_p2()), IAK), "valid", ""),
+        ("valid-profile-psa-2.0.0-bootseed-268-ignored", "profile http://arm.com/psa/2.0.0 carrying a 64-byte "
+         "268, a key that profile does not define: ignored",
+         lambda: sign(p({**tfm_sample_p2(), BOOT_SEED: bytes(64)}), IAK), "valid", ""),
+        ("valid-profile-psa-iot-1", "PSA_IOT_PROFILE_1 (claims -75000..-75010): the same sample token under the "
+         "profile 1 keys, EAN-13 hardware version",
+         lambda: sign(p(tfm_sample_p1()), IAK), "valid", ""),
+        ("invalid-profile-psa-iot-1-no-measurements", "PSA_IOT_PROFILE_1 asserting no software measurements "
+         "(-75007) instead of components: nothing to appraise",
+         lambda: sign(p(tfm_sample_p1(sw=None, no_sw=1)), IAK), "invalid", "bad-claim"),
         ("invalid-certification-reference", "certification reference EAN-13 without the +5 part",
          lambda: sign(p(_with(cert_ref="1234567890123")), IAK), "invalid", "bad-claim"),
         ("invalid-client-id-type", "client id as a text string",
@@ -169,7 +243,7 @@ def cases() -> list[Case]:
          lambda: sign(p(_with(sw=_BAD_SW)), IAK), "invalid", "missing-claim"),
         ("invalid-component-measurement-size", "a measurement value of 20 bytes",
          lambda: sign(p(_with(sw=[{2: bytes(20), 5: _hash("signer/BL")}])), IAK), "invalid", "bad-claim"),
-        ("invalid-profile", "legacy profile name PSA_IOT_PROFILE_1",
+        ("invalid-profile", "PSA_IOT_PROFILE_1 given as eat_profile (265); that profile names itself in -75000",
          lambda: sign(p(_with(profile="PSA_IOT_PROFILE_1")), IAK), "invalid", "wrong-profile"),
         ("invalid-alg-unprotected", "alg only in the unprotected header",
          lambda: sign(p(full_claims()), IAK, {}, {ALG: ES256}), "invalid", "alg-unprotected"),
@@ -219,7 +293,8 @@ def main() -> None:
         except (cbor2.CBORDecodeError, ValueError, TypeError, IndexError):
             diag = ""
         vector = {"description": description, "cose_hex": raw.hex(), "public_key_pem": _pem(key),
-                  "enrolled_instance_id_hex": INSTANCE_ID.hex(), "expected": expected, "reason": reason,
+                  "enrolled_instance_id_hex": ENROLLED.get(name, INSTANCE_ID).hex(), "expected": expected,
+                  "reason": reason,
                   "claims_diag": diag}
         (HERE / f"{name}.json").write_text(json.dumps(vector, indent=2) + "\n", encoding="utf-8")
 
