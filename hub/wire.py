@@ -73,6 +73,7 @@ ALG_ES512: Final = -36
 ALG_EDDSA: Final = -8
 ALG_ESP256: Final = -9
 ALG_ED25519: Final = -19
+ALG_HMAC_256_256: Final = 5  # COSE_Mac0, HMAC-SHA256 with a 32-byte tag (RFC 9053 3.1)
 SHA256: Final = -16  # COSE/SUIT digest algorithm id
 
 # --- CWT / EAT claims (RFC 8392, RFC 9711) ------------------------------------

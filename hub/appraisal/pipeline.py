@@ -216,8 +216,10 @@ class Pipeline:
                     if len(self._key_cache) > 100_000:
                         self._key_cache.clear()
                     self._key_cache[row.public_key_pem] = key
+        # a device without a public key may have a symmetric one (COSE_Mac0 PSA tokens), kept like the hub's secrets
+        mac_key = self.keys.device_mac_key(row.device_id) if not row.public_key_pem and not row.revoked else None
         return TrustAnchor(row.device_id, row.device_class, key, row.ueid, row.key_version,
-                           self.ca_certificates, now)
+                           self.ca_certificates, now, mac_key)
 
     def _verify(self, item: _Routed, anchor: TrustAnchor | None) -> None:
         item.anchor = anchor
@@ -225,7 +227,8 @@ class Pipeline:
             item.error = EvidenceError("unknown-media-type", f"no scheme for {item.message.content_type!r}")
         elif anchor is None:
             item.error = EvidenceError("unknown-device", f"{item.device_id!r} is not enrolled")
-        elif anchor.public_key is None and (item.anchor_revoked or not anchor.ca_certificates):
+        elif anchor.public_key is None and anchor.mac_key is None and (item.anchor_revoked
+                                                                       or not anchor.ca_certificates):
             item.error = EvidenceError("revoked" if item.anchor_revoked else "no-key",
                                        "device is revoked or has no usable key")
         else:

@@ -22,12 +22,14 @@ from hub.appraisal.operations import (
     read_enrolment_bytes,
     revoke,
     set_quarantine,
+    validate_device_id,
 )
 from hub.appraisal.report import parse_duration
 from hub.broker.enforcement import EnforcementError, enforcer_from_settings
 from hub.broker.transport import TransportError
 from hub.cli.anomalies import finding_view
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.hubkeys import MAC_KEY_SIZE, HubKeyError, write_device_mac_key
 from hub.crypto.keys import KeyFileError
 from hub.reference.identity import load_anchors
 from hub.store import StoreError
@@ -52,10 +54,14 @@ def device() -> None:
                    "CA and its CN is the device id.")
 @click.option("--ca-issued", is_flag=True,
               help="Enrol without a key: the device presents an x5chain to a manufacturer CA with its evidence.")
+@click.option("--mac-key", "mac_key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A symmetric key (32 bytes, raw or as 64 hex digits) for a PSA platform that MACs "
+                                 "its tokens (COSE_Mac0, HMAC 256/256); kept owner-only in the state directory.")
 @json_option
 @pass_hub
 def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_class: str | None,
-           key_path: Path | None, ueid: str | None, cert_path: Path | None, ca_issued: bool) -> None:
+           key_path: Path | None, ueid: str | None, cert_path: Path | None, ca_issued: bool,
+           mac_key_path: Path | None) -> None:
     """Register one device, or a whole fleet from a file.
 
     \b
@@ -64,24 +70,50 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
       attest-hub device enroll --class env-sensor --cert sensor-0001.crt
       attest-hub device enroll --file fleet.json
       attest-hub device enroll --file batch-0042.csv
+      attest-hub device enroll --id psa-0001 --class psa-sensor --mac-key psa-0001.hmac --ueid 01...
     """
     ueid_bytes = bytes.fromhex(ueid) if ueid else None
+    mac_key = _read_mac_key(mac_key_path) if mac_key_path is not None else None
+    if mac_key is not None and (key_path or ca_issued or file or cert_path):
+        fail("--mac-key enrols one device by --id and --class, without --key, --ca-issued, --cert or --file")
     try:
         if file is not None:
             entries = read_enrolment_bytes(file.read_bytes(), file.name, file.parent)
         elif cert_path is not None and device_class:
             anchors = load_anchors(hub.settings.manufacturer_cas)
             entries = [enrolment_from_certificate(cert_path.read_text(), device_class, anchors, ueid_bytes)]
-        elif device_id and device_class and (key_path or ca_issued):
+        elif device_id and device_class and (key_path or ca_issued or mac_key):
             entries = [Enrolment(device_id, device_class, key_path.read_text() if key_path else None, ueid_bytes)]
         else:
-            fail("give --file, or --class with --cert, or --id and --class with --key or --ca-issued")
-        count = _enrol_with_progress(hub, entries)
-    except (OperationError, ValueError) as exc:
+            fail("give --file, or --class with --cert, or --id and --class with --key, --mac-key or --ca-issued")
+        if mac_key is not None and device_id:
+            validate_device_id(device_id)
+            written = write_device_mac_key(hub.settings, device_id, mac_key)  # refused if one exists already
+            try:
+                count = _enrol_with_progress(hub, entries)
+            except BaseException:
+                written.unlink(missing_ok=True)  # not enrolled: no key left behind for the id
+                raise
+        else:
+            count = _enrol_with_progress(hub, entries)
+    except (OperationError, ValueError, HubKeyError) as exc:
         fail(str(exc))
     except (StoreError, KeyFileError) as exc:
         fail(str(exc), code=3)
     emit(hub, {"enrolled": count}, lambda d: click.echo(f"enrolled {d['enrolled']} device(s)"))
+
+
+def _read_mac_key(path: Path) -> bytes:
+    data = path.read_bytes()
+    text = data.strip()
+    if len(text) == 2 * MAC_KEY_SIZE:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    if len(data) != MAC_KEY_SIZE:
+        fail(f"{path}: a MAC key is {MAC_KEY_SIZE} bytes, raw or as {2 * MAC_KEY_SIZE} hex digits")
+    return data
 
 
 def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:

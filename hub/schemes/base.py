@@ -53,6 +53,8 @@ class TrustAnchor:
     """Manufacturer CAs an ``x5chain`` may chain to (then the chain's leaf key is used)."""
     now: float | None = None
     """The hub's time for certificate validity, set by the orchestrator (schemes read no clock)."""
+    mac_key: bytes | None = None
+    """A symmetric key enrolled for the device (HMAC 256/256, COSE_Mac0 PSA tokens), instead of a public key."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,30 +31,20 @@ from dataclasses import dataclass
 
 from hub import wire
 from hub.crypto.cbor_strict import CborError, loads_strict
-from hub.crypto.cose import CoseError, decode_sign1, verify_sign1
+from hub.crypto.cose import CoseError, Sign1, decode_sign1, verify_sign1
+from hub.crypto.mac0 import Mac0, decode_mac0, is_mac0, verify_mac0
 from hub.reference import trust
 from hub.reference.manifests import Manifest
 from hub.schemes.base import Appraisal, AppraisalInputs, Claims, EvidenceError, TrustAnchor
 from hub.schemes.claims import optional, require, require_nonce
 from hub.schemes.firmware import FirmwareClaims, MeasuredComponent, appraise_firmware
+from hub.schemes.psa_profiles import LEGACY_CERTIFICATION_REFERENCE, as_tfm, profile_of
 
 MAX_TOKEN_BYTES = 8 * 1024
 MAX_COMPONENTS = 32
 MAX_TEXT = 256
 PSA_ALGORITHMS = frozenset({wire.ALG_ES256, wire.ALG_ES384, wire.ALG_ES512})
 _CERTIFICATION_REFERENCE = re.compile(r"[0-9]{13}-[0-9]{5}")
-_LEGACY_CERTIFICATION_REFERENCE = re.compile(r"[0-9]{13}(-[0-9]{5})?")  # EAN-13, or EAN-13+5
-_P1_KEYS = {  # PSA_IOT_PROFILE_1 claim -> its psa#tfm key (RFC 9783 appendix A)
-    wire.PSA_P1_CLIENT_ID: wire.PSA_CLIENT_ID,
-    wire.PSA_P1_SECURITY_LIFECYCLE: wire.PSA_SECURITY_LIFECYCLE,
-    wire.PSA_P1_IMPLEMENTATION_ID: wire.PSA_IMPLEMENTATION_ID,
-    wire.PSA_P1_BOOT_SEED: wire.PSA_BOOT_SEED,
-    wire.PSA_P1_HARDWARE_VERSION: wire.PSA_CERTIFICATION_REFERENCE,
-    wire.PSA_P1_SOFTWARE_COMPONENTS: wire.PSA_SOFTWARE_COMPONENTS,
-    wire.PSA_P1_NONCE: wire.NONCE,
-    wire.PSA_P1_INSTANCE_ID: wire.UEID,
-    wire.PSA_P1_VERIFICATION_SERVICE: wire.PSA_VERIFICATION_SERVICE,
-}
 PROFILES = (wire.PSA_PROFILE, wire.PSA_PROFILE_2, wire.PSA_PROFILE_1)
 _LIFECYCLE_STATES = {
     wire.PSA_LIFECYCLE_UNKNOWN: "unknown",
@@ -106,18 +96,7 @@ class PsaScheme:
     attests_platform = True
 
     def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:
-        try:
-            message = decode_sign1(raw, max_bytes=MAX_TOKEN_BYTES)
-        except CoseError as exc:
-            raise EvidenceError(exc.reason, exc.detail) from exc
-        if message.alg not in PSA_ALGORITHMS:
-            raise EvidenceError("alg-not-in-profile", f"algorithm {message.alg} is not ES256, ES384 or ES512")
-        if anchor.public_key is None:
-            raise EvidenceError("no-key", "no enrolled key for this device")
-        try:
-            verify_sign1(message, anchor.public_key)
-        except CoseError as exc:
-            raise EvidenceError(exc.reason, exc.detail) from exc
+        message = _authenticate_mac0(raw, anchor) if is_mac0(raw) else _authenticate_sign1(raw, anchor)
         try:
             payload = loads_strict(message.payload, max_bytes=MAX_TOKEN_BYTES, max_depth=4)
         except CborError as exc:
@@ -128,7 +107,7 @@ class PsaScheme:
         if profile is None:
             raise EvidenceError("wrong-profile", f"eat_profile must be {wire.PSA_PROFILE!r} (or an older PSA profile: "
                                 f"{wire.PSA_PROFILE_2!r}, {wire.PSA_PROFILE_1!r})", authenticated=True)
-        body = psa_claims(_as_tfm(payload, profile), profile)
+        body = psa_claims(as_tfm(payload, profile), profile)
         if anchor.ueid is None:
             raise EvidenceError("instance-id-unbound", "no instance id (UEID) was bound at enrolment",
                                 authenticated=True)
@@ -152,32 +131,39 @@ class PsaScheme:
         return appraise_psa(body, inputs)
 
 
+def _authenticate_sign1(raw: bytes, anchor: TrustAnchor) -> Sign1:
+    try:
+        message = decode_sign1(raw, max_bytes=MAX_TOKEN_BYTES)
+    except CoseError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    if message.alg not in PSA_ALGORITHMS:
+        raise EvidenceError("alg-not-in-profile", f"algorithm {message.alg} is not ES256, ES384 or ES512")
+    if anchor.public_key is None:
+        if anchor.mac_key is not None:
+            raise EvidenceError("sign1-for-mac-key", "a COSE_Sign1 token, but this device is enrolled with a "
+                                "symmetric key: it must send COSE_Mac0 (HMAC 256/256)")
+        raise EvidenceError("no-key", "no enrolled key for this device")
+    try:
+        verify_sign1(message, anchor.public_key)
+    except CoseError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    return message
+
+
+def _authenticate_mac0(raw: bytes, anchor: TrustAnchor) -> Mac0:
+    """A COSE_Mac0 token (TF-M's symmetric initial attestation key): only for a device enrolled with one."""
+    if anchor.mac_key is None:
+        raise EvidenceError("mac0-for-asymmetric-key", "a COSE_Mac0 token, but this device is enrolled with an "
+                            "asymmetric key (a public key), not a symmetric one: it must send COSE_Sign1")
+    try:
+        message = decode_mac0(raw, max_bytes=MAX_TOKEN_BYTES)
+        verify_mac0(message, anchor.mac_key)
+    except CoseError as exc:
+        raise EvidenceError(exc.reason, exc.detail) from exc
+    return message
+
+
 # --- claims ------------------------------------------------------------------------
-
-
-def profile_of(payload: Mapping[object, object]) -> str | None:
-    """Which PSA profile a claims map declares: eat_profile (265), or the profile 1 claim (-75000)."""
-    declared = payload.get(wire.EAT_PROFILE)
-    if declared in (wire.PSA_PROFILE, wire.PSA_PROFILE_2):
-        return str(declared)
-    if wire.EAT_PROFILE not in payload and payload.get(wire.PSA_P1_PROFILE) == wire.PSA_PROFILE_1:
-        return wire.PSA_PROFILE_1
-    return None
-
-
-def _as_tfm(payload: Mapping[object, object], profile: str) -> Mapping[object, object]:
-    """The claims of an older profile under their psa#tfm keys (RFC 9783 appendix A). Keys the declared
-    profile does not define are left out, as any unknown claim is ignored (RFC 9711 section 4)."""
-    if profile == wire.PSA_PROFILE:
-        return payload
-    if profile == wire.PSA_PROFILE_2:
-        mapped = {k: v for k, v in payload.items() if k not in (wire.PSA_BOOT_SEED, wire.PSA_LEGACY_BOOT_SEED)}
-        if wire.PSA_LEGACY_BOOT_SEED in payload:
-            mapped[wire.PSA_BOOT_SEED] = payload[wire.PSA_LEGACY_BOOT_SEED]
-        return mapped
-    if wire.PSA_P1_NO_SW_MEASUREMENTS in payload and wire.PSA_P1_SOFTWARE_COMPONENTS not in payload:
-        raise _bad("the token asserts no software measurements (-75007): there is nothing to appraise")
-    return {tfm: payload[p1] for p1, tfm in _P1_KEYS.items() if p1 in payload}
 
 
 def psa_claims(claims: Mapping[object, object], profile: str = wire.PSA_PROFILE) -> PsaClaims:
@@ -199,7 +185,7 @@ def psa_claims(claims: Mapping[object, object], profile: str = wire.PSA_PROFILE)
     if boot_seed is not None and not 8 <= len(boot_seed) <= 32:
         raise _bad("boot seed must be 8..32 bytes")
     reference = optional(claims, wire.PSA_CERTIFICATION_REFERENCE, str, "certification reference")
-    pattern = _CERTIFICATION_REFERENCE if profile == wire.PSA_PROFILE else _LEGACY_CERTIFICATION_REFERENCE
+    pattern = _CERTIFICATION_REFERENCE if profile == wire.PSA_PROFILE else LEGACY_CERTIFICATION_REFERENCE
     if reference is not None and not pattern.fullmatch(reference):
         raise _bad("certification reference must be EAN-13+5 (13 digits, '-', 5 digits)")
     service = optional(claims, wire.PSA_VERIFICATION_SERVICE, str, "verification service indicator")
