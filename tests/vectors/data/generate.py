@@ -4,9 +4,11 @@
     .venv/bin/python tests/vectors/data/generate.py --check  # exit 1 if any file differs
     .venv/bin/python tests/vectors/data/generate.py --show   # print the first vector as diag and hex
 
-Batches come from the simulator's encoder (device_sim.telemetry) with a fixed key, boot,
-epoch nonce and iat; the ECDSA signature is then recomputed deterministically (RFC 6979)
-over the very same protected header and payload. Each invalid vector has one defect.
+Batches come from the simulator's encoder (device_sim.telemetry) with the documented test key
+of device ``vec-env-0001`` (docs/EXAMPLES.md "Test keys", label ``device-key/p256/vec-env-0001``),
+its UEID, the documented epoch-7 nonce, a fixed boot and iat; the ECDSA signature is then
+recomputed deterministically (RFC 6979) over the very same protected header and payload.
+Each invalid vector has one defect.
 """
 
 from __future__ import annotations
@@ -27,15 +29,21 @@ from device_sim import keys
 from device_sim.data_profiles import alter_record
 from device_sim.telemetry import TelemetryChain
 from hub import wire
+from hub.crypto.freshness import epoch_nonce
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))
+from tests.vectors.generate import EPOCH, NONCE_SECRET, device_key, device_ueid  # noqa: E402 (the documented keys)
+
 DEVICE = "vec-env-0001"
 DEVICE_CLASS = "env-sensor"
-SEED = "fleet-attest data vectors"
 BOOTCOUNT = 3
 T0 = 1767225600  # 2026-01-01T00:00:00Z
-NONCE = b"E" + (7).to_bytes(8, "big") + hashlib.sha256(b"data vectors: epoch 7").digest()[:23]
-KEY = keys.device_private_key(SEED, DEVICE)
+NONCE = epoch_nonce(NONCE_SECRET, EPOCH)  # docs/EXAMPLES.md: the epoch 7 nonce
+_KEY = device_key(DEVICE)
+assert isinstance(_KEY, ec.EllipticCurvePrivateKey)
+KEY: ec.EllipticCurvePrivateKey = _KEY
+UEID = device_ueid(DEVICE)
 
 
 def _deterministic(raw: bytes) -> bytes:
@@ -65,7 +73,7 @@ def _resign(raw: bytes, change: Callable[[dict[int, Any]], None]) -> bytes:
 
 
 def _batches() -> tuple[bytes, bytes]:
-    chain = TelemetryChain(DEVICE, DEVICE_CLASS, keys.device_ueid(SEED, DEVICE), BOOTCOUNT)
+    chain = TelemetryChain(DEVICE, DEVICE_CLASS, UEID, BOOTCOUNT)
     first = _deterministic(chain.next_batch(KEY, NONCE, T0 + 30, (BOOTCOUNT, 1)).raw)
     second = _deterministic(chain.next_batch(KEY, NONCE, T0 + 60, (BOOTCOUNT, 1)).raw)
     return first, second
@@ -126,7 +134,7 @@ def vectors() -> dict[str, dict[str, Any]]:
             "public_key_pem": pem,
             "device_id": DEVICE,
             "device_class": DEVICE_CLASS,
-            "anchor_ueid_hex": keys.device_ueid(SEED, DEVICE).hex(),
+            "anchor_ueid_hex": UEID.hex(),
             "authenticated": authenticated,
         }
     return out
