@@ -221,3 +221,18 @@ def test_a_rejected_result_still_decodes(env: HubEnv) -> None:
     assert decision.status == "rejected"
     ear = decode_cwt_ear(publishes_on(outcome, "result")[0].payload, hub_public(env))
     assert ear["submods"]["firmware"]["status"] == "contraindicated"
+
+
+VECTORS = sorted((Path(__file__).parent / "vectors" / "results").glob("valid-*.json"))
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=[p.stem for p in VECTORS])
+def test_result_vectors_decode_to_the_same_ear_as_cwt_and_as_jwt(path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    vector = json.loads(path.read_text())
+    key = load_pem_public_key(vector["public_key_pem"].encode())
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    from_cwt = decode_cwt_ear(bytes.fromhex(vector["cose_hex"]), key)
+    assert decode_jwt_ear(vector["jwt"], key) == from_cwt
+    assert from_cwt["verifier"] == {"developer": "fleet-attest.org", "build": "fleet-attestation-hub 0.1.0"}

@@ -18,6 +18,7 @@ Vector kinds written here: evidence, commands, results, manifests, epoch
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from device_sim import firmware as sim_firmware
 from device_sim.evidence import EvidenceClaims, claims_map, encode_payload
 from hub import wire
-from hub.appraisal.messages import Command, ResultClaims, epoch_message, sign_result
+from hub.appraisal.messages import Command, ResultClaims, epoch_message, sign_result, sign_result_jwt
 from hub.crypto.freshness import challenge_nonce, epoch_nonce
 from hub.crypto.keys import PrivateKey, fingerprint, load_private_pem, public_pem
 from hub.reference.manifests import parse_source, sign_manifest
@@ -544,6 +545,7 @@ def result_vectors() -> Iterator[Vector]:
         signed = deterministic(sign_result(result, key, kid), key)
         yield Vector("results", name, description, signed, pem(key), "valid", "", {
             "device_id": DEVICE, "retained": retained, "hub_kid": kid.decode(),
+            "jwt": sign_result_jwt(result, key, kid),
             "expected_result": {"tier": int(result.tier), "trust_vector": {str(k): v for k, v in
                                                                            result.trust_vector.to_cbor().items()},
                                 "action": result.action, "evidence_ref": result.evidence_ref,
@@ -688,8 +690,12 @@ def examples_markdown(vectors: list[Vector]) -> str:
         f"`{fingerprint(operator_key().public_key())}`.",
         "",
     ]
+    sections_out: list[str] = []
     for title, where, topic, note in sections:
         vector = by[where]
+        if where == ("results", "valid-rejected"):
+            sections_out = out
+            out = []
         out += [
             f"## {title}",
             "",
@@ -706,7 +712,41 @@ def examples_markdown(vectors: list[Vector]) -> str:
             "```",
             "",
         ]
-    return "\n".join(out).rstrip() + "\n"
+    return "\n".join(sections_out + _jwt_section(by[("results", "valid-affirming")]) + out).rstrip() + "\n"
+
+
+def _jwt_section(vector: Vector) -> list[str]:
+    """The affirming result as the JWT EAR ``attest-hub result show --format jwt`` prints."""
+    token = str(vector.extra["jwt"])
+    head, body, _ = token.split(".")
+
+    def decoded(part: str) -> str:
+        return json.dumps(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))), indent=2)
+
+    return [
+        "## Attestation result as a JWT (EAR)",
+        "",
+        "The same affirming result as above, as `attest-hub result show vec-env-0001 --format jwt` prints it: "
+        "a JWS compact serialization (RFC 7515), ES256 with the test hub key, deterministic signature. "
+        f"Vector: `tests/vectors/results/{vector.name}.json` (field `jwt`). Header:",
+        "",
+        "```json",
+        decoded(head),
+        "```",
+        "",
+        "Claims:",
+        "",
+        "```json",
+        decoded(body),
+        "```",
+        "",
+        f"Token ({len(token)} characters):",
+        "",
+        "```",
+        *_wrap_hex(token),
+        "```",
+        "",
+    ]
 
 
 def _wrap_hex(text: str, width: int = 96) -> list[str]:
