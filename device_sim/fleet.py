@@ -83,8 +83,14 @@ class Fleet:
         max_resends: int = 3,
         data: bool = False,
         tls: FleetTls | None = None,
+        max_epoch_age_s: float | None = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
+        # refuse an epoch announcement whose iat is older than this (two default periods): a rogue retained copy
+        # of an old announcement on an unprotected broker (docs/PROTOCOL.md, "Nonces and epochs")
+        self.max_epoch_age_s = max_epoch_age_s
+        self.clock = clock
         self.tls = tls  # mutual TLS: one connection per device, client id = device id = certificate CN
         self.port = port
         self.devices = list(devices)
@@ -219,7 +225,11 @@ class Fleet:
             current = self._epoch
             if current == epoch:
                 return
-            if current is not None and epoch.epoch_id < current.epoch_id and epoch.iat <= current.iat:
+            if self.max_epoch_age_s is not None and epoch.iat < self.clock() - self.max_epoch_age_s:
+                self._rejected_epochs += 1
+                logger.warning("ignoring epoch %d announced %.0f s ago", epoch.epoch_id, self.clock() - epoch.iat)
+                return
+            if current is not None and epoch.iat < current.iat:
                 logger.warning("ignoring an older epoch %d (current %d)", epoch.epoch_id, current.epoch_id)
                 return
             self._epoch = epoch
