@@ -373,3 +373,15 @@ def test_the_tpm_simulator_imports_nothing_from_hub_but_wire() -> None:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "['hub', 'hub.wire']"
+
+
+@pytest.mark.parametrize("size", [0, 7, 65])
+def test_extra_data_outside_the_eat_nonce_sizes_is_refused(honest: TpmSimDevice, size: int) -> None:
+    """extraData is the quote's nonce: 8..64 bytes like any eat_nonce (RFC 9711 4.1), never echoed otherwise
+    (65 bytes is already beyond what a TPM2B_DATA may hold: the structure decoder refuses it first)."""
+    raw = resigned(honest.make_evidence(NONCE), extra_data=b"\x09" * size)
+    error = rejected(raw)
+    if size == 65:
+        assert error.reason == "oversized"
+        return
+    assert error.reason == "bad-nonce" and error.authenticated and f"got {size}" in error.detail
