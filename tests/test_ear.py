@@ -236,3 +236,14 @@ def test_result_vectors_decode_to_the_same_ear_as_cwt_and_as_jwt(path: Path) -> 
     from_cwt = decode_cwt_ear(bytes.fromhex(vector["cose_hex"]), key)
     assert decode_jwt_ear(vector["jwt"], key) == from_cwt
     assert from_cwt["verifier"] == {"developer": "fleet-attest.org", "build": "fleet-attestation-hub 0.1.0"}
+
+
+def test_unauthenticated_evidence_gets_the_policy_ref_of_no_policy_as_documented(env: HubEnv) -> None:
+    """docs/PROTOCOL.md and the rejected example in EXAMPLES.md: "?@0" when no policy was applied."""
+    raw = bytearray(env.evidence(A))
+    raw[-1] ^= 1  # the signature no longer verifies
+    outcome = env.pipeline().process([incoming(A, bytes(raw))])
+    ear = decode_cwt_ear(publishes_on(outcome, "result")[0].payload, hub_public(env))
+    assert ear["submods"]["firmware"]["policy"] == "?@0"
+    documented = json.loads((Path(__file__).parent / "vectors" / "results" / "valid-rejected.json").read_text())
+    assert documented["expected_result"]["policy_ref"] == "?@0"

@@ -533,7 +533,7 @@ def result_claims() -> list[tuple[str, str, ResultClaims, bool]]:
         ("valid-rejected", "The result for evidence that did not authenticate: AR4SI 99 on every claim; published "
          "NOT retained, and the device's status is untouched.",
          ResultClaims(DEVICE, "firmware", crypto_failure(), Tier.CONTRAINDICATED, T0 + 95,
-                      ("bad-signature: signature does not verify",), "raw:" + "00" * 16, None, "env-sensor@1",
+                      ("bad-signature: signature does not verify",), "raw:" + "00" * 16, None, "?@0",
                       "none"), False),
     ]
 
