@@ -151,3 +151,22 @@ def test_psa_copies_follow_the_same_rule(env: HubEnv) -> None:
     pipeline.process([incoming(PSA, token(env.challenge(PSA)), content_type=ct)])
     later = pipeline.process([incoming(PSA, old, content_type=ct)])
     assert only(later).status == "duplicate" and results(later) == [(old_result, False)]
+
+
+@pytest.mark.tpm
+def test_tpm_copies_follow_the_same_rule(env: HubEnv) -> None:
+    from device_sim.tpm import TpmSimDevice
+
+    with TpmSimDevice("edge-gateway-0301", seed="dups") as gateway:
+        enrol(env.store, [Enrolment(gateway.device_id, "edge-gateway", gateway.public_key_pem.decode(), None)],
+              actor="test")
+        pipeline = env.pipeline()
+        ct = wire.TPM_MEDIA_TYPE
+        old = gateway.make_evidence(env.epoch_nonce)
+        first = pipeline.process([incoming(gateway.device_id, old, content_type=ct)])
+        [(old_result, retained)] = results(first)
+        assert only(first).status != "rejected" and retained
+        assert results(pipeline.process([incoming(gateway.device_id, old, content_type=ct)])) == [(old_result, True)]
+        pipeline.process([incoming(gateway.device_id, gateway.make_evidence(env.epoch_nonce), content_type=ct)])
+        later = pipeline.process([incoming(gateway.device_id, old, content_type=ct)])
+        assert only(later).status == "duplicate" and results(later) == [(old_result, False)]
