@@ -166,7 +166,7 @@ def _clip(text: str, limit: int) -> str:
 
 def result_from_verdict(row: Mapping[str, Any], nonce: bytes | None = None) -> ResultClaims:
     """The result a stored verdict row was published as: ``iat`` is the time of the appraisal, ``nonce`` the
-    evidence's (a verdict row does not keep it). Signed again with the same key, it gives the same bytes."""
+    evidence's (a verdict row does not keep it). Its payload is byte for byte the first result's."""
     stored_tier = int(row["tier"])
     return ResultClaims(
         device_id=str(row["device_id"]), scheme=str(row["scheme"]),
@@ -179,12 +179,9 @@ def result_from_verdict(row: Mapping[str, Any], nonce: bytes | None = None) -> R
 
 
 def sign_result(result: ResultClaims, key: PrivateKey, kid: bytes) -> bytes:
-    """The result as a CWT EAR: tagged COSE_Sign1, content type ``application/eat+cwt``.
-
-    Signed deterministically (RFC 6979 for ECDSA; Ed25519 is deterministic), so signing the same claims
-    again with the same key gives the same bytes: a repeated result equals the first one."""
-    return sign1(result.payload(), key, kid=kid, content_type=wire.EAR_MEDIA_TYPE.split(";")[0],
-                 deterministic=True)
+    """The result as a CWT EAR: tagged COSE_Sign1, content type ``application/eat+cwt``. The same claims
+    give the same payload bytes; an ECDSA signature differs each time (randomised, the cheaper signing)."""
+    return sign1(result.payload(), key, kid=kid, content_type=wire.EAR_MEDIA_TYPE.split(";")[0])
 
 
 def sign_result_jwt(result: ResultClaims, key: PrivateKey, kid: bytes) -> str:

@@ -135,7 +135,7 @@ class Decider:
     def repeat(self, conn: Connection, ctx: Context, device: DeviceRecord | None, dedup_key: str,
                nonce: bytes | None, *, platform: bool) -> Decision:
         """One rule for every copy of evidence already judged (docs/PROTOCOL.md#duplicates): no second verdict;
-        the stored result again (same claims, iat and nonce, signed deterministically: the same bytes) and
+        the stored result again (re-signed: the same claims, iat and nonce, byte for byte the same payload) and
         the device's latest state command. The result is retained only if it is a platform result that
         still stands (the device's newest non-rejected platform verdict): an old result never replaces the
         standing one, and data results are never retained."""

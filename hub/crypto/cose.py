@@ -170,11 +170,8 @@ def sign1(
     kid: bytes | None = None,
     content_type: str | None = None,
     extra_protected: Mapping[int, object] | None = None,
-    deterministic: bool = False,
 ) -> bytes:
-    """The hub's own COSE_Sign1 (results, commands, manifests, epochs), tagged.
-
-    ``deterministic``: ECDSA per RFC 6979, so the same payload and key always give the same bytes."""
+    """The hub's own COSE_Sign1 (results, commands, manifests, epochs), tagged."""
     alg = signing_algorithm(key)
     header: dict[int, object] = {wire.HDR_ALG: alg}
     if kid is not None:
@@ -189,7 +186,7 @@ def sign1(
         signature = key.sign(to_be_signed)
     else:
         size = (key.curve.key_size + 7) // 8
-        der = key.sign(to_be_signed, ec.ECDSA(_HASH_FOR_ALG[alg](), deterministic_signing=deterministic))
+        der = key.sign(to_be_signed, ec.ECDSA(_HASH_FOR_ALG[alg]()))
         r, s = decode_dss_signature(der)
         signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
     return cbor2.dumps(cbor2.CBORTag(wire.COSE_SIGN1_TAG, [protected_bytes, {}, payload, signature]))
