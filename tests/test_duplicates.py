@@ -172,3 +172,23 @@ def test_tpm_copies_follow_the_same_rule(env: HubEnv) -> None:
         pipeline.process([incoming(gateway.device_id, gateway.make_evidence(env.epoch_nonce), content_type=ct)])
         later = pipeline.process([incoming(gateway.device_id, old, content_type=ct)])
         assert only(later).status == "duplicate" and results(later) == [(old_result, False)]
+
+
+def test_a_signed_data_batch_that_breaks_its_profile_is_not_retained_either(env: HubEnv) -> None:
+    """Data results never replace the standing platform result, also when the device signed a broken batch."""
+    from device_sim import cose as sim_cose
+    from device_sim.telemetry import with_records
+
+    pipeline = env.pipeline()
+    pipeline.process([incoming(A, env.evidence(A))])
+    sim = env.devices[A]
+    chain = TelemetryChain(A, sim.device_class, sim.ueid, env.device(A).bootcount)
+    batch = chain.next_batch(sim._signing_key, env.epoch_nonce, 1_767_225_600, (env.device(A).bootcount, 1))
+    tag = cbor2.loads(batch.raw)
+    claims = cbor2.loads(tag.value[2])
+    claims[wire.EAT_PROFILE] = "tag:example.com,2026:other"
+    broken = with_records(sim_cose.sign1(cbor2.dumps(claims), sim._signing_key, A.encode()),
+                          tag.value[1][wire.DATA_RECORDS])
+    outcome = pipeline.process([incoming(A, broken, leaf=wire.DATA, content_type=wire.DATA_MEDIA_TYPE)])
+    assert only(outcome).status == "contraindicated" and only(outcome).scheme == "data"
+    assert [r for _, r in results(outcome)] == [False]
