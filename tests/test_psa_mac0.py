@@ -139,3 +139,17 @@ def test_a_mac0_token_is_appraised_through_the_pipeline(env: HubEnv, tmp_path: P
     forged = env.pipeline().process([incoming(DEVICE, mac0(claims(env.challenge(DEVICE)), key=bytes(32)),
                                               content_type=wire.PSA_MEDIA_TYPE)])
     assert only(forged).status == "rejected" and only(forged).reason == "bad-mac"
+
+
+def test_a_mac0_token_that_breaks_its_profile_is_named_by_what_its_mac_covers(env: HubEnv, tmp_path: Path) -> None:
+    """Its receipt is "signed:" + SHA-256(MAC_structure)[:16] in hex, like a COSE_Sign1's over Sig_structure."""
+    assert enrol_mac(env, tmp_path).exit_code == 0  # type: ignore[attr-defined]
+    broken = claims(env.epoch_nonce)
+    broken[wire.EAT_PROFILE] = "tag:example.com,2026:other"
+    raw = mac0(broken)
+    outcome = env.pipeline().process([incoming(DEVICE, raw, content_type=wire.PSA_MEDIA_TYPE)])
+    protected, _, payload, _ = cbor2.loads(raw).value
+    expected = "signed:" + hashlib.sha256(cbor2.dumps(["MAC0", protected, b"", payload])).hexdigest()[:32]
+    assert only(outcome).evidence_ref == expected and only(outcome).reason == ""
+    again = env.pipeline().process([incoming(DEVICE, raw, content_type=wire.PSA_MEDIA_TYPE)])
+    assert only(again).status == "duplicate" and len(publishes_on(again, wire.RESULT)) == 1

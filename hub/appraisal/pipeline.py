@@ -36,6 +36,7 @@ from hub.crypto.cose import CoseError, decode_sign1
 from hub.crypto.freshness import check_nonce
 from hub.crypto.hubkeys import HubKeys
 from hub.crypto.keys import KeyFileError, PublicKey, load_public_pem
+from hub.crypto.mac0 import decode_mac0, is_mac0, mac_structure
 from hub.envelope import Incoming, Outgoing
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry
@@ -297,8 +298,12 @@ def _unparsed_key(item: _Routed) -> str:
     the signed content (protected header and payload), not the message bytes, which an attacker can
     vary (an added unprotected header, ECDSA s -> n - s) while the signature still verifies."""
     if item.error is not None and item.error.authenticated:
+        raw = item.message.payload
         try:
-            message = decode_sign1(item.message.payload, max_bytes=len(item.message.payload))
+            if is_mac0(raw):  # a PSA COSE_Mac0: the bytes its MAC covers
+                mac = decode_mac0(raw, max_bytes=len(raw))
+                return "signed:" + hashlib.sha256(mac_structure(mac.protected_bytes, mac.payload)).hexdigest()[:32]
+            message = decode_sign1(raw, max_bytes=len(raw))
         except CoseError:
             pass
         else:
