@@ -8,10 +8,12 @@ because MQTT callbacks and the publishing loop run on different threads.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_sim import cose, firmware, keys
@@ -25,6 +27,17 @@ from hub import wire
 Clock = Callable[[], float]
 _TAMPERED_PROFILES = frozenset({Profile.TAMPERED, Profile.IGNORES_COMMANDS})
 REPLAY_RELEASE_AFTER = 2  # newer evidence published before the withheld one is replayed
+
+
+def signed_ref(raw: bytes) -> str:
+    """``"signed:"`` and the first 16 bytes (hex) of SHA-256 of the evidence's Sig_structure: how the hub names
+    signed evidence it could not read by its profile (docs/PROTOCOL.md, "Evidence refs")."""
+    try:
+        parts = cose.decode_sign1(raw)
+    except cose.CoseError:
+        return ""
+    to_be_signed = cbor2.dumps(["Signature1", parts.protected_bytes, b"", parts.payload])
+    return "signed:" + hashlib.sha256(to_be_signed).hexdigest()[:32]
 
 
 class SimDevice:
@@ -272,8 +285,9 @@ class SimDevice:
         """An attestation result on ``fleet/{id}/result`` is the receipt of the evidence it names.
 
         The hub publishes a result only after the verdict is committed, so a result that
-        verifies with the hub key, is about this device and names ``"{bootcount}:{seq}"``
-        acknowledges that evidence. Anything else is ignored (False)."""
+        verifies with the hub key, is about this device and names ``"{bootcount}:{seq}"``, or the
+        ``"signed:"`` ref of evidence it holds (docs/PROTOCOL.md#receipts), acknowledges that
+        evidence. Anything else is ignored (False)."""
         if self.hub_key is None:
             return False
         try:
@@ -285,9 +299,14 @@ class SimDevice:
         ref = payload.get(wire.RES_EVIDENCE_REF)
         if not isinstance(ref, str):
             return False
+        if ref.startswith("signed:"):  # evidence the hub could not read by its profile: named by what was signed
+            with self._lock:
+                held = [r for r in self._evidence_log if r.ref not in self._acknowledged and signed_ref(r.raw) == ref]
+                self._acknowledged.update(r.ref for r in held)
+            return bool(held)
         boot, _, seq = ref.partition(":")
         if not all(part.isascii() and part.isdigit() and len(part) <= 20 for part in (boot, seq)):
-            return False  # "raw:..." / "signed:...": evidence that never parsed names no counter
+            return False  # "raw:...": evidence that did not authenticate names nothing the device holds
         with self._lock:
             self._acknowledged.add((int(boot), int(seq)))
         return True

@@ -192,3 +192,25 @@ def test_a_signed_data_batch_that_breaks_its_profile_is_not_retained_either(env:
     outcome = pipeline.process([incoming(A, broken, leaf=wire.DATA, content_type=wire.DATA_MEDIA_TYPE)])
     assert only(outcome).status == "contraindicated" and only(outcome).scheme == "data"
     assert [r for _, r in results(outcome)] == [False]
+
+
+def test_a_device_takes_the_signed_ref_result_as_the_receipt_of_the_evidence_it_holds(env: HubEnv) -> None:
+    """docs/PROTOCOL.md#receipts: the simulator computes the signed: ref of what it holds and stops re-sending."""
+    from device_sim import keys as device_keys
+    from device_sim.device import signed_ref
+    from device_sim.records import EvidenceKind, EvidenceRecord
+    from hub.crypto.keys import public_pem
+
+    sim = env.devices[A]
+    sim.hub_key = device_keys.load_hub_public_key(public_pem(env.keys.public_key).encode())
+    claims = env.claims(A)
+    claims[wire.EAT_PROFILE] = "tag:example.com,2026:other"
+    bad = env.evidence(A, claims)
+    sim._evidence_log.append(EvidenceRecord(claims[wire.EVIDENCE_SEQ], claims[wire.BOOTCOUNT], env.epoch_nonce, 0,
+                                            0.0, EvidenceKind.EPOCH, bad))
+    outcome = env.pipeline().process([incoming(A, bad)])
+    [message] = publishes_on(outcome, wire.RESULT)
+    assert ref(cbor2.loads(message.payload).value[2]) == signed_ref(bad)
+    assert sim.resend_due(-1.0) == [bad]  # held, not yet acknowledged
+    assert sim.handle_result(message.payload)
+    assert sim.resend_due(-1.0) == []
