@@ -117,8 +117,8 @@ def test_a_malformed_database_file_gives_one_line_and_exit_3_from_every_command(
 def test_serve_on_a_malformed_database_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
     state = initialised(tmp_path)
     (state / "hub.db").write_bytes(b"garbage" * 1000)
-    done = subprocess.run([str(Path(sys.executable).parent / "attest-hub"), "--state-dir", str(state), "--broker", "127.0.0.1:1",
-                           "serve"], capture_output=True, text=True, timeout=60)
+    command = [str(Path(sys.executable).parent / "attest-hub"), "--state-dir", str(state), "--broker", "127.0.0.1:1"]
+    done = subprocess.run([*command, "serve"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
