@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, owner_only
 from hub.crypto.hubstate import RESTORE_DOC, accept_restore, adopt_generation
+from hub.server.announced import BrokerUnreachable, announced_epoch
 from hub.store import Store, StoreError
 from hub.store.migrate import current_revision, head_revision, upgrade
 
@@ -81,8 +82,13 @@ def db_accept_restore(hub: HubContext) -> None:
     \b
     Example: attest-hub --state-dir var db accept-restore
     """
+    announced = None
     try:
-        done = accept_restore(hub.settings)
+        announced = announced_epoch(hub.settings, hub.keys().public_key)
+    except BrokerUnreachable as exc:
+        click.echo(f"warning: {exc}; the epoch is moved past the state dir's record and the database only", err=True)
+    try:
+        done = accept_restore(hub.settings, announced_epoch=announced)
     except (StoreError, HubKeyError, OSError) as exc:
         fail(str(exc), code=3)
     emit(hub, done.as_dict(), lambda d: click.echo(

@@ -28,8 +28,9 @@ from hub.cli.policy import policy
 from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import init_hub, open_store
+from hub.crypto.hubstate import check_announced, init_hub, open_store
 from hub.crypto.keys import public_pem
+from hub.server.announced import BrokerUnreachable, announced_epoch
 from hub.server.logs import configure_logging
 from hub.store import StoreError
 
@@ -109,8 +110,14 @@ def serve(hub: HubContext, workers: int | None) -> None:
     settings = hub.settings
     count = workers or settings.workers
     try:
-        load_hub_keys(settings)
-        open_store(settings).close()  # the schema, the generation: refuse here, in one line, not in each worker
+        keys = load_hub_keys(settings)
+        store = open_store(settings)  # the schema, the generation: refuse here, in one line, not in each worker
+        try:
+            check_announced(store, announced_epoch(settings, keys.public_key))
+        except BrokerUnreachable as exc:
+            logging.getLogger(__name__).warning("the epoch announced on the broker was not checked: %s", exc)
+        finally:
+            store.close()
     except (HubKeyError, StoreError) as exc:
         fail(str(exc), code=3)
     stop = threading.Event()

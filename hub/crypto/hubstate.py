@@ -128,6 +128,20 @@ def check_generation_of(settings: Settings, store: Store) -> None:
             f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
 
 
+def check_announced(store: Store, announced: int | None) -> None:
+    """Raise ``RollbackError`` if the database's epoch is below ``announced``, the epoch this hub last announced
+    (signed, retained) on the broker (hub/server/announced.py): the database is older than that announcement."""
+    if announced is None:
+        return
+    with store.reading() as conn:
+        epoch = int(store.get_state(conn, "epoch") or 0)
+    if epoch < announced:
+        raise RollbackError(
+            f"database {store.where} is at epoch {epoch}, behind epoch {announced} this hub announced on the "
+            f"broker: it was restored or rolled back (with the state dir), which would accept evidence already "
+            f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
+
+
 def step_generation(settings: Settings, store: Store) -> Generation:
     """Advance the generation in the database, then record it in the state directory (the leader's step)."""
     with store.transaction() as conn:
@@ -194,13 +208,15 @@ class RestoreAccepted:
         return asdict(self)
 
 
-def accept_restore(settings: Settings, actor: str = "operator") -> RestoreAccepted:
+def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None
+                   ) -> RestoreAccepted:
     """``attest-hub db accept-restore``: adopt a restored database without re-opening replay.
 
     Rotates the nonce secret (nonces issued before, in any captured evidence, no longer verify), sets the
     epoch past every epoch issued, steps the generation past the recorded one, and appends an
-    ``accept-restore`` audit entry naming what the restore lost. Run it with the hub stopped; every worker
-    (on every machine) needs the new nonce secret before it starts."""
+    ``accept-restore`` audit entry naming what the restore lost. ``announced_epoch`` (the epoch announced on
+    the broker) counts as issued too. Run it with the hub stopped; every worker (on every machine) needs the
+    new nonce secret before it starts."""
     try:
         read_secret(settings.nonce_secret_path, "nonce secret")
     except HubKeyError as exc:
@@ -211,7 +227,7 @@ def accept_restore(settings: Settings, actor: str = "operator") -> RestoreAccept
         write_secret(settings.nonce_secret_path, os.urandom(32))
         with store.transaction() as conn:
             snap = _snapshot(store, conn)
-            issued = max(snap.epoch, recorded.epoch if recorded else 0)
+            issued = max(snap.epoch, recorded.epoch if recorded else 0, announced_epoch or 0)
             generation = max(snap.generation, recorded.generation if recorded else 0) + 1
             lost = max(0, (recorded.audit_id if recorded else 0) - snap.audit_id)
             store.set_state(conn, "epoch", str(issued + 1))
