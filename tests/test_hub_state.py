@@ -216,3 +216,22 @@ def test_a_reader_does_not_wait_for_a_writers_lock(tmp_path: Path) -> None:
         writer.close()
     assert result.exit_code == 0, result.output
     assert took < 3.0, f"device list waited {took:.1f} s for the writer (busy timeout is 5 s)"
+
+
+def test_a_hub_from_before_generations_and_seals_is_adopted_by_init(tmp_path: Path) -> None:
+    """An earlier release's state: no generation (database or state dir), no audit key, an unsealed chain."""
+    state = initialised(tmp_path)
+    enrol = tmp_path / "enrol.json"
+    enrol.write_text(ENROL)
+    assert invoke(state, "device", "enroll", "--file", str(enrol)).exit_code == 0
+    (state / "generation.json").unlink()
+    (state / "audit-key.bin").unlink()
+    conn = sqlite3.connect(state / "hub.db")
+    conn.execute("DELETE FROM hub_state WHERE key IN ('generation', 'audit_seal')")
+    conn.commit()
+    conn.close()
+    assert_refused(invoke(state, "device", "list"), "audit-key.bin")
+    assert invoke(state, "init").exit_code == 0
+    assert invoke(state, "device", "list", "--ids").stdout.split() == ["env-sensor-0001"]
+    verified = invoke(state, "audit", "verify")
+    assert verified.exit_code == 0 and "intact: 1 entries" in verified.output, verified.output

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, owner_only
-from hub.crypto.hubstate import RESTORE_DOC, accept_restore, adopt_generation
+from hub.crypto.hubstate import RESTORE_DOC, accept_restore, adopt_generation, open_store
 from hub.server.announced import BrokerUnreachable, announced_epoch
 from hub.store import Store, StoreError
 from hub.store.migrate import current_revision, head_revision, upgrade
@@ -43,7 +43,7 @@ def db_upgrade(hub: HubContext) -> None:
         try:
             before = current_revision(store.engine)
             after = upgrade(store.engine)
-            if hub.settings.hub_key_path.exists():
+            if hub.settings.audit_key_path.exists():
                 adopt_generation(hub.settings, store)  # a database and state dir older than generations
         except (SQLAlchemyError, StoreError, OSError) as exc:
             fail(f"migration failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=3)
@@ -82,6 +82,10 @@ def db_accept_restore(hub: HubContext) -> None:
     \b
     Example: attest-hub --state-dir var db accept-restore
     """
+    try:
+        open_store(hub.settings, check_generation=False).close()  # a database it cannot use: that error first
+    except (StoreError, HubKeyError) as exc:
+        fail(str(exc), code=3)
     announced = None
     try:
         announced = announced_epoch(hub.settings, hub.keys().public_key)

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from hub.audit import GENESIS, AuditDraft, append
+from hub.audit import GENESIS, AuditDraft, append, seal
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, init_state, owner_only, read_secret, write_secret
 from hub.store import Store, StoreError
@@ -119,7 +119,7 @@ def check_generation_of(settings: Settings, store: Store) -> None:
     if recorded is None:
         if current == 0:
             raise RollbackError(f"database {store.where} has no generation record (made by an earlier release): "
-                                "run `attest-hub db upgrade`")
+                                "run `attest-hub init` (it adds what this release keeps in the state dir)")
         return  # a state directory that never recorded one (another machine): nothing to compare with
     if current < recorded.generation:
         raise RollbackError(
@@ -156,14 +156,22 @@ def step_generation(settings: Settings, store: Store) -> Generation:
 
 
 def adopt_generation(settings: Settings, store: Store) -> None:
-    """A database and state directory from a release before generations: start both at generation 1."""
+    """A database and state directory from a release before generations and audit seals: start both at
+    generation 1, and seal the audit chain as it is now (the seal vouches for what follows the upgrade).
+    Needs the audit key (``init`` creates it); a database that has a generation is left alone."""
     if read_generation(settings) is not None:
         return
+    try:
+        key = read_secret(settings.audit_key_path, "audit key")
+    except HubKeyError as exc:
+        raise StoreError(str(exc)) from exc
     with store.transaction() as conn:
         snap = _snapshot(store, conn)
         if snap.generation:
             return
         store.set_state(conn, "generation", "1")
+        if snap.audit_id and store.get_state(conn, "audit_seal") is None:
+            store.set_state(conn, "audit_seal", seal(key, snap.audit_id, snap.audit_head))
     write_generation(settings, Generation(1, snap.epoch, snap.audit_id, snap.audit_head))
 
 
