@@ -94,7 +94,7 @@ def start_hub(stage: Stage, workers: int, work: Path, factory: loadgen.EvidenceF
 
 
 def _max_verdict_id(stage: Stage) -> int:
-    store = Store(stage.settings.effective_database_url, create=False)
+    store = Store(stage.settings.effective_database_url)
     try:
         with store.reading() as conn:
             return int(conn.execute(select(func.coalesce(func.max(VERDICTS.c.id), 0))).scalar_one())
@@ -103,7 +103,7 @@ def _max_verdict_id(stage: Stage) -> int:
 
 
 def _statuses(stage: Stage, after_id: int) -> dict[str, int]:
-    store = Store(stage.settings.effective_database_url, create=False)
+    store = Store(stage.settings.effective_database_url)
     try:
         with store.reading() as conn:
             rows = conn.execute(select(VERDICTS.c.status, func.count()).where(VERDICTS.c.id > after_id)

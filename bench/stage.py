@@ -45,7 +45,7 @@ class Stage:
         return f"{self.broker.host}:{self.broker.port}"
 
     def verdict_count(self) -> int:
-        store = Store(self.settings.effective_database_url, create=False)
+        store = Store(self.settings.effective_database_url)
         try:
             with store.reading() as conn:
                 return store.count_verdicts(conn)

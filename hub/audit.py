@@ -1,14 +1,26 @@
-"""Tamper-evident audit log: each entry carries the hash of the one before it.
+"""Tamper-evident audit log: each entry carries the hash of the one before it, and the head is sealed.
 
 ``entry_hash = SHA-256(prev_hash || canonical JSON of {id, at, actor, action, device_id, detail})``.
 Including the id makes a removed or reordered entry break the chain as surely
 as an edited one. Entries are appended inside the transaction of the change
 they record, so a change and its audit entry commit together.
+
+The chain itself is public (an auditor recomputes it from an export without
+any key), so whoever can write the database could edit an entry and recompute
+every hash after it. Against that, each append also stores the *seal*
+``HMAC-SHA-256(audit key, "attest-hub audit seal" || last id || head)`` with a
+key kept in the hub's state directory, never in the database: a recomputed
+chain or a head moved back (entries removed from the end) no longer matches
+the seal. Removing the tail *and* putting back a seal copied from an older
+state (a rollback) is caught by the checkpoint outside the database
+(hub/crypto/hubstate.py: the last id and head as of the last generation step).
+docs/SECURITY.md says exactly what this does and does not protect against.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,10 +80,25 @@ def _canonical(entry: Mapping[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def seal(key: bytes, last_id: int, head: str) -> str:
+    """The keyed seal of the chain's head (hex HMAC-SHA-256); ``last_id`` 0 and ``GENESIS`` for no entries."""
+    return hmac.new(key, b"attest-hub audit seal\x00" + f"{int(last_id)}:{head}".encode(), hashlib.sha256).hexdigest()
+
+
+class AuditKeyMissing(RuntimeError):
+    """A store opened without the hub's audit key was asked to append (open it with ``open_store``)."""
+
+
 def append(store: Store, conn: Connection, drafts: Sequence[AuditDraft]) -> None:
-    """Append entries, chained, within the caller's transaction."""
+    """Append entries, chained, within the caller's transaction, and reseal the head.
+
+    Raises ``AuditKeyMissing`` if ``store`` was not opened with the audit key
+    (``hub.crypto.hubstate.open_store``)."""
     if not drafts:
         return
+    if not store.audit_key:
+        raise AuditKeyMissing("this store was opened without the hub's audit key; open it with "
+                              "hub.crypto.hubstate.open_store(settings)")
     prev = store.lock_audit_head(conn)
     next_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0))).scalar_one()) + 1
     rows = []
@@ -89,6 +116,7 @@ def append(store: Store, conn: Connection, drafts: Sequence[AuditDraft]) -> None
         rows.append(row)
     store.insert_audit(conn, rows)
     store.set_state(conn, "audit_head", prev)
+    store.set_state(conn, "audit_seal", seal(store.audit_key, rows[-1]["id"], prev))
 
 
 def verify_chain(rows: Iterable[Mapping[str, Any]], start_hash: str = GENESIS, head: str | None = None) -> list[str]:
@@ -107,4 +135,30 @@ def verify_chain(rows: Iterable[Mapping[str, Any]], start_hash: str = GENESIS, h
         expected_id = int(row["id"]) + 1
     if head is not None and prev != head:
         problems.append("the last entry is not the recorded head (entries were removed from the end)")
+    return problems
+
+
+def verify_sealed(rows: Sequence[Mapping[str, Any]], head: str | None, sealed: str | None, key: bytes,
+                  checkpoint: tuple[int, str] | None = None) -> list[str]:
+    """Problems in the database's whole chain: links (``verify_chain``), the recorded head, its keyed seal,
+    and ``checkpoint`` ((id, entry_hash) recorded outside the database), which must still be in the chain."""
+    problems = verify_chain(rows, GENESIS, head)
+    if rows and head is None:
+        problems.append("the recorded head of the chain is missing")
+    last_id = int(rows[-1]["id"]) if rows else 0
+    last_hash = str(rows[-1]["entry_hash"]) if rows else GENESIS
+    if sealed is None:
+        if rows:
+            problems.append("the head of the chain is not sealed (the seal was removed)")
+    elif not hmac.compare_digest(sealed, seal(key, last_id, last_hash)):
+        problems.append("the seal does not match the last entry: the chain was recomputed or entries were removed "
+                        "from the end")
+    if checkpoint is not None and checkpoint[0] > 0:
+        at = next((r for r in rows if int(r["id"]) == checkpoint[0]), None)
+        if at is None:
+            problems.append(f"entry {checkpoint[0]}, recorded outside the database, is gone: entries were removed "
+                            "from the end (or the database was rolled back)")
+        elif not hmac.compare_digest(str(at["entry_hash"]), checkpoint[1]):
+            problems.append(f"entry {checkpoint[0]} differs from the hash recorded outside the database: the chain "
+                            "was rewritten up to it")
     return problems

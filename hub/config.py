@@ -74,6 +74,16 @@ class Settings:
     def nonce_secret_path(self) -> Path:
         return self.state_dir / "nonce-secret.bin"
 
+    # The hub's own state outside the database (hub/crypto/hubstate.py, docs/SECURITY.md): the key that
+    # seals the audit chain, and the generation record a restored (rolled-back) database is checked against.
+    @property
+    def audit_key_path(self) -> Path:
+        return self.state_dir / "audit-key.bin"
+
+    @property
+    def generation_path(self) -> Path:
+        return self.state_dir / "generation.json"
+
     def masked(self) -> dict[str, object]:
         """For ``config show``: secrets and credentials in URLs masked."""
         shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -30,6 +30,7 @@ from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
 from hub.crypto.cose import decode_sign1, verify_sign1
 from hub.crypto.hubkeys import HubKeys, load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.server.localhub import enrol_all, prepare_state
 from hub.store import Store
@@ -153,7 +154,7 @@ class HubEnv:
         return public_pem(self.keys.public_key).encode()
 
     def store(self) -> Store:
-        return Store(self.settings.effective_database_url)
+        return open_store(self.settings)
 
     def verdicts(self, device_id: str | None = None) -> list[dict[str, Any]]:
         store = self.store()

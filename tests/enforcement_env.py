@@ -21,9 +21,9 @@ from hub.appraisal.operations import Enrolment
 from hub.broker.process import render_acl
 from hub.config import Settings, load_settings
 from hub.crypto import pki
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
-from hub.store import Store
 
 if TYPE_CHECKING:
     from tests.conftest import ProdBroker
@@ -46,7 +46,7 @@ class SecureEnv:
         return Fleet(self.prod.process.host, self.prod.process.port, self.devices, hub_key, tls=self.tls, **kwargs)
 
     def status(self, device_id: str) -> str:
-        store = Store(self.settings.effective_database_url)
+        store = open_store(self.settings)
         try:
             with store.reading() as conn:
                 return store.devices(conn, [device_id])[device_id].status
@@ -54,7 +54,7 @@ class SecureEnv:
             store.close()
 
     def verdict_count(self, device_id: str) -> int:
-        store = Store(self.settings.effective_database_url)
+        store = open_store(self.settings)
         try:
             with store.reading() as conn:
                 return len(store.verdict_history(conn, device_id, limit=100_000))
@@ -62,7 +62,7 @@ class SecureEnv:
             store.close()
 
     def audit(self, device_id: str) -> list[dict[str, Any]]:
-        store = Store(self.settings.effective_database_url)
+        store = open_store(self.settings)
         try:
             with store.reading() as conn:
                 return [r for r in store.audit_rows(conn) if r["device_id"] == device_id]

@@ -30,6 +30,7 @@ from hub.appraisal.ratelimit import RateLimiter
 from hub.config import Settings, load_settings
 from hub.crypto.freshness import challenge_nonce, epoch_nonce
 from hub.crypto.hubkeys import HubKeys, load_hub_keys
+from hub.crypto.hubstate import init_hub, open_store
 from hub.envelope import Incoming
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
@@ -207,7 +208,7 @@ def build_env(tmp_path: Path) -> HubEnv:
     settings = load_settings(None, environ={}, state_dir=tmp_path / "hub")
     settings = prepare_state(settings)
     keys = load_hub_keys(settings)
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     references = References(keys.operator_keys)
     with store.reading() as conn:
         problems = references.load(store.latest_manifests(conn), store.latest_policies(conn))
@@ -235,3 +236,11 @@ def run_cli(env: HubEnv, *args: str) -> Any:
 
     return CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
                               env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+
+
+def new_store(state_dir: Path, database_url: str = "") -> Store:
+    """A new hub's store the way an operator makes one: ``attest-hub init`` (keys, schema by the migrations,
+    generation), then opened as the hub opens it (audit key, checks). Opening a ``Store`` never creates a schema."""
+    settings = load_settings(None, environ={}, state_dir=state_dir, database_url=database_url or None)
+    init_hub(settings)
+    return open_store(settings)

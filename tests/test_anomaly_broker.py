@@ -23,9 +23,9 @@ from hub.anomaly.records import findings
 from hub.appraisal.operations import Enrolment
 from hub.broker.process import MosquittoProcess, free_port
 from hub.config import Settings, load_settings
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
-from hub.store import Store
 from tests.e2e import test_database_url
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -64,7 +64,7 @@ def _run(broker: MosquittoProcess, settings: Settings, devices: list[SimDevice],
             time.sleep(1.5)  # a last pass over the settled verdicts
             text = _metrics(settings.metrics_port)
             processed = [w.health.processed for w in hub.workers]
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.reading() as conn:
             return findings(conn, open_only=False), text, processed
@@ -89,7 +89,7 @@ def test_each_slow_attack_is_found_and_explained(broker: MosquittoProcess, tmp_p
     assert "1.1.0" in rare["explanation"] and "approved but run by only 2 of" in rare["explanation"]
     assert all(f["score"] >= 1.0 or not f["is_open"] for f in found)
 
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.reading() as conn:
             records = store.devices(conn, list(plan))
@@ -111,7 +111,7 @@ def test_an_honest_fleet_of_the_same_size_raises_nothing(broker: MosquittoProces
     assert found == []
     assert 'attest_devices{status="trusted"} 24.0' in text, "the leader fills devices-by-status"
     assert 'attest_anomaly_findings{kind="late-reports"} 0.0' in text
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.reading() as conn:
             stats = conn.exec_driver_sql("SELECT count(*) FROM anomaly_stat").scalar_one()

@@ -18,8 +18,8 @@ from hub.cli.main import cli
 from hub.config import Settings
 from hub.crypto import pki
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.server.localhub import LocalHub
-from hub.store import Store
 from tests.enforcement_env import NOT_AUTHORIZED, make_secure_env, wait_for
 from tests.test_broker_prod import TlsClient
 
@@ -112,7 +112,7 @@ def test_hub_start_applies_quarantines_already_in_the_database(prod_broker: Prod
     """A crash between the commit and the ACL change is repaired when a worker starts (sync)."""
     env = make_secure_env(prod_broker, tmp_path, "honest:1", 1)
     device_id = env.devices[0].device_id
-    store = Store(env.settings.effective_database_url)
+    store = open_store(env.settings)
     try:  # committed, but never applied at the broker
         set_quarantine(store, load_hub_keys(env.settings), device_id, True, "committed before a crash", 3600)
     finally:

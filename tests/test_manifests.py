@@ -17,7 +17,7 @@ from hub.crypto.keys import PublicKey, fingerprint, load_private_file
 from hub.reference.manifests import Manifest, ManifestError, parse_source, sign_manifest, verify_manifest
 from hub.reference.values import References
 from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
-from hub.store import Store
+from tests.helpers import new_store
 
 CLASSES = ("env-sensor", "smart-meter")
 
@@ -152,7 +152,7 @@ def test_higher_sequence_adopted(operator: ec.EllipticCurvePrivateKey, trusted: 
 
 
 def test_store_keeps_old_manifests_and_refuses_lower(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    store = new_store(tmp_path / 'hub')
     try:
         with store.transaction() as conn:
             assert store.save_manifest(conn, "smart-meter", 2, "op", b"two")

@@ -33,8 +33,8 @@ from hub.appraisal.operations import revoke, set_quarantine
 from hub.appraisal.pipeline import Pipeline
 from hub.appraisal.ratelimit import RateLimiter
 from hub.crypto.freshness import epoch_nonce
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
-from hub.store import Store
 
 A = "smart-meter-0001"
 B = "smart-meter-0002"
@@ -246,7 +246,7 @@ def test_two_workers_race_one_challenge_nonce(env: HubEnv) -> None:
     answering the same challenge: exactly one is accepted."""
     nonce = env.challenge(A)
     batches = [[incoming(A, env.evidence(A, env.claims(A, nonce=nonce)))] for _ in range(2)]
-    stores = [env.store, Store(env.settings.effective_database_url)]
+    stores = [env.store, open_store(env.settings)]
     pipelines = [Pipeline(s, env.pipeline().registry, env.keys, env.references) for s in stores]
     barrier = threading.Barrier(2)
     results: list[str] = []

@@ -26,6 +26,7 @@ from hub.cli.main import cli
 from hub.config import load_settings
 from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.envelope import Incoming
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
@@ -33,12 +34,13 @@ from hub.server.localhub import LocalHub, prepare_state
 from hub.store import Store
 from hub.store.migrate import current_revision, head_revision, upgrade
 from tests.e2e import fresh_pg_database, make_env
+from tests.helpers import new_store
 
 pytestmark = pytest.mark.postgres
 
 
-def test_store_migrates_a_new_postgresql_database_to_the_models_schema() -> None:
-    store = Store(fresh_pg_database())
+def test_init_migrates_a_new_postgresql_database_to_the_models_schema(tmp_path: Path) -> None:
+    store = new_store(tmp_path / "hub", fresh_pg_database())
     try:
         assert current_revision(store.engine) == head_revision()
         with store.engine.connect() as conn:
@@ -68,7 +70,8 @@ def test_db_upgrade_fails_clearly_when_the_server_is_unreachable(tmp_path: Path)
 
 
 def test_a_sqlite_database_made_from_the_models_is_adopted_by_the_migrations(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'hub.db'}")  # create_all, no alembic_version
+    store = Store(f"sqlite:///{tmp_path / 'hub.db'}", schema=False)
+    SQLModel.metadata.create_all(store.engine)  # as releases before migrations made it: no alembic_version
     try:
         assert current_revision(store.engine) is None
         assert upgrade(store.engine) == head_revision()
@@ -82,12 +85,12 @@ def _pg_pipeline_env(tmp_path: Path, devices: int) -> tuple[Store, list[Pipeline
     pool = loadgen.KeyPool.make(4)
     enrol_bulk(url, devices, pool)
     keys = load_hub_keys(settings)
-    store = Store(url)
+    store = open_store(settings)
     with store.transaction() as conn:
         store.set_state(conn, "epoch", "5")
     pipelines = []
     for _ in range(2):  # two workers: each its own store (connection pool), as in separate processes
-        worker_store = Store(url)
+        worker_store = open_store(settings)
         references = References(keys.operator_keys)
         with worker_store.reading() as conn:
             assert references.load(worker_store.latest_manifests(conn), worker_store.latest_policies(conn)) == []

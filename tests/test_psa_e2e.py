@@ -16,10 +16,10 @@ from hub.appraisal.operations import Enrolment
 from hub.broker.process import MosquittoProcess
 from hub.config import load_settings
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.reference.trust import Tier
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
-from hub.store import Store
 from tests.e2e import Observer, signed_payload
 
 pytestmark = pytest.mark.broker
@@ -50,7 +50,7 @@ def test_each_psa_profile_gets_its_verdict_and_action(broker: MosquittoProcess, 
         assert fleet.wait_for(lambda: all(d.quarantined for d in bad), 10)
     observer.stop()
 
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.reading() as conn:
             records = {r.device_id: r for r in store.list_devices(conn)}

@@ -18,8 +18,8 @@ from hub.appraisal import transitions
 from hub.appraisal.operations import set_quarantine
 from hub.broker.enforcement import enforcer_from_settings
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.server.localhub import LocalHub
-from hub.store import Store
 from tests.enforcement_env import SecureEnv, TlsObserver, make_secure_env, wait_for
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def test_operator_release_policy_keeps_a_remediated_device_quarantined_until_rel
 ) -> None:
     env = make_secure_env(prod_broker, tmp_path, "honest:1,rollback:1", 2, remediation=True)
     device = next(d for d in env.devices if d.profile is Profile.ROLLBACK)
-    store = Store(env.settings.effective_database_url)
+    store = open_store(env.settings)
     try:
         with store.transaction() as conn:
             assert store.save_policy(conn, device.device_class, 1000,
@@ -95,7 +95,7 @@ def test_operator_release_policy_keeps_a_remediated_device_quarantined_until_rel
                                  and _verdict_actions(env, device)[-1:] == ["awaiting-operator-release"])
             assert env.status(device.device_id) == transitions.QUARANTINED and device.quarantined
             assert device.version == "1.2.0" and device.bootcount == 2
-            store = Store(env.settings.effective_database_url)
+            store = open_store(env.settings)
             try:
                 message = set_quarantine(store, load_hub_keys(env.settings), device.device_id, False,
                                          "remediated to 1.2.0, checked", 3600,
@@ -108,7 +108,7 @@ def test_operator_release_policy_keeps_a_remediated_device_quarantined_until_rel
 
 
 def _verdict_actions(env: SecureEnv, device: SimDevice) -> list[str]:
-    store = Store(env.settings.effective_database_url)
+    store = open_store(env.settings)
     try:
         with store.reading() as conn:
             history = store.verdict_history(conn, device.device_id, limit=100)

@@ -26,6 +26,7 @@ from hub.appraisal.messages import Command
 from hub.appraisal.operations import Enrolment, publish_once, revoke, set_quarantine
 from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
@@ -107,7 +108,7 @@ def live(broker: MosquittoProcess, tmp_path: Path) -> Iterator[Live]:
     enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                          for d in devices.values()])
     hub = LocalHub(settings).start()
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     fleet = Fleet(broker.host, broker.port, list(devices.values()),
                   public_pem(hub.workers[0].keys.public_key).encode(), connections=3)
     attacker = Attacker(broker)
@@ -165,6 +166,10 @@ def test_malformed_and_oversized_messages_do_not_stop_the_worker(live: Live) -> 
     live.fleet.publish_round()
     verdicts = live.wait_verdicts(A, 4)
     assert verdicts[-1]["status"] == "affirming" and live.status(A) == "trusted"
+    # The worker counts a batch once its results are acknowledged, just after the verdicts are visible.
+    deadline = time.monotonic() + 5
+    while live.hub.workers[0].health.processed < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert live.hub.errors == [] and live.hub.workers[0].health.processed >= 5
 
 

@@ -18,9 +18,9 @@ from hub.appraisal.operations import Enrolment
 from hub.broker.process import MosquittoProcess
 from hub.config import Settings, load_settings
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
-from hub.store import Store
 from hub.store.db import DeviceRecord
 from tests.e2e import Observer, signed_payload
 
@@ -55,7 +55,7 @@ def _settings(broker: MosquittoProcess, tmp_path: Path, devices: list[TpmSimDevi
 
 
 def _state(settings: Settings) -> tuple[dict[str, DeviceRecord], dict[str, list[dict[str, Any]]], list[Any]]:
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.reading() as conn:
             records = {r.device_id: r for r in store.list_devices(conn)}

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ from hub.crypto.keys import KeyFileError, load_public_pem, public_pem
 from hub.envelope import Outgoing
 from hub.reference.manifests import Manifest, verify_manifest
 from hub.reference.policy import Policy, load_policy
-from hub.store.db import DeviceRecord, Store
+from hub.store.db import DEVICES, DeviceRecord, Store
+
+log = logging.getLogger(__name__)
 
 
 class OperationError(ValueError):
@@ -60,9 +63,14 @@ def validate_device_id(device_id: str) -> str:
 
 
 def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *,
-          progress: Callable[[int], None] | None = None, chunk: int = 500) -> int:
+          progress: Callable[[int], None] | None = None, chunk: int = 500,
+          warn: Callable[[str], None] | None = None) -> int:
     """Register devices (all or none); re-enrolling an existing id is refused (use key rotation).
 
+    Ids are in the device id alphabet (docs/PROTOCOL.md), and an id that differs from another (enrolled or in
+    this batch) only by case is refused. Public keys are stored in canonical form (SubjectPublicKeyInfo PEM);
+    a key that another device (enrolled or in this batch) already has is allowed but ``warn`` (default: the
+    log) is told, since one key for many devices means one stolen key impersonates them all.
     Rows are written in chunks of ``chunk`` inside one transaction; ``progress`` is told each chunk's size.
     """
     now = time.time()
@@ -70,18 +78,20 @@ def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *
     for entry in entries:
         validate_device_id(entry.device_id)
         validate_device_id(entry.device_class)
+        pem = None
         try:
             if entry.public_key_pem is not None:
-                load_public_pem(entry.public_key_pem)
+                pem = public_pem(load_public_pem(entry.public_key_pem))  # canonical: one text per key
         except KeyFileError as exc:
             raise OperationError(f"{entry.device_id}: {exc}") from exc
         if entry.ueid is not None and not 7 <= len(entry.ueid) <= 33:
             raise OperationError(f"{entry.device_id}: ueid must be 7..33 bytes")
-        records.append(DeviceRecord(entry.device_id, entry.device_class, entry.public_key_pem, ueid=entry.ueid,
+        records.append(DeviceRecord(entry.device_id, entry.device_class, pem, ueid=entry.ueid,
                                     certificate_pem=entry.certificate_pem, enrolled_at=now))
     ids = [r.device_id for r in records]
     if len(set(ids)) != len(ids):
         raise OperationError("the enrolment lists a device id twice")
+    _check_lookalikes_and_shared_keys(store, records, warn or log.warning)
     with store.transaction() as conn:
         existing = store.devices(conn, ids)
         if existing:
@@ -94,6 +104,38 @@ def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *
             if progress is not None:
                 progress(len(part))
     return len(records)
+
+
+def _check_lookalikes_and_shared_keys(store: Store, records: Sequence[DeviceRecord],
+                                      warn: Callable[[str], None]) -> None:
+    """Refuse ids equal to another but for case; warn about keys shared between devices. One pass over the
+    enrolled devices (a read, outside the write transaction), then the batch itself."""
+    folded = {r.device_id.casefold(): r.device_id for r in records}
+    if len(folded) != len(records):
+        seen: dict[str, str] = {}
+        for r in records:
+            other = seen.setdefault(r.device_id.casefold(), r.device_id)
+            if other != r.device_id:
+                raise OperationError(f"{r.device_id!r} and {other!r} differ only by case: device ids must be "
+                                     "unique regardless of case")
+    holders: dict[str, list[str]] = {}
+    for r in records:
+        if r.public_key_pem is not None:
+            holders.setdefault(r.public_key_pem, []).append(r.device_id)
+    with store.reading() as conn:
+        for device_id, pem in conn.execute(DEVICES.select().with_only_columns(DEVICES.c.device_id,
+                                                                               DEVICES.c.public_key_pem)):
+            twin = folded.get(str(device_id).casefold())
+            if twin is not None and twin != device_id:
+                raise OperationError(f"{twin!r} differs from the enrolled {device_id!r} only by case: device ids "
+                                     "must be unique regardless of case")
+            if pem is not None and pem in holders:
+                holders[pem].append(str(device_id))
+    for devices in holders.values():
+        if len(devices) > 1:
+            shown = ", ".join(sorted(devices)[:5]) + (f" and {len(devices) - 5} more" if len(devices) > 5 else "")
+            warn(f"one public key is enrolled for {len(devices)} devices ({shown}): a device key should be unique, "
+                 "or one extracted key impersonates every device that shares it")
 
 
 def read_enrolment_file(text: str) -> list[Enrolment]:
@@ -126,7 +168,8 @@ def read_enrolment_bytes(data: bytes, name: str, base_dir: Path) -> list[Enrolme
 
 def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
     """A manufacturer's CSV: header ``device_id,device_class`` plus ``public_key_pem`` (the PEM text) or
-    ``public_key_file`` (relative to the CSV), and optionally ``ueid`` (hex). Errors name the line.
+    ``public_key_file`` (relative to the CSV, inside its folder), and optionally ``ueid`` (hex). Errors name
+    the line.
 
     A leading UTF-8 byte-order mark (what spreadsheet programs write for "CSV UTF-8") is dropped, as the
     ``utf-8-sig`` codec does; ``read_enrolment_bytes`` decodes a file that way."""
@@ -140,7 +183,7 @@ def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
         try:
             pem = (row.get("public_key_pem") or "").strip() or None
             if pem is None and (row.get("public_key_file") or "").strip():
-                pem = (base_dir / row["public_key_file"].strip()).read_text()
+                pem = _confined(base_dir, row["public_key_file"].strip()).read_text()
             ueid = bytes.fromhex(row["ueid"]) if (row.get("ueid") or "").strip() else None
         except (OSError, ValueError) as exc:
             raise OperationError(f"{where}: {exc}") from exc
@@ -148,6 +191,16 @@ def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
             raise OperationError(f"{where}: device_id and device_class are required")
         entries.append(Enrolment(row["device_id"].strip(), row["device_class"].strip(), pem, ueid))
     return entries
+
+
+def _confined(base_dir: Path, name: str) -> Path:
+    """``name`` inside ``base_dir`` (the CSV's folder), symbolic links resolved; anything else is refused."""
+    folder = base_dir.resolve()
+    path = (folder / name).resolve()
+    if Path(name).is_absolute() or not path.is_relative_to(folder):
+        raise OperationError(f"public_key_file {name!r} is outside the CSV's folder {folder}: key files must be "
+                             "next to the CSV (or below it)")
+    return path
 
 
 def enrolment_from_certificate(cert_pem: str, device_class: str, anchors: Sequence[x509.Certificate],

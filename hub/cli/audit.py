@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
-from hub.audit import GENESIS, verify_chain
+from hub.audit import GENESIS, verify_chain, verify_sealed
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.hubstate import read_generation
 from hub.store import StoreError
 
 EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
@@ -36,6 +37,10 @@ def audit() -> None:
 def verify(hub: HubContext, file: Path | None) -> None:
     """Check that no audit entry was edited, removed or reordered; exit 1 if one was.
 
+    In the database it also checks the head's keyed seal (a chain recomputed after an edit, or cut short,
+    no longer matches it) and that the last entry recorded in the state directory is still in the chain.
+    An exported file is checked for its links only (anyone can recompute them; docs/SECURITY.md).
+
     \b
     Examples:
       attest-hub audit verify
@@ -53,11 +58,12 @@ def verify(hub: HubContext, file: Path | None) -> None:
             with store.reading() as conn:
                 rows = store.audit_rows(conn)
                 head = store.get_state(conn, "audit_head")
+                sealed = store.get_state(conn, "audit_seal")
+            recorded = read_generation(hub.settings)
         except StoreError as exc:
             fail(str(exc), code=3)
-        problems = verify_chain(rows, GENESIS, head)
-        if rows and head is None:
-            problems.append("the recorded head of the chain is missing")
+        checkpoint = (recorded.audit_id, recorded.audit_head) if recorded is not None else None
+        problems = verify_sealed(rows, head, sealed, store.audit_key or b"", checkpoint)
     data = {"intact": not problems, "entries": len(rows), "problems": problems,
             "head": rows[-1]["entry_hash"] if rows else GENESIS}
     emit(hub, data, lambda d: click.echo(

@@ -12,6 +12,7 @@ import click
 
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, HubKeys, load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.store import Store, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,8 +27,8 @@ class HubContext:
     def store(self) -> Store:
         if self._store is None:
             try:
-                self._store = Store(self.settings.effective_database_url)
-            except StoreError as exc:
+                self._store = open_store(self.settings)
+            except (StoreError, HubKeyError) as exc:
                 fail(str(exc), code=3)
         return self._store
 

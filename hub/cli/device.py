@@ -119,12 +119,16 @@ def _read_mac_key(path: Path) -> bytes:
 def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:
     """One transaction, written in chunks; a progress bar on a terminal (stderr) for big batches."""
     console = Console(stderr=True)
+
+    def warn(message: str) -> None:
+        click.echo(f"warning: {message}", err=True)
+
     if hub.as_json or not console.is_terminal or len(entries) < 100:
-        return enrol(hub.store(), entries)
+        return enrol(hub.store(), entries, warn=warn)
     with Progress(TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("enrol", total=len(entries))
-        return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n))
+        return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n), warn=warn)
 
 
 @device.command("list")

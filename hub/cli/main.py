@@ -28,9 +28,12 @@ from hub.cli.policy import policy
 from hub.cli.result import result
 from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings
-from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
+from hub.crypto.hubkeys import HubKeyError, load_hub_keys
+from hub.crypto.hubstate import check_announced, init_hub, open_store
 from hub.crypto.keys import public_pem
+from hub.server.announced import BrokerUnreachable, announced_epoch
 from hub.server.logs import configure_logging
+from hub.store import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,14 +73,22 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
 @cli.command()
 @pass_hub
 def init(hub: HubContext) -> None:
-    """Create the state directory, the hub's signing key and nonce secret (idempotent).
+    """Create the state directory, the hub's keys and secrets, and the database schema (idempotent).
+
+    Everything is created owner-only (umask 077). The schema is created only in an empty database of a new
+    hub: a state directory that already holds a hub's keys refuses an empty database (it was lost, not new).
 
     Example: attest-hub --state-dir var init
     """
-    init_state(hub.settings)
+    try:
+        database = init_hub(hub.settings)
+    except (StoreError, HubKeyError, OSError) as exc:
+        fail(str(exc), code=3)
     keys = hub.keys()
-    emit(hub, {"state_dir": str(hub.settings.state_dir), "hub_public_key": public_pem(keys.public_key)},
-         lambda d: click.echo(f"state in {d['state_dir']}; hub public key:\n{d['hub_public_key']}"))
+    emit(hub, {"state_dir": str(hub.settings.state_dir), "database": database,
+               "hub_public_key": public_pem(keys.public_key)},
+         lambda d: click.echo(f"state in {d['state_dir']} (database {d['database']}); hub public key:\n"
+                              f"{d['hub_public_key']}"))
 
 
 @cli.command("hub-key")
@@ -100,8 +111,15 @@ def serve(hub: HubContext, workers: int | None) -> None:
     settings = hub.settings
     count = workers or settings.workers
     try:
-        load_hub_keys(settings)
-    except HubKeyError as exc:
+        keys = load_hub_keys(settings)
+        store = open_store(settings)  # the schema, the generation: refuse here, in one line, not in each worker
+        try:
+            check_announced(store, announced_epoch(settings, keys.public_key))
+        except BrokerUnreachable as exc:
+            logging.getLogger(__name__).warning("the epoch announced on the broker was not checked: %s", exc)
+        finally:
+            store.close()
+    except (HubKeyError, StoreError) as exc:
         fail(str(exc), code=3)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,9 +90,19 @@ def validate_common_name(name: str) -> str:
     return name
 
 
+# The device id alphabet (docs/PROTOCOL.md, "Device ids"): ASCII letters, digits, '.', '_', '-'. Nothing else,
+# so no two ids print alike (Cyrillic or fullwidth look-alikes, Unicode normal forms, Unicode hyphens).
+DEVICE_ID_ALPHABET = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def validate_device_id(device_id: str) -> str:
-    """A device id is a safe CN that cannot be mistaken for a hub identity; returns it unchanged."""
+    """A device id is a safe CN in the device id alphabet (ASCII letters, digits, '.', '_', '-', at most 64
+    characters) that cannot be mistaken for a hub identity; returns it unchanged. Raises ``PkiError``."""
     validate_common_name(device_id)
+    if not DEVICE_ID_ALPHABET.fullmatch(device_id):
+        bad = next(c for c in device_id if not DEVICE_ID_ALPHABET.fullmatch(c))
+        raise PkiError(f"device id {device_id!r} contains {bad!r} (U+{ord(bad):04X}): a device id is ASCII "
+                       "letters, digits, '.', '_' and '-' only")
     if device_id.lower().startswith(HUB_PREFIX):
         raise PkiError(f"device id {device_id!r} starts with {HUB_PREFIX!r} (reserved for hub workers)")
     return device_id

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from hub.appraisal.operations import Enrolment, enrol
 from hub.config import Settings
-from hub.crypto.hubkeys import init_state, load_hub_keys
+from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import init_hub, open_store
 from hub.reference.manifests import verify_manifest
 from hub.reference.policy import load_policy
 from hub.server.worker import HubWorker
-from hub.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS_DIR = REPO_ROOT / "firmware_manifests"
@@ -25,12 +25,13 @@ DEMO_OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.pub.pem"
 
 
 def prepare_state(settings: Settings, manifests_dir: Path = MANIFESTS_DIR) -> Settings:
-    """Create keys, then store every signed manifest and policy found under ``manifests_dir``."""
+    """``attest-hub init`` (keys, schema, generation), then store every signed manifest and policy found under
+    ``manifests_dir``."""
     if not settings.operator_keys:
         settings = replace(settings, operator_keys=(str(DEMO_OPERATOR_KEY),))
-    init_state(settings)
+    init_hub(settings)
     keys = load_hub_keys(settings)
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         with store.transaction() as conn:
             for signed in sorted(manifests_dir.glob("*/manifest.cose")):
@@ -46,7 +47,7 @@ def prepare_state(settings: Settings, manifests_dir: Path = MANIFESTS_DIR) -> Se
 
 
 def enrol_all(settings: Settings, entries: list[Enrolment]) -> None:
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     try:
         enrol(store, entries, actor="setup")
     finally:

@@ -27,6 +27,7 @@ from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
 from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import HubKeys, load_hub_keys
+from hub.crypto.hubstate import open_store, step_generation
 from hub.envelope import Incoming, Outgoing
 from hub.reference.identity import load_anchors
 from hub.reference.manifests import ManifestError
@@ -62,7 +63,7 @@ class HubWorker:
         self.settings = settings
         self.index = index
         self.keys = keys or load_hub_keys(settings)
-        self.store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages)
+        self.store = open_store(settings, max_pages=settings.sqlite_max_pages)  # refuses a restored database
         self.references = References(self.keys.operator_keys)
         with self.store.reading() as conn:
             problems = self.references.load(self.store.latest_manifests(conn), self.store.latest_policies(conn))
@@ -116,6 +117,8 @@ class HubWorker:
                 self.step()
         finally:
             self.transport.stop()
+            if self.is_leader:
+                self._step_generation()  # a clean stop: a copy taken before it is behind from now on
             self.store.close()
             if stop_http is not None:
                 stop_http()
@@ -262,6 +265,7 @@ class HubWorker:
             return
         self.publish_epoch(epoch)
         self._next_epoch_at = now + self.settings.epoch_period_s
+        self._step_generation()
         try:
             missed = sweep_missed(self.store, self.keys, self.references, epoch, self.settings.command_ttl_s)
         except StoreError as exc:
@@ -270,6 +274,13 @@ class HubWorker:
         if missed:
             log.warning("%d device(s) missed their attestation deadline and were quarantined", len(missed))
             self.transport.publish_all(missed)
+
+    def _step_generation(self) -> None:
+        """Leader: step the generation a restored database is detected by (hub/crypto/hubstate.py)."""
+        try:
+            step_generation(self.settings, self.store)
+        except (StoreError, OSError) as exc:
+            log.error("cannot step the generation (retried at the next epoch): %s", exc)
 
     def _keep_watch(self) -> None:
         """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period."""

@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlmodel import SQLModel
 
 from hub.store.models import (
     AuditEntry,
@@ -91,21 +90,41 @@ _DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRecord))
 _SNAPSHOT = attrgetter(*_DEVICE_FIELDS)
 
 
+class SchemaError(StoreError):
+    """The database is not a hub database at this release's schema (``kind``: empty, foreign, behind, ahead)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class Store:
-    def __init__(self, url: str, *, create: bool = True, max_pages: int = 0) -> None:
+    """The hub's database. Opening it never changes its schema: ``schema=True`` (the default) checks that it
+    is a hub database at this release's revision and raises ``SchemaError`` if not (the schema is created
+    only by ``attest-hub init`` and ``attest-hub db upgrade``, hub/store/migrate.py)."""
+
+    def __init__(self, url: str, *, max_pages: int = 0, schema: bool = True) -> None:
         self.url = url
         self.max_pages = max_pages  # SQLite: PRAGMA max_page_count set at every write transaction; 0: none
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
+        # Key of the audit chain's seal (hub/audit.py), from the state dir: set by hub.crypto.hubstate.open_store.
+        self.audit_key: bytes | None = None
         try:
             self.engine = _make_engine(url, self.dialect, self)
-            if create and self.dialect == "postgresql":
-                from hub.store.migrate import upgrade
+            if schema:
+                from hub.store.migrate import check_schema
 
-                upgrade(self.engine)  # PostgreSQL's schema is only ever made by the migrations
-            elif create:
-                SQLModel.metadata.create_all(self.engine)
+                check_schema(self.engine, self.where)
+        except SchemaError:
+            self.engine.dispose()
+            raise
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open database {url.split('@')[-1]}: {_short(exc)}") from exc
+            raise StoreError(f"cannot open database {self.where}: {_short(exc)}") from exc
+
+    @property
+    def where(self) -> str:
+        """The database named for messages (no credentials)."""
+        return self.url.split("@")[-1]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -123,8 +142,10 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
+        """A read-only view; on SQLite a deferred transaction, so readers never wait for a writer's lock."""
         try:
             with self.engine.connect() as conn:
+                conn.execution_options(hub_reader=True)
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(_short(exc)) from exc
@@ -391,13 +412,17 @@ def _make_engine(url: str, dialect: str, store: Store | None = None) -> Engine:
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if cursor.execute("PRAGMA page_count").fetchone()[0]:  # an empty file stays untouched (not a hub)
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
+            if conn.get_execution_options().get("hub_reader"):
+                conn.exec_driver_sql("BEGIN")  # deferred: a WAL reader takes no lock a writer holds
+                return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             if store is not None and store.max_pages > 0:  # a size limit: reaching it is a full disk
                 conn.exec_driver_sql(f"PRAGMA max_page_count = {int(store.max_pages)}")

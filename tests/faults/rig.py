@@ -28,7 +28,8 @@ from sqlalchemy import select
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet
 from device_sim.records import Profile
-from hub.store import Store, StoreError
+from hub.crypto.hubstate import open_store
+from hub.store import StoreError
 from hub.store.db import VERDICTS
 from tests.e2e import HubEnv
 
@@ -67,7 +68,7 @@ def sent_refs(devices: list[SimDevice]) -> set[tuple[str, str]]:
 def verdict_counts(env: HubEnv) -> Counter[tuple[str, str]]:
     """(device id, dedup key) -> verdict rows; empty while the database cannot be read."""
     try:
-        store = Store(env.settings.effective_database_url, create=False)
+        store = open_store(env.settings)
     except StoreError:
         return Counter()
     try:

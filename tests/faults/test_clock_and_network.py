@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from device_sim.records import Profile
+from hub.crypto.hubstate import open_store
 from hub.server.localhub import LocalHub
-from hub.store import Store
 from hub.store.db import VERDICTS
 from tests.faults.proxy import PartitionProxy
 from tests.faults.rig import INTERVAL_S, FaultRun, make_fleet, verdict_counts, wait_until
@@ -42,7 +42,7 @@ def test_hub_clock_stepped_forward_and_back(run: FaultRun) -> None:
             wait_until(more, 20, f"verdicts at {step:+.0f} s")
         recovery = run.recover()
         run.finish(recovery, notes="hub clock +10 min, -10 min, +0")
-    store = Store(run.env.settings.effective_database_url, create=False)
+    store = open_store(run.env.settings)
     try:
         with store.reading() as conn:
             rows = conn.execute(select(VERDICTS.c.device_id, VERDICTS.c.status, VERDICTS.c.received_at)).all()

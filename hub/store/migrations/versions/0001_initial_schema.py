@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from hub.store.migrate import create_index_once, create_table_once
+
 revision: str = '0001'
 down_revision: str | None = None
 branch_labels: str | None = None
@@ -17,7 +19,7 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    op.create_table('audit',
+    create_table_once('audit',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
     sa.Column('actor', sa.String(length=64), nullable=False),
@@ -28,8 +30,8 @@ def upgrade() -> None:
     sa.Column('entry_hash', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index(op.f('ix_audit_at'), 'audit', ['at'], unique=False)
-    op.create_table('command',
+    create_index_once(op.f('ix_audit_at'), 'audit', ['at'], unique=False)
+    create_table_once('command',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
@@ -40,8 +42,8 @@ def upgrade() -> None:
     sa.Column('signed', sa.LargeBinary(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index('ix_command_device_seq', 'command', ['device_id', 'seq'], unique=False)
-    op.create_table('device',
+    create_index_once('ix_command_device_seq', 'command', ['device_id', 'seq'], unique=False)
+    create_table_once('device',
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
     sa.Column('public_key_pem', sa.String(), nullable=True),
@@ -69,15 +71,15 @@ def upgrade() -> None:
     sa.Column('chain_head', sa.LargeBinary(), nullable=True),
     sa.PrimaryKeyConstraint('device_id')
     )
-    op.create_index(op.f('ix_device_device_class'), 'device', ['device_class'], unique=False)
-    op.create_index(op.f('ix_device_next_deadline'), 'device', ['next_deadline'], unique=False)
-    op.create_index(op.f('ix_device_status'), 'device', ['status'], unique=False)
-    op.create_table('hub_state',
+    create_index_once(op.f('ix_device_device_class'), 'device', ['device_class'], unique=False)
+    create_index_once(op.f('ix_device_next_deadline'), 'device', ['next_deadline'], unique=False)
+    create_index_once(op.f('ix_device_status'), 'device', ['status'], unique=False)
+    create_table_once('hub_state',
     sa.Column('key', sa.String(length=64), nullable=False),
     sa.Column('value', sa.String(), nullable=False),
     sa.PrimaryKeyConstraint('key')
     )
-    op.create_table('manifest',
+    create_table_once('manifest',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
     sa.Column('sequence', sa.Integer(), nullable=False),
@@ -87,8 +89,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('device_class', 'sequence', name='uq_manifest_seq')
     )
-    op.create_index(op.f('ix_manifest_device_class'), 'manifest', ['device_class'], unique=False)
-    op.create_table('policy',
+    create_index_once(op.f('ix_manifest_device_class'), 'manifest', ['device_class'], unique=False)
+    create_table_once('policy',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
@@ -97,14 +99,14 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('device_class', 'version', name='uq_policy_version')
     )
-    op.create_index(op.f('ix_policy_device_class'), 'policy', ['device_class'], unique=False)
-    op.create_table('used_nonce',
+    create_index_once(op.f('ix_policy_device_class'), 'policy', ['device_class'], unique=False)
+    create_table_once('used_nonce',
     sa.Column('nonce', sa.LargeBinary(), nullable=False),
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('used_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('nonce')
     )
-    op.create_table('verdict',
+    create_table_once('verdict',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('scheme', sa.String(length=32), nullable=False),
@@ -124,7 +126,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('device_id', 'scheme', 'dedup_key', name='uq_verdict_evidence')
     )
-    op.create_index('ix_verdict_device_time', 'verdict', ['device_id', 'received_at'], unique=False)
+    create_index_once('ix_verdict_device_time', 'verdict', ['device_id', 'received_at'], unique=False)
 
 
 def downgrade() -> None:

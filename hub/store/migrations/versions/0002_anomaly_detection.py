@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from hub.store.migrate import add_column_once, create_index_once, create_table_once
+
 revision: str = '0002'
 down_revision: str | None = '0001'
 branch_labels: str | None = None
@@ -17,9 +19,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('device') as batch:
-        batch.add_column(sa.Column('anomaly_hold', sa.Boolean(), nullable=False, server_default=sa.false()))
-    op.create_table('anomaly_finding',
+    add_column_once('device', sa.Column('anomaly_hold', sa.Boolean(), nullable=False, server_default=sa.false()))
+    create_table_once('anomaly_finding',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
@@ -36,9 +37,9 @@ def upgrade() -> None:
     sa.Column('close_reason', sa.String(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index('ix_anomaly_finding_device', 'anomaly_finding', ['device_id', 'is_open'], unique=False)
-    op.create_index(op.f('ix_anomaly_finding_is_open'), 'anomaly_finding', ['is_open'], unique=False)
-    op.create_table('anomaly_stat',
+    create_index_once('ix_anomaly_finding_device', 'anomaly_finding', ['device_id', 'is_open'], unique=False)
+    create_index_once(op.f('ix_anomaly_finding_is_open'), 'anomaly_finding', ['is_open'], unique=False)
+    create_table_once('anomaly_stat',
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('device_class', sa.String(length=64), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),

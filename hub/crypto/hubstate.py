@@ -1,0 +1,255 @@
+"""The hub's state outside its database: opening the store, the generation record, restore acceptance.
+
+A database copied back from a backup lowers every device's (bootcount, seq)
+high-water mark and the epoch, which would let captured evidence be accepted
+again. So the hub keeps a monotonic *generation*: a counter in the database
+(``hub_state.generation``) and, written after each step commits, in the state
+directory (``generation.json``, owner-only), together with the last epoch
+issued and the audit chain's last id and head. The leader steps it at start,
+at every epoch advance and at a clean stop. A database whose generation is
+behind the state directory's was restored or rolled back: every command and
+``serve`` refuse it with one line naming the procedure, ``attest-hub db
+accept-restore``, which rotates the nonce secret (every nonce issued before
+is then refused), moves the epoch past any value issued, steps the
+generation and records the event, with the audit entries lost with the
+restore, in the audit log. docs/OPERATIONS.md ("Restoring the database")
+and docs/SECURITY.md describe it.
+
+The schema itself is created only by :func:`init_hub` (``attest-hub init``)
+and by ``attest-hub db upgrade``: an empty database is never taken for a new
+hub when the state directory already belongs to one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from hub.audit import GENESIS, AuditDraft, append, seal
+from hub.config import Settings
+from hub.crypto.hubkeys import HubKeyError, init_state, owner_only, read_secret, write_secret
+from hub.store import Store, StoreError
+from hub.store.db import AUDIT, SchemaError
+from hub.store.migrate import schema_state, upgrade
+
+RESTORE_DOC = 'docs/OPERATIONS.md, "Restoring the database"'
+
+
+class RollbackError(StoreError):
+    """The database is behind the generation recorded in the state directory (restored or rolled back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What the state directory records at each generation step."""
+
+    generation: int
+    epoch: int  # the highest epoch issued so far
+    audit_id: int  # the audit chain's last entry id and hash (0 and GENESIS: none)
+    audit_head: str
+
+
+def read_generation(settings: Settings) -> Generation | None:
+    """The state directory's record, or None if it has none. Raises ``StoreError`` if it is unreadable."""
+    path = settings.generation_path
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return Generation(int(data["generation"]), int(data["epoch"]), int(data["audit_id"]),
+                          str(data["audit_head"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}): restore it, or the state directory, from a backup") from exc
+
+
+def write_generation(settings: Settings, record: Generation) -> None:
+    """Record ``record`` unless the file already holds a later generation (another process wrote it)."""
+    current = read_generation(settings)
+    if current is not None and current.generation > record.generation:
+        return
+    with owner_only():
+        write_secret(settings.generation_path, (json.dumps(asdict(record), sort_keys=True) + "\n").encode())
+
+
+def _snapshot(store: Store, conn: Connection) -> Generation:
+    """The database's generation, epoch and audit head, read with the audit head locked (consistent)."""
+    head = store.lock_audit_head(conn)
+    last_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0))).scalar_one())
+    return Generation(int(store.get_state(conn, "generation") or 0), int(store.get_state(conn, "epoch") or 0),
+                      last_id, head if last_id else GENESIS)
+
+
+def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool = True) -> Store:
+    """The hub's store, with the audit key, checked: schema at head (no DDL), not behind the generation.
+
+    Raises ``StoreError`` (``SchemaError``, ``RollbackError``) with a one-line message, or ``HubKeyError``."""
+    try:
+        store = Store(settings.effective_database_url, max_pages=max_pages)
+    except SchemaError as exc:
+        if exc.kind == "empty" and settings.hub_key_path.exists():
+            raise SchemaError("empty", empty_database_message(settings)) from exc
+        raise
+    try:
+        store.audit_key = read_secret(settings.audit_key_path, "audit key")
+        if check_generation:
+            check_generation_of(settings, store)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def empty_database_message(settings: Settings) -> str:
+    where = settings.effective_database_url.split("@")[-1]
+    return (f"database {where} is empty, but the state dir {settings.state_dir} belongs to an initialised hub: its "
+            f"database was lost, truncated or replaced; restore it from a backup, then run `attest-hub db "
+            f"accept-restore` ({RESTORE_DOC}); a new hub needs a new state dir")
+
+
+def check_generation_of(settings: Settings, store: Store) -> None:
+    """Raise ``RollbackError`` if the database is behind the state directory's generation."""
+    recorded = read_generation(settings)
+    with store.reading() as conn:
+        current = int(store.get_state(conn, "generation") or 0)
+    if recorded is None:
+        if current == 0:
+            raise RollbackError(f"database {store.where} has no generation record (made by an earlier release): "
+                                "run `attest-hub init` (it adds what this release keeps in the state dir)")
+        return  # a state directory that never recorded one (another machine): nothing to compare with
+    if current < recorded.generation:
+        raise RollbackError(
+            f"database {store.where} is at generation {current}, behind generation {recorded.generation} recorded "
+            f"in {settings.generation_path}: it was restored or rolled back, which would accept evidence already "
+            f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
+
+
+def check_announced(store: Store, announced: int | None) -> None:
+    """Raise ``RollbackError`` if the database's epoch is below ``announced``, the epoch this hub last announced
+    (signed, retained) on the broker (hub/server/announced.py): the database is older than that announcement."""
+    if announced is None:
+        return
+    with store.reading() as conn:
+        epoch = int(store.get_state(conn, "epoch") or 0)
+    if epoch < announced:
+        raise RollbackError(
+            f"database {store.where} is at epoch {epoch}, behind epoch {announced} this hub announced on the "
+            f"broker: it was restored or rolled back (with the state dir), which would accept evidence already "
+            f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
+
+
+def step_generation(settings: Settings, store: Store) -> Generation:
+    """Advance the generation in the database, then record it in the state directory (the leader's step)."""
+    with store.transaction() as conn:
+        before = _snapshot(store, conn)
+        record = Generation(before.generation + 1, before.epoch, before.audit_id, before.audit_head)
+        store.set_state(conn, "generation", str(record.generation))
+    recorded = read_generation(settings)
+    if recorded is not None and recorded.epoch > record.epoch:  # never forget a higher epoch issued
+        record = Generation(record.generation, recorded.epoch, record.audit_id, record.audit_head)
+    write_generation(settings, record)
+    return record
+
+
+def adopt_generation(settings: Settings, store: Store) -> None:
+    """A database and state directory from a release before generations and audit seals: start both at
+    generation 1, and seal the audit chain as it is now (the seal vouches for what follows the upgrade).
+    Needs the audit key (``init`` creates it); a database that has a generation is left alone."""
+    if read_generation(settings) is not None:
+        return
+    try:
+        key = read_secret(settings.audit_key_path, "audit key")
+    except HubKeyError as exc:
+        raise StoreError(str(exc)) from exc
+    with store.transaction() as conn:
+        snap = _snapshot(store, conn)
+        if snap.generation:
+            return
+        store.set_state(conn, "generation", "1")
+        if snap.audit_id and store.get_state(conn, "audit_seal") is None:
+            store.set_state(conn, "audit_seal", seal(key, snap.audit_id, snap.audit_head))
+    write_generation(settings, Generation(1, snap.epoch, snap.audit_id, snap.audit_head))
+
+
+def init_hub(settings: Settings) -> str:
+    """``attest-hub init``: the state directory and its secrets (``init_state``), then the database: create the
+    schema in an empty database of a new hub, or check an existing one; returns "created" or "existing".
+
+    A state directory that already belongs to a hub (its keys or a generation record) refuses an empty database
+    (``SchemaError``): the database was lost, not new."""
+    belongs = settings.hub_key_path.exists() or settings.generation_path.exists()
+    init_state(settings)
+    with owner_only():  # a new SQLite file (and its -wal, -shm) is created owner-only
+        store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages, schema=False)
+        try:
+            with store.reading() as conn:
+                state, _ = schema_state(conn)
+            if state == "empty":
+                if belongs:
+                    raise SchemaError("empty", empty_database_message(settings))
+                upgrade(store.engine)
+                with store.transaction() as conn:
+                    store.set_state(conn, "generation", "1")
+                write_generation(settings, Generation(1, 0, 0, GENESIS))
+                return "created"
+            Store(settings.effective_database_url).close()  # SchemaError unless a hub database at head
+            adopt_generation(settings, store)
+            return "existing"
+        finally:
+            store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreAccepted:
+    database_generation: int
+    recorded_generation: int
+    generation: int
+    epoch_before: int
+    epoch: int
+    lost_audit_entries: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None
+                   ) -> RestoreAccepted:
+    """``attest-hub db accept-restore``: adopt a restored database without re-opening replay.
+
+    Rotates the nonce secret (nonces issued before, in any captured evidence, no longer verify), sets the
+    epoch past every epoch issued, steps the generation past the recorded one, and appends an
+    ``accept-restore`` audit entry naming what the restore lost. ``announced_epoch`` (the epoch announced on
+    the broker) counts as issued too. Run it with the hub stopped; every worker (on every machine) needs the
+    new nonce secret before it starts."""
+    try:
+        read_secret(settings.nonce_secret_path, "nonce secret")
+    except HubKeyError as exc:
+        raise StoreError(str(exc)) from exc
+    recorded = read_generation(settings)
+    store = open_store(settings, check_generation=False)
+    try:
+        write_secret(settings.nonce_secret_path, os.urandom(32))
+        with store.transaction() as conn:
+            snap = _snapshot(store, conn)
+            issued = max(snap.epoch, recorded.epoch if recorded else 0, announced_epoch or 0)
+            generation = max(snap.generation, recorded.generation if recorded else 0) + 1
+            lost = max(0, (recorded.audit_id if recorded else 0) - snap.audit_id)
+            store.set_state(conn, "epoch", str(issued + 1))
+            store.set_state(conn, "generation", str(generation))
+            detail = {"database_generation": snap.generation, "epoch_before": snap.epoch, "epoch": issued + 1,
+                      "generation": generation, "nonce_secret": "rotated",
+                      "recorded_generation": recorded.generation if recorded else 0,
+                      "recorded_audit_id": recorded.audit_id if recorded else 0,
+                      "recorded_audit_head": recorded.audit_head if recorded else GENESIS,
+                      "lost_audit_entries": lost}
+            append(store, conn, [AuditDraft(time.time(), actor, "accept-restore", None, detail)])
+            after = _snapshot(store, conn)
+        write_generation(settings, Generation(generation, issued + 1, after.audit_id, after.audit_head))
+    finally:
+        store.close()
+    return RestoreAccepted(snap.generation, recorded.generation if recorded else 0, generation, snap.epoch,
+                           issued + 1, lost)
