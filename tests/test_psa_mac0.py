@@ -153,3 +153,13 @@ def test_a_mac0_token_that_breaks_its_profile_is_named_by_what_its_mac_covers(en
     assert only(outcome).evidence_ref == expected and only(outcome).reason == ""
     again = env.pipeline().process([incoming(DEVICE, raw, content_type=wire.PSA_MEDIA_TYPE)])
     assert only(again).status == "duplicate" and len(publishes_on(again, wire.RESULT)) == 1
+
+
+def test_a_mac_key_file_others_can_read_is_not_used(env: HubEnv, tmp_path: Path) -> None:
+    """As OpenSSH refuses such private keys: the token is then refused for want of a key, never verified."""
+    assert enrol_mac(env, tmp_path).exit_code == 0  # type: ignore[attr-defined]
+    [stored] = list((env.settings.state_dir / "device-mac-keys").iterdir())
+    stored.chmod(0o644)
+    outcome = env.pipeline().process([incoming(DEVICE, mac0(claims(env.epoch_nonce)),
+                                               content_type=wire.PSA_MEDIA_TYPE)])
+    assert only(outcome).status == "rejected" and only(outcome).reason == "no-key"
