@@ -200,7 +200,9 @@ def test_jwt_claims_are_named_as_ear_libraries_read_them(env: HubEnv) -> None:
     env.pipeline().process([incoming(A, env.evidence(A))])
     shown = run_cli(env, "result", "show", A, "--json")
     assert shown.exit_code == 0, shown.output
-    token = json.loads(shown.stdout)["token"]
+    shown_json = json.loads(shown.stdout)
+    assert shown_json["media_type"] == 'application/eat+jwt; eat_profile="tag:github.com,2023:veraison/ear"'
+    token = shown_json["token"]
     claims = json.loads(_b64url(token.split(".")[1]))
     assert {"eat_profile", "iat", "ear.verifier-id", "submods"} <= set(claims)
     appraisal = claims["submods"]["firmware"]

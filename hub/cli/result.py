@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from hub import wire
 from hub.appraisal.messages import result_from_verdict, sign_result, sign_result_jwt
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.schemes import SchemeRegistry, default_schemes
@@ -61,6 +62,7 @@ def show(hub: HubContext, device_id: str, fmt: str, scheme: str | None, out: Pat
             out.write_text(token + "\n")
         else:
             out.write_bytes(token)
-    emit(hub, {"device_id": device_id, "scheme": claims.scheme, "format": fmt, "token": text,
-               "claims": claims.json_claims()},
+    media_type = wire.EAR_JWT_MEDIA_TYPE if fmt == "jwt" else wire.EAR_MEDIA_TYPE
+    emit(hub, {"device_id": device_id, "scheme": claims.scheme, "format": fmt, "media_type": media_type,
+               "token": text, "claims": claims.json_claims()},
          lambda d: click.echo(d["token"]))
