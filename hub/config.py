@@ -61,10 +61,24 @@ class Settings:
     anomaly_interval_s: float = 30.0
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
+    # Bounded storage (hub/appraisal/storage.py, hub/appraisal/retention.py, docs/RELIABILITY.md): per device and
+    # minute, how many unauthenticated rejections get a verdict row (the rest are only counted); verdicts, audit
+    # entries and rejection counts older than retention_days (0: kept forever) are exported to retention_dir
+    # (default state_dir/archive) and pruned, by the leader every retention_interval_s and by `db prune`; unknown
+    # device ids are logged at most once per unknown_log_interval_s.
+    rejected_rows_per_min: int = 20
+    retention_days: float = 0.0
+    retention_dir: str = ""
+    retention_interval_s: float = 3600.0
+    unknown_log_interval_s: float = 60.0
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'hub.db'}"
+
+    @property
+    def archive_dir(self) -> Path:
+        return Path(self.retention_dir) if self.retention_dir else self.state_dir / "archive"
 
     @property
     def hub_key_path(self) -> Path:

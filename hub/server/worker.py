@@ -21,7 +21,9 @@ from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
 from hub.appraisal.pipeline import BatchOutcome, Pipeline
 from hub.appraisal.ratelimit import RateLimiter
+from hub.appraisal.storage import RejectionTally, StorageRules
 from hub.appraisal.transitions import QUARANTINED, REVOKED
+from hub.appraisal.verdicts import UNKNOWN_DEVICE
 from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
@@ -36,6 +38,7 @@ from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
+from hub.server.unknown import UnknownDeviceLog
 from hub.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,9 @@ class HubWorker:
             subscriptions,
         )
         self.pipeline.decider.remediation = settings.remediation
+        self.pipeline.decider.storage = StorageRules(settings.max_evidence_bytes, settings.rejected_rows_per_min)
+        self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min)
+        self.unknown = UnknownDeviceLog(settings.unknown_log_interval_s)
         self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
@@ -171,7 +177,10 @@ class HubWorker:
             break
         for topic, why in outcome.dropped:
             log.warning("dropped message on %s: %s", topic, why)
+        self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
         for decision in outcome.decisions:
+            if decision.reason == UNKNOWN_DEVICE:
+                continue
             log.info("verdict %s %s", decision.status, decision.action,
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
                             "trace_id": decision.trace_id, "problems": list(decision.problems)})

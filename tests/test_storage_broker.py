@@ -1,0 +1,135 @@
+"""Bounded storage through a real Mosquitto: a hostile enrolled device and random device ids.
+
+The hub (LocalHub) runs against the development broker (no ACLs), and a raw client publishes
+garbage on an enrolled device's topic and evidence on topics of ids that are not enrolled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device_sim.fleet import Fleet
+from hub import wire
+from hub.broker.process import MosquittoProcess
+from hub.server.localhub import LocalHub
+from hub.store import Store
+from hub.store.rejections import total_rejections
+from tests.e2e import HubEnv, Observer, make_env
+
+pytestmark = pytest.mark.broker
+WAIT = 20.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class Publisher:
+    """A raw MQTT v5 client (the development broker lets it publish anywhere)."""
+
+    def __init__(self, broker: MosquittoProcess) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="hostile", protocol=MQTTProtocolVersion.MQTTv5)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def send(self, messages: list[tuple[str, bytes]]) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = wire.FIRMWARE_MEDIA_TYPE
+        infos = [self.client.publish(topic, payload, qos=1, properties=props) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(20)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class Live:
+    env: HubEnv
+    hub: LocalHub
+    store: Store
+    publisher: Publisher
+    observer: Observer
+
+    def count(self, table: str) -> int:
+        with self.store.reading() as conn:
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+
+    def processed(self) -> int:
+        return sum(w.health.processed for w in self.hub.workers)
+
+
+@pytest.fixture
+def live(broker: MosquittoProcess, tmp_path: Path) -> Iterator[Live]:
+    env = make_env(broker, tmp_path, 2, "honest:1", epoch_period_s=600.0, rejected_rows_per_min=5,
+                   device_rate_per_s=1000.0, device_burst=1000)
+    hub = LocalHub(env.settings).start()
+    store = env.store()
+    observer = Observer(broker.host, broker.port, (f"{wire.FLEET_ROOT}/+/{wire.RESULT}",)).start()
+    publisher = Publisher(broker)
+    try:
+        assert wait_until(lambda: hub.workers[0].health.broker_connected)
+        yield Live(env, hub, store, publisher, observer)
+    finally:
+        publisher.close()
+        observer.stop()
+        hub.stop()
+        store.close()
+    assert hub.errors == []
+
+
+def test_hostile_enrolled_device_garbage_is_hashed_and_budgeted(live: Live) -> None:
+    target = live.env.devices[0].device_id
+    garbage = [b"\xd2" + bytes([i]) * 40_000 for i in range(30)]  # over the 16 KiB limit, distinct
+    live.publisher.send([(wire.device_topic(target, wire.EVIDENCE), g) for g in garbage])
+    assert wait_until(lambda: live.processed() >= 30), live.processed()
+    rows = live.env.verdicts(target)
+    assert len(rows) == 5  # the per-minute budget; the other 25 only counted
+    assert all(r["evidence"] == b"" and r["evidence_length"] == 40_001 for r in rows)
+    assert {bytes(r["evidence_sha256"]) for r in rows} <= {hashlib.sha256(g).digest() for g in garbage}
+    with live.store.reading() as conn:
+        assert total_rejections(conn, target) == 30
+    assert len(live.observer.on(wire.device_topic(target, wire.RESULT))) == 5
+
+
+def test_unknown_device_ids_are_counted_not_stored(live: Live) -> None:
+    verdicts, audit = live.count("verdict"), live.count("audit")
+    ids = [f"random-{i:05d}" for i in range(200)]
+    live.publisher.send([(wire.device_topic(i, wire.EVIDENCE), b"\xd2\x84" + i.encode()) for i in ids])
+    assert wait_until(lambda: live.processed() >= 200), live.processed()
+    assert live.count("verdict") == verdicts and live.count("audit") == audit
+    assert live.count("rejection_count") == 0
+    metric = sum(w.metrics.registry.get_sample_value("attest_unknown_device_messages_total") or 0
+                 for w in live.hub.workers)
+    assert metric == 200
+    time.sleep(0.5)  # nothing signed or published for them
+    assert not [m for m in live.observer.messages if m.topic.split("/")[1].startswith("random-")]
+
+
+def test_honest_device_still_affirmed_beside_a_hostile_one(live: Live) -> None:
+    hostile, honest = live.env.devices
+    live.publisher.send([(wire.device_topic(hostile.device_id, wire.EVIDENCE), b"junk%d" % i) for i in range(20)])
+    with Fleet(live.env.broker.host, live.env.broker.port, [honest], live.env.hub_key_pem) as fleet:
+        assert fleet.wait_for_epoch(10) is not None
+        fleet.publish_round()
+        assert fleet.flush(10)
+        assert wait_until(lambda: len(live.env.verdicts(honest.device_id)) == 1)
+    [row] = live.env.verdicts(honest.device_id)
+    assert row["status"] == "affirming" and row["evidence"] and row["evidence_sha256"] is None
