@@ -7,6 +7,7 @@ garbage on an enrolled device's topic and evidence on topics of ids that are not
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,3 +134,38 @@ def test_honest_device_still_affirmed_beside_a_hostile_one(live: Live) -> None:
         assert wait_until(lambda: len(live.env.verdicts(honest.device_id)) == 1)
     [row] = live.env.verdicts(honest.device_id)
     assert row["status"] == "affirming" and row["evidence"] and row["evidence_sha256"] is None
+
+
+def test_leader_prunes_on_schedule_while_the_fleet_attests(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """Retention in the running hub: the leader exports and prunes while evidence keeps arriving, and the
+    audit chain (with its signed checkpoint) and the exported files still verify."""
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+
+    env = make_env(broker, tmp_path, 3, "honest:1", epoch_period_s=600.0, retention_days=2.0 / 86400,
+                   retention_interval_s=0.5)
+    with LocalHub(env.settings) as hub, Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        assert fleet.wait_for_epoch(10) is not None
+        for _ in range(3):
+            fleet.publish_round()
+            assert fleet.flush(10)
+            time.sleep(1.0)
+        assert wait_until(lambda: any(env.settings.archive_dir.glob("audit-*.jsonl")))
+        fleet.publish_round()
+        assert fleet.flush(10)
+        assert wait_until(lambda: hub.workers[0].health.processed >= 12)
+        time.sleep(3.0)  # at least one more prune with the last round older than the cut-off
+    assert hub.errors == []
+    verdicts = env.verdicts()
+    assert len(verdicts) == 3, verdicts  # each device's latest affirming verdict is kept
+    exported = [json.loads(line) for f in env.settings.archive_dir.glob("verdicts-*.jsonl")
+                for line in f.read_text().splitlines()]
+    assert len(exported) == 9 and all(v["status"] == "affirming" for v in exported)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "verify"])
+    assert result.exit_code == 0, result.output
+    joined = tmp_path / "archive.jsonl"
+    joined.write_text("".join(f.read_text() for f in sorted(env.settings.archive_dir.glob("audit-*.jsonl"))))
+    result = runner.invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "verify", "--file", str(joined)])
+    assert result.exit_code == 0, result.output

@@ -16,8 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
+from hub.appraisal.retention import verify_start
 from hub.audit import GENESIS, verify_chain
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.hubkeys import HubKeyError, load_hub_keys
+from hub.crypto.keys import PublicKey
 from hub.store import StoreError
 
 EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
@@ -50,12 +53,17 @@ def verify(hub: HubContext, file: Path | None) -> None:
     else:
         store = hub.store()
         try:
+            public_key: PublicKey | None = load_hub_keys(hub.settings).public_key
+        except HubKeyError:
+            public_key = None  # needed only to check the checkpoint of a prune
+        try:
             with store.reading() as conn:
                 rows = store.audit_rows(conn)
                 head = store.get_state(conn, "audit_head")
+                start, pruned = verify_start(store, conn, public_key, rows)  # a signed checkpoint after a prune
         except StoreError as exc:
             fail(str(exc), code=3)
-        problems = verify_chain(rows, GENESIS, head)
+        problems = pruned + verify_chain(rows, start, head)
         if rows and head is None:
             problems.append("the recorded head of the chain is missing")
     data = {"intact": not problems, "entries": len(rows), "problems": problems,
