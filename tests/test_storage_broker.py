@@ -169,3 +169,25 @@ def test_leader_prunes_on_schedule_while_the_fleet_attests(broker: MosquittoProc
     joined.write_text("".join(f.read_text() for f in sorted(env.settings.archive_dir.glob("audit-*.jsonl"))))
     result = runner.invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "verify", "--file", str(joined)])
     assert result.exit_code == 0, result.output
+
+
+def test_hostile_device_gets_a_finding_and_warning(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """40 garbage messages in a minute on an enrolled device's topic (policy limit 30): the leader opens a
+    rejection-rate finding and the device, which never attested, goes from enrolled to warning."""
+    env = make_env(broker, tmp_path, 2, "honest:1", epoch_period_s=600.0, anomaly_interval_s=0.3,
+                   anomaly_settle_s=0.0, device_rate_per_s=1000.0, device_burst=1000)
+    hostile = env.devices[0].device_id
+    with LocalHub(env.settings) as hub:
+        assert wait_until(lambda: hub.workers[0].health.broker_connected)
+        publisher = Publisher(broker)
+        try:
+            publisher.send([(wire.device_topic(hostile, wire.EVIDENCE), b"junk%d" % i) for i in range(40)])
+        finally:
+            publisher.close()
+        assert wait_until(lambda: env.device_status(hostile) == "warning"), env.device_status(hostile)
+        gauge = hub.workers[0].metrics.registry.get_sample_value("attest_anomaly_findings",
+                                                                  {"kind": "rejection-rate"})
+        assert wait_until(lambda: (hub.workers[0].metrics.registry.get_sample_value(
+            "attest_anomaly_findings", {"kind": "rejection-rate"}) or 0) == 1), gauge
+    assert hub.errors == []
+    assert env.device_status(env.devices[1].device_id) == "enrolled"
