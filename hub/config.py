@@ -62,7 +62,7 @@ class Settings:
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
     # Bounded storage (hub/appraisal/storage.py, hub/appraisal/retention.py, docs/RELIABILITY.md): per device and
-    # minute, how many unauthenticated rejections get a verdict row (the rest are only counted); verdicts, audit
+    # minute, how many rejected messages get a verdict row (the rest are only counted); verdicts, audit
     # entries and rejection counts older than retention_days (0: kept forever) are exported to retention_dir
     # (default state_dir/archive) and pruned, by the leader every retention_interval_s and by `db prune`; unknown
     # device ids are logged at most once per unknown_log_interval_s.

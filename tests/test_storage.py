@@ -157,19 +157,21 @@ def test_rejections_over_the_budget_are_counted_not_stored(env: HubEnv) -> None:
     assert rows(env, "rejection_count") == 1
 
 
-def test_the_budget_is_per_minute_and_spares_authenticated_evidence(env: HubEnv) -> None:
+def test_the_budget_is_per_minute_and_covers_signed_floods(env: HubEnv) -> None:
     clock = [NOW]
     pipeline = env.pipeline(clock=lambda: clock[0])
-    pipeline.decider.rejections = RejectionTally(rows_per_min=1)
-    pipeline.process([incoming(A, b"g1"), incoming(A, b"g2")])
+    pipeline.decider.rejections = RejectionTally(rows_per_min=2)
+    pipeline.process([incoming(A, b"g1"), incoming(A, b"g2"), incoming(A, b"g3")])
     clock[0] += 60
-    pipeline.process([incoming(A, b"g3"), incoming(A, b"g4")])
-    assert len(stored(env)) == 2  # one per minute
+    pipeline.process([incoming(A, b"g4")])
+    assert len(stored(env)) == 3  # two in the first minute, one in the second
+    clock[0] += 60
     assert only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=9)))])).status == "affirming"
-    for seq in (1, 2, 3):  # signed but below the high-water mark: authenticated, each keeps a row and its bytes
+    for seq in (1, 2, 3):  # signed but below the high-water mark: rejected, authenticated
         pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=seq)))])
     statuses = [(v["status"], v["authenticated"], bool(v["evidence"])) for v in stored(env)]
-    assert statuses[-4:] == [("affirming", True, True)] + [("rejected", True, True)] * 3
+    # the stored ones keep their bytes; the third is over the budget and only counted; affirming is not a rejection
+    assert statuses[-3:] == [("affirming", True, True)] + [("rejected", True, True)] * 2
     with env.store.reading() as conn:
         assert total_rejections(conn, A) == 7
 
@@ -180,3 +182,23 @@ def test_a_batch_that_does_not_commit_counts_nothing(env: HubEnv) -> None:
     pipeline.process([incoming(A, env.evidence(A))])
     with env.store.reading() as conn:
         assert total_rejections(conn, A) == 0
+
+
+def test_signed_rejections_over_the_budget_are_still_receipted(env: HubEnv) -> None:
+    """A device with a backlog of stale or replayed evidence gets a result (its receipt, docs/PROTOCOL.md#receipts)
+    for each piece even when only the first few get a row; otherwise it would re-send them for ever."""
+    pipeline = env.pipeline(clock=lambda: NOW)
+    pipeline.decider.rejections = RejectionTally(rows_per_min=1)
+    only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=9)))]))
+    outcome = pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=s))) for s in (1, 2, 3)])
+    assert [d.reason for d in outcome.decisions] == ["replay"] * 3
+    results = publishes_on(outcome, wire.RESULT)
+    assert len(results) == 3 and not any(r.retain for r in results)
+    from hub.crypto.cose import decode_sign1, verify_sign1
+
+    device = env.device(A)
+    for r, seq in zip(results, (1, 2, 3), strict=True):
+        message = decode_sign1(r.payload)
+        verify_sign1(message, env.keys.public_key)
+        assert f"{device.bootcount}:{seq}".encode() in message.payload  # names the evidence's counter
+    assert len(stored(env)) == 2  # the affirming one and one rejection

@@ -9,8 +9,12 @@ Two rules bound the database whatever a device or the network sends
   length only, next to the reason in the verdict's problems;
 - ``RejectionTally``: every rejection of an enrolled device's evidence is
   counted per device and minute (table ``rejection_count``); only the first
-  ``rejected_rows_per_min`` unauthenticated ones per device and minute (per
-  worker) also get a verdict row, an audit entry and a signed result.
+  ``rejected_rows_per_min`` per device and minute (per worker) also get a
+  verdict row, an audit entry and a signed result (beyond it, authenticated
+  rejections still get their result, the device's receipt, but no row).
+  Authenticated ones that are stored keep their bytes; a device that signs a flood of replays or stale
+  evidence is flagged by the rejection-rate finding (hub/anomaly/rejections.py)
+  and cannot grow the database faster than the unauthenticated kind.
 
 Evidence for device ids that are not enrolled is never stored
 (``Decider.unknown``): the worker counts it in a metric and a rate-limited
@@ -28,7 +32,7 @@ class StorageRules:
     max_evidence_bytes: int = 16 * 1024
     """Authenticated evidence up to this many bytes keeps its bytes (``Settings.max_evidence_bytes``)."""
     rejected_rows_per_min: int = 20
-    """Per device and minute, unauthenticated rejections stored one by one (``Settings.rejected_rows_per_min``)."""
+    """Per device and minute, rejections stored one by one (``Settings.rejected_rows_per_min``)."""
 
 
 def evidence_columns(evidence: bytes, authenticated: bool, max_bytes: int) -> dict[str, object]:
@@ -44,7 +48,7 @@ def evidence_columns(evidence: bytes, authenticated: bool, max_bytes: int) -> di
 
 class RejectionTally:
     """Counts of one batch's rejections (written by ``Decider.flush``) and this worker's per-minute budget of
-    unauthenticated rejections that get a row. Memory is bounded by the devices seen in the current minute."""
+    rejections that get a row. Memory is bounded by the devices seen in the current minute."""
 
     def __init__(self, rows_per_min: int = 20) -> None:
         self.rows_per_min = rows_per_min
@@ -60,8 +64,8 @@ class RejectionTally:
         entry[2] += size
 
     def admit(self, device_id: str, now: float) -> bool:
-        """Whether an unauthenticated rejection gets a verdict row of its own (True for the first
-        ``rows_per_min`` of the device in this minute)."""
+        """Whether a rejection gets a verdict row of its own (True for the first ``rows_per_min`` of the
+        device in this minute)."""
         minute = int(now // 60)
         if minute != self._minute:
             self._minute, self._stored = minute, {}

@@ -111,9 +111,14 @@ class Decider:
         decision = Decision(ctx.device_id, ctx.scheme, REJECTED, error.authenticated, Tier.CONTRAINDICATED, vector,
                             problems, "none", ctx.trace_id, dedup_key, error.reason)
         self.rejections.count(ctx.device_id, ctx.now, error.authenticated, len(ctx.evidence))
-        if not error.authenticated and not self.rejections.admit(ctx.device_id, ctx.now):
-            return decision  # over the device's per-minute budget: counted only (hub/appraisal/storage.py)
-        self._record(ctx, decision, None, device.device_class if device else "?", retain=False)
+        device_class = device.device_class if device else "?"
+        if not self.rejections.admit(ctx.device_id, ctx.now):  # over the device's budget (hub/appraisal/storage.py)
+            if error.authenticated:  # counted only, but still receipted: its result names the device's counter
+                result = ResultClaims(ctx.device_id, ctx.scheme, vector, Tier.CONTRAINDICATED, int(ctx.now), problems,
+                                      dedup_key, None, self.references.policy(device_class).ref, "none", ctx.nonce)
+                decision.publishes.append(self._result_message(result, ctx, retain=False))
+            return decision
+        self._record(ctx, decision, None, device_class, retain=False)
         if device is not None:
             device.last_seen = ctx.now
             self._touched.add(device.device_id)
