@@ -21,15 +21,16 @@ PUBLIC = {
     "hub.appraisal": ["BatchOutcome", "Command", "DUPLICATE", "Enrolment", "FleetReport", "OperationError", "Outcome",
                       "Pipeline", "ProposalError", "REJECTED", "RateLimiter", "build_report", "enrol", "epoch_message",
                       "import_manifest", "import_policy", "revoke", "set_quarantine", "what_if"],
-    "hub.reference": ["Component", "IdentityError", "Manifest", "ManifestError", "Policy", "PolicyError", "References",
-                      "Release", "Tier", "TrustVector", "default_policy", "load_policy", "parse_source", "parse_x5chain",
-                      "sign_manifest", "tier_of", "verify_chain", "verify_manifest"],
+    "hub.reference": ["Component", "IdentityError", "Manifest", "ManifestError", "Policy", "PolicyError",
+                      "References", "Release", "Tier", "TrustVector", "default_policy", "load_policy", "parse_source",
+                      "parse_x5chain", "sign_manifest", "tier_of", "verify_chain", "verify_manifest"],
     "hub.broker": ["BrokerAddress", "BrokerEnforcer", "EnforcementError", "MosquittoProcess", "MqttTransport",
                    "TransportError", "enforcer_from_settings", "free_port", "render_acl"],
     "hub.crypto": ["CborError", "CoseError", "HubKeyError", "HubKeys", "KeyFileError", "PkiError", "PrivateKey",
                    "PublicKey", "Sign1", "challenge_nonce", "check_nonce", "decode_sign1", "epoch_nonce", "fingerprint",
                    "init_state", "load_hub_keys", "loads_strict", "sign1", "validate_device_id", "verify_sign1"],
     "hub.store": ["DeviceRecord", "Store", "StoreError"],
+    "hub.schemes": ["EvidenceScheme", "SchemeRegistry", "default_schemes"],
 }
 
 
@@ -67,7 +68,7 @@ def _lint_imports() -> list[str]:
 def test_import_layers_hold() -> None:
     result = subprocess.run([*_lint_imports(), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 def test_import_layers_catch_an_upward_import(tmp_path: Path) -> None:
@@ -83,3 +84,17 @@ def test_import_layers_catch_an_upward_import(tmp_path: Path) -> None:
                             env=env)
     assert result.returncode != 0
     assert "hub.crypto.pki -> hub.appraisal.pipeline" in result.stdout
+
+
+def test_schemes_stay_pure(tmp_path: Path) -> None:
+    """A scheme that reaches for the store breaks the forbidden contract, though the layers allow it."""
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "hub", copy / "hub", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "device_sim", copy / "device_sim", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    psa = copy / "hub" / "schemes" / "psa.py"
+    psa.write_text(psa.read_text() + "\nimport hub.store.db  # noqa: E402\n")
+    result = subprocess.run([*_lint_imports(), "--no-cache"], cwd=copy, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "hub.schemes.psa -> hub.store.db" in result.stdout

@@ -11,6 +11,8 @@ from hub.schemes.keyrotation import KeyRotationScheme
 from hub.schemes.psa import PsaScheme
 from hub.schemes.tpm import TpmScheme
 
+__all__ = ["EvidenceScheme", "SchemeRegistry", "default_schemes"]
+
 
 def default_schemes() -> list[EvidenceScheme]:
     return [FirmwareScheme(), KeyRotationScheme(), PsaScheme(), DataScheme(), TpmScheme()]
