@@ -181,6 +181,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
+    if settings.retention_days and settings.retention_interval_s <= 0:
+        raise ConfigError("retention_interval_s: must be above 0 when retention_days is set")
     return settings
 
 

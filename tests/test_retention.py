@@ -193,3 +193,11 @@ def test_leader_prunes_on_a_schedule(env: HubEnv, tmp_path: Path) -> None:
     finally:
         worker.store.close()
     assert run(env, "audit", "verify").exit_code == 0
+
+
+def test_a_retention_interval_of_zero_is_refused() -> None:
+    from hub.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="retention_interval_s"):
+        load_settings(None, environ={}, retention_days=30.0, retention_interval_s=0.0)
+    assert load_settings(None, environ={"ATTEST_HUB_RETENTION_DAYS": "400"}).retention_days == 400.0
