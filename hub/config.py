@@ -62,11 +62,13 @@ class Settings:
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
     # Bounded storage (hub/appraisal/storage.py, hub/appraisal/retention.py, docs/RELIABILITY.md): per device and
-    # minute, how many rejected messages get a verdict row (the rest are only counted); verdicts, audit
+    # minute, how many rejected messages get a verdict row, keeping at most rejected_bytes_per_min of evidence
+    # between them (the rest are only counted); verdicts, audit
     # entries and rejection counts older than retention_days (0: kept forever) are exported to retention_dir
     # (default state_dir/archive) and pruned, by the leader every retention_interval_s and by `db prune`; unknown
     # device ids are logged at most once per unknown_log_interval_s.
     rejected_rows_per_min: int = 20
+    rejected_bytes_per_min: int = 64 * 1024
     retention_days: float = 0.0
     retention_dir: str = ""
     retention_interval_s: float = 3600.0

@@ -24,7 +24,7 @@ def test_storage_bench_writes_every_figure(tmp_path: Path) -> None:
     assert kinds["rejected_unauthenticated_over_budget"]["verdict_rows"] == 0
     # a row of 64 KiB garbage holds its hash, not its bytes
     assert kinds["rejected_unauthenticated"]["bytes_per_message"] < kinds["rejected_unauthenticated"]["message_bytes"]
-    for hostile in ("hostile_garbage", "hostile_signed"):
+    for hostile in ("hostile_garbage", "hostile_signed", "hostile_signed_large"):
         row = data[hostile]
         assert row["messages"] == int(20 * 60 * 0.5) and row["extrapolated_hour_mb"] >= 0
         assert row["verdict_rows"] <= 20 * 2  # the per-minute budget, over at most two minutes of hub clock

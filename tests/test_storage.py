@@ -202,3 +202,18 @@ def test_signed_rejections_over_the_budget_are_still_receipted(env: HubEnv) -> N
         verify_sign1(message, env.keys.public_key)
         assert f"{device.bootcount}:{seq}".encode() in message.payload  # names the evidence's counter
     assert len(stored(env)) == 2  # the affirming one and one rejection
+
+
+def test_rows_of_one_minute_keep_at_most_the_byte_budget(env: HubEnv) -> None:
+    """A device that signs large rejected evidence cannot fill the database faster through the kept bytes."""
+    pipeline = env.pipeline(clock=lambda: NOW)
+    raw = env.evidence(A, env.claims(A, seq=9))
+    pipeline.decider.rejections = RejectionTally(rows_per_min=20, bytes_per_min=2 * len(raw) + 10)
+    only(pipeline.process([incoming(A, raw)]))
+    outcome = pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=s))) for s in range(1, 6)])
+    assert [d.reason for d in outcome.decisions] == ["replay"] * 5
+    rows = [v for v in stored(env) if v["status"] == "rejected"]
+    assert len(rows) == 2 and all(v["evidence"] for v in rows)  # two fit the byte budget, with their bytes
+    assert len(publishes_on(outcome, wire.RESULT)) == 5  # every one receipted
+    garbage = pipeline.process([incoming(A, b"\xd2" * 30_000)])  # keeps no bytes: still gets a row
+    assert only(garbage).reason and len(stored(env)) == 4

@@ -19,7 +19,7 @@ from hub.appraisal import transitions
 from hub.appraisal.liveness import deadline_epoch
 from hub.appraisal.messages import Command, ResultClaims, sign_result
 from hub.appraisal.remediation import plan_remediation
-from hub.appraisal.storage import RejectionTally, StorageRules, evidence_columns
+from hub.appraisal.storage import RejectionTally, StorageRules, evidence_columns, kept_bytes
 from hub.audit import AuditDraft, append
 from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
@@ -112,7 +112,8 @@ class Decider:
                             problems, "none", ctx.trace_id, dedup_key, error.reason)
         self.rejections.count(ctx.device_id, ctx.now, error.authenticated, len(ctx.evidence))
         device_class = device.device_class if device else "?"
-        if not self.rejections.admit(ctx.device_id, ctx.now):  # over the device's budget (hub/appraisal/storage.py)
+        kept = kept_bytes(ctx.evidence, error.authenticated, self.storage.max_evidence_bytes)
+        if not self.rejections.admit(ctx.device_id, ctx.now, kept):  # over the device's budget (appraisal/storage.py)
             if error.authenticated:  # counted only, but still receipted: its result names the device's counter
                 result = ResultClaims(ctx.device_id, ctx.scheme, vector, Tier.CONTRAINDICATED, int(ctx.now), problems,
                                       dedup_key, None, self.references.policy(device_class).ref, "none", ctx.nonce)

@@ -93,8 +93,10 @@ class HubWorker:
             subscriptions,
         )
         self.pipeline.decider.remediation = settings.remediation
-        self.pipeline.decider.storage = StorageRules(settings.max_evidence_bytes, settings.rejected_rows_per_min)
-        self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min)
+        self.pipeline.decider.storage = StorageRules(settings.max_evidence_bytes, settings.rejected_rows_per_min,
+                                                     settings.rejected_bytes_per_min)
+        self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min,
+                                                          settings.rejected_bytes_per_min)
         self.unknown = UnknownDeviceLog(settings.unknown_log_interval_s)
         self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
