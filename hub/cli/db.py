@@ -1,4 +1,4 @@
-"""``attest-hub db``: schema migrations (alembic) for the hub's database.
+"""``attest-hub db``: schema migrations (alembic) for the hub's database, and retention (``db prune``).
 
 Example:
   attest-hub --database-url postgresql://hub@db/hub db upgrade
