@@ -66,13 +66,13 @@ class Settings:
     # between them (the rest are only counted); verdicts, audit
     # entries and rejection counts older than retention_days (0: kept forever) are exported to retention_dir
     # (default state_dir/archive) and pruned, by the leader every retention_interval_s and by `db prune`; unknown
-    # device ids are logged at most once per unknown_log_interval_s.
+    # device ids and messages not appraised (rate limit) are logged, with a sample, once per sampled_log_interval_s.
     rejected_rows_per_min: int = 20
     rejected_bytes_per_min: int = 64 * 1024
     retention_days: float = 0.0
     retention_dir: str = ""
     retention_interval_s: float = 3600.0
-    unknown_log_interval_s: float = 60.0
+    sampled_log_interval_s: float = 60.0
 
     @property
     def effective_database_url(self) -> str:

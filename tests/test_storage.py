@@ -217,3 +217,16 @@ def test_rows_of_one_minute_keep_at_most_the_byte_budget(env: HubEnv) -> None:
     assert len(publishes_on(outcome, wire.RESULT)) == 5  # every one receipted
     garbage = pipeline.process([incoming(A, b"\xd2" * 30_000)])  # keeps no bytes: still gets a row
     assert only(garbage).reason and len(stored(env)) == 4
+
+
+def test_messages_not_appraised_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    from hub.server.unknown import dropped_log
+
+    log = dropped_log(interval_s=60.0)
+    topic = wire.device_topic(A, wire.EVIDENCE)
+    with caplog.at_level(logging.WARNING, logger="hub.server.unknown"):
+        for second in range(60):
+            log.add([f"{topic}: rate limit exceeded"] * 50, now=float(second))
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("50 message(s) not appraised, on 1 topic(s)") and "rate limit exceeded" in line
+    assert log.messages == 59 * 50  # the rest wait for the next line

@@ -191,3 +191,28 @@ def test_hostile_device_gets_a_finding_and_warning(broker: MosquittoProcess, tmp
             "attest_anomaly_findings", {"kind": "rejection-rate"}) or 0) == 1), gauge
     assert hub.errors == []
     assert env.device_status(env.devices[1].device_id) == "enrolled"
+
+
+def test_a_flood_over_the_rate_limit_and_random_ids_log_a_few_lines(broker: MosquittoProcess, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """300 messages over one device's rate limit and 300 random ids: a handful of log lines, not 600."""
+    import logging
+
+    env = make_env(broker, tmp_path, 1, "honest:1", epoch_period_s=600.0, device_rate_per_s=1.0, device_burst=5)
+    target = env.devices[0].device_id
+    with caplog.at_level(logging.WARNING), LocalHub(env.settings) as hub:
+        assert wait_until(lambda: hub.workers[0].health.broker_connected)
+        publisher = Publisher(broker)
+        try:
+            publisher.send([(wire.device_topic(target, wire.EVIDENCE), b"junk%d" % i) for i in range(300)]
+                           + [(wire.device_topic(f"random-{i}", wire.EVIDENCE), b"x") for i in range(300)])
+        finally:
+            publisher.close()
+        assert wait_until(lambda: hub.workers[0].health.processed >= 600), hub.workers[0].health.processed
+    dropped = hub.workers[0].metrics.registry.get_sample_value("attest_messages_dropped_total",
+                                                               {"why": "rate limit exceeded"})
+    assert dropped is not None and dropped >= 290
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("hub.")]
+    assert 1 <= sum("not appraised" in line for line in lines) <= 2, lines
+    assert 1 <= sum("not enrolled" in line for line in lines) <= 2, lines
+    assert len(lines) < 20, lines

@@ -39,7 +39,7 @@ from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
-from hub.server.unknown import UnknownDeviceLog
+from hub.server.unknown import UnknownDeviceLog, dropped_log
 from hub.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class HubWorker:
                                                      settings.rejected_bytes_per_min)
         self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min,
                                                           settings.rejected_bytes_per_min)
-        self.unknown = UnknownDeviceLog(settings.unknown_log_interval_s)
+        self.unknown = UnknownDeviceLog(settings.sampled_log_interval_s)
+        self.dropped = dropped_log(settings.sampled_log_interval_s)
         self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
@@ -180,8 +181,7 @@ class HubWorker:
             self.health.database_ok = True
             commit_s = time.monotonic() - started
             break
-        for topic, why in outcome.dropped:
-            log.warning("dropped message on %s: %s", topic, why)
+        self.dropped.add((f"{topic}: {why}" for topic, why in outcome.dropped), time.monotonic())  # not per message
         self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
         for decision in outcome.decisions:
             if decision.reason == UNKNOWN_DEVICE:
