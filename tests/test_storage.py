@@ -230,3 +230,25 @@ def test_messages_not_appraised_are_logged_once_per_interval(caplog: pytest.LogC
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith("50 message(s) not appraised, on 1 topic(s)") and "rate limit exceeded" in line
     assert log.messages == 59 * 50  # the rest wait for the next line
+
+
+def test_the_migration_adds_the_columns_and_table_even_on_a_partly_created_schema(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from hub.store.migrate import downgrade, upgrade
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    assert upgrade(engine, "0002") == "0002"
+    with engine.begin() as conn:  # a verdict of the release before, and the new table made from the models
+        conn.execute(text("INSERT INTO verdict (device_id, scheme, dedup_key, received_at, authenticated, tier, status,"
+                          " trust_vector, problems, action, policy_ref, trace_id, evidence) VALUES ('d', 'firmware',"
+                          " '1:1', 1.0, 1, 2, 'affirming', '{}', '[]', 'affirm', 'p@1', '', x'a0')"))
+        conn.execute(text("CREATE TABLE rejection_count (device_id VARCHAR(64) NOT NULL, minute INTEGER NOT NULL,"
+                          " rejected INTEGER NOT NULL, authenticated INTEGER NOT NULL, bytes_received BIGINT NOT NULL,"
+                          " PRIMARY KEY (device_id, minute))"))
+    assert upgrade(engine) == "0003"
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT evidence, evidence_length, evidence_sha256 FROM verdict")).one()
+    assert tuple(row) == (b"\xa0", None, None)
+    assert downgrade(engine, "0002") == "0002" and upgrade(engine) == "0003"
+    engine.dispose()

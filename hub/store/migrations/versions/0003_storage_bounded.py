@@ -17,9 +17,16 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
+    # Idempotent on a partly created schema (a store that created the new table from the models first).
+    inspector = sa.inspect(op.get_bind())
+    columns = {c['name'] for c in inspector.get_columns('verdict')}
     with op.batch_alter_table('verdict') as batch:
-        batch.add_column(sa.Column('evidence_length', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('evidence_sha256', sa.LargeBinary(), nullable=True))
+        if 'evidence_length' not in columns:
+            batch.add_column(sa.Column('evidence_length', sa.Integer(), nullable=True))
+        if 'evidence_sha256' not in columns:
+            batch.add_column(sa.Column('evidence_sha256', sa.LargeBinary(), nullable=True))
+    if inspector.has_table('rejection_count'):
+        return
     op.create_table('rejection_count',
     sa.Column('device_id', sa.String(length=64), nullable=False),
     sa.Column('minute', sa.Integer(), nullable=False),
