@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps test demo lint bench bench-quick clean-venv postgres-up
+.PHONY: setup system-deps test demo lint bench bench-quick bench-storage clean-venv postgres-up
 
 # Tests that build their hub with tests/e2e.make_env run a second time (HUB_TEST_DATABASE: not an ATTEST_HUB_*
 # setting, which the hub would refuse as unknown) with a fresh PostgreSQL
@@ -56,6 +56,10 @@ bench: setup postgres-up
 ## bench-quick: the same code at small scale (under 2 minutes); writes bench/results/quick/
 bench-quick: setup postgres-up
 	$(PY) -m bench.run --quick
+
+## bench-storage: database bytes per message kind and an hour of one hostile device (under a minute)
+bench-storage: setup
+	$(PY) -m bench.storage
 
 clean-venv:
 	rm -rf $(VENV)

@@ -139,10 +139,11 @@ def verify_chain(rows: Iterable[Mapping[str, Any]], start_hash: str = GENESIS, h
 
 
 def verify_sealed(rows: Sequence[Mapping[str, Any]], head: str | None, sealed: str | None, key: bytes,
-                  checkpoint: tuple[int, str] | None = None) -> list[str]:
-    """Problems in the database's whole chain: links (``verify_chain``), the recorded head, its keyed seal,
-    and ``checkpoint`` ((id, entry_hash) recorded outside the database), which must still be in the chain."""
-    problems = verify_chain(rows, GENESIS, head)
+                  checkpoint: tuple[int, str] | None = None, *, start_hash: str = GENESIS) -> list[str]:
+    """Problems in the database's whole chain: links (``verify_chain`` from ``start_hash``: GENESIS, or the
+    hash a signed prune checkpoint ends at), the recorded head, its keyed seal, and ``checkpoint`` ((id,
+    entry_hash) recorded outside the database), which must still be in the chain unless it was pruned."""
+    problems = verify_chain(rows, start_hash, head)
     if rows and head is None:
         problems.append("the recorded head of the chain is missing")
     last_id = int(rows[-1]["id"]) if rows else 0
@@ -153,7 +154,8 @@ def verify_sealed(rows: Sequence[Mapping[str, Any]], head: str | None, sealed: s
     elif not hmac.compare_digest(sealed, seal(key, last_id, last_hash)):
         problems.append("the seal does not match the last entry: the chain was recomputed or entries were removed "
                         "from the end")
-    if checkpoint is not None and checkpoint[0] > 0:
+    first_id = int(rows[0]["id"]) if rows else 1
+    if checkpoint is not None and checkpoint[0] >= first_id:
         at = next((r for r in rows if int(r["id"]) == checkpoint[0]), None)
         if at is None:
             problems.append(f"entry {checkpoint[0]}, recorded outside the database, is gone: entries were removed "

@@ -61,10 +61,26 @@ class Settings:
     anomaly_interval_s: float = 30.0
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
+    # Bounded storage (hub/appraisal/storage.py, hub/appraisal/retention.py, docs/RELIABILITY.md): per device and
+    # minute, how many rejected messages get a verdict row, keeping at most rejected_bytes_per_min of evidence
+    # between them (the rest are only counted); verdicts, audit
+    # entries and rejection counts older than retention_days (0: kept forever) are exported to retention_dir
+    # (default state_dir/archive) and pruned, by the leader every retention_interval_s and by `db prune`; unknown
+    # device ids and messages not appraised (rate limit) are logged, with a sample, once per sampled_log_interval_s.
+    rejected_rows_per_min: int = 20
+    rejected_bytes_per_min: int = 64 * 1024
+    retention_days: float = 0.0
+    retention_dir: str = ""
+    retention_interval_s: float = 3600.0
+    sampled_log_interval_s: float = 60.0
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'hub.db'}"
+
+    @property
+    def archive_dir(self) -> Path:
+        return Path(self.retention_dir) if self.retention_dir else self.state_dir / "archive"
 
     @property
     def hub_key_path(self) -> Path:
@@ -177,6 +193,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
+    if settings.retention_days and settings.retention_interval_s <= 0:
+        raise ConfigError("retention_interval_s: must be above 0 when retention_days is set")
     return settings
 
 

@@ -166,11 +166,8 @@ def test_malformed_and_oversized_messages_do_not_stop_the_worker(live: Live) -> 
     live.fleet.publish_round()
     verdicts = live.wait_verdicts(A, 4)
     assert verdicts[-1]["status"] == "affirming" and live.status(A) == "trusted"
-    # The worker counts a batch once its results are acknowledged, just after the verdicts are visible.
-    deadline = time.monotonic() + 5
-    while live.hub.workers[0].health.processed < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert live.hub.errors == [] and live.hub.workers[0].health.processed >= 5
+    # processed is counted after the batch's results are acknowledged, which is after its verdicts are visible
+    assert wait_until(lambda: live.hub.workers[0].health.processed >= 5) and live.hub.errors == []
 
 
 def test_replayed_evidence_bytes_give_no_second_verdict(live: Live) -> None:

@@ -26,10 +26,14 @@ CADENCE = "late-reports"
 BOOTS = "boot-rate"
 RARE = "rare-measurement"
 SIGNATURES = "signature-failures"
-KINDS = (CADENCE, BOOTS, RARE, SIGNATURES)
-STATUS_KINDS = frozenset({CADENCE, BOOTS, RARE})
-"""Kinds that may change a device's status (by policy). Signature failures never do: anyone who can
-publish on a device's topic can cause them, and only authenticated evidence may move a device."""
+REJECTIONS = "rejection-rate"
+"""Rejected messages per minute over the class policy's ``rejected_per_min`` (hub/anomaly/rejections.py)."""
+KINDS = (CADENCE, BOOTS, RARE, SIGNATURES, REJECTIONS)
+STATUS_KINDS = frozenset({CADENCE, BOOTS, RARE, REJECTIONS})
+"""Kinds that may change a device's status (by policy: ``anomaly``, or ``rejected`` for REJECTIONS).
+Signature failures never do: anyone who can publish on a device's topic can cause them, and only
+authenticated evidence may move a device. A rejection rate over the policy's limit may, because the
+operator chose it per class (default: warn; quarantine belongs with the production broker ACL)."""
 
 PLATFORM_SCHEMES = frozenset({"firmware", "psa", "tpm"})
 """Schemes whose evidence is the device's periodic attestation (cadence, boots, releases)."""

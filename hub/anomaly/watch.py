@@ -13,7 +13,11 @@ state, the cursor, the findings and what they do to devices:
 - ``"quarantine"``: a new finding quarantines the device with a hold, so an
   operator decides on its release.
 Signature-failure findings never change a device: only authenticated
-evidence may move one. Signed commands are returned for the worker to publish.
+evidence may move one. A ``rejection-rate`` finding (rejected messages per
+minute at the policy's ``rejected_per_min``, hub/anomaly/rejections.py)
+follows the policy's ``rejected`` instead of ``anomaly``, and may also move a
+device that never attested from ``enrolled`` to ``warning``. Signed commands
+are returned for the worker to publish.
 """
 
 from __future__ import annotations
@@ -45,18 +49,21 @@ from hub.anomaly.records import (
     update_findings,
     verdicts_after,
 )
+from hub.anomaly.rejections import assess_rejections
 from hub.anomaly.scores import Assessment, assess
-from hub.anomaly.stats import RARE, STATUS_KINDS, DetectorConfig, DeviceStats, observe
+from hub.anomaly.stats import RARE, REJECTIONS, STATUS_KINDS, DetectorConfig, DeviceStats, observe
 from hub.appraisal import transitions
 from hub.appraisal.messages import Command
 from hub.audit import AuditDraft, append
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
+from hub.reference.policy import Policy
 from hub.reference.trust import Tier
 from hub.reference.values import References
 from hub.store import DeviceRecord, Store
 from hub.store.db import dumps
+from hub.store.rejections import rejections_since
 
 log = logging.getLogger(__name__)
 ACTOR = "anomaly-detector"
@@ -110,6 +117,7 @@ class AnomalyWatch:
             known = known_sets(conn)
             current = {(f["device_id"], f["kind"]): f for f in findings(conn, open_only=True, limit=1_000_000)}
             closed_by = last_closed_by(conn)
+            rejected = rejections_since(conn, int(now // 60) - 1)
         existing = set(stats)
         for event in (event_from_row(r) for r in rows):
             device_class = classes.get(event.device_id)
@@ -119,6 +127,11 @@ class AnomalyWatch:
             device.device_class = device_class
             observe(device, event, self.config)
         assessments = assess(stats, now, self.config, known)
+        rejecting = assess_rejections(rejected, classes, self.references.policy, now, self.config.threshold,
+                                      {d for d, k in current if k == REJECTIONS})
+        for a in rejecting:  # a device that only ever sent rejected messages may have no state yet
+            stats.setdefault(a.device_id, DeviceStats(a.device_id, a.device_class))
+        assessments += rejecting
         changes = self._findings(stats, assessments, current, closed_by, now)
         state_rows = stat_rows(stats.values(), now)
         with self.store.transaction() as conn:
@@ -193,13 +206,15 @@ class AnomalyWatch:
     def _devices(self, conn: Connection, open_now: list[dict[str, object]], changes: _Changes,
                  now: float) -> tuple[list[Outgoing], list[str]]:
         """Apply the class policy to devices whose holds change or that got a new finding."""
-        holding = {str(f["device_id"]) for f in open_now if f["kind"] in STATUS_KINDS}
-        reasons: dict[str, list[str]] = {}
+        kinds: dict[str, list[tuple[str, str]]] = {}  # device -> (kind, explanation) of its open findings
         for f in open_now:
             if f["kind"] in STATUS_KINDS:
-                reasons.setdefault(str(f["device_id"]), []).append(str(f["explanation"]))
-        fresh = {a.device_id for a in changes.opened if a.kind in STATUS_KINDS}
-        wanted = holding | held_devices(conn)
+                kinds.setdefault(str(f["device_id"]), []).append((str(f["kind"]), str(f["explanation"])))
+        fresh: dict[str, set[str]] = {}
+        for a in changes.opened:
+            if a.kind in STATUS_KINDS:
+                fresh.setdefault(a.device_id, set()).add(a.kind)
+        wanted = set(kinds) | held_devices(conn)
         devices = self.store.devices(conn, wanted, lock=True) if wanted else {}
         touched: list[DeviceRecord] = []
         publishes: list[Outgoing] = []
@@ -207,20 +222,24 @@ class AnomalyWatch:
         for device_id, device in devices.items():
             if device.revoked:
                 continue
-            action = self.references.policy(device.device_class).anomaly
-            hold = device_id in holding and action != "ignore"
-            reason = "; ".join(reasons.get(device_id, []))[:500] or "anomaly findings closed"
+            policy = self.references.policy(device.device_class)
+            acting = [(k, text) for k, text in kinds.get(device_id, []) if _action(policy, k) != "ignore"]
+            hold = bool(acting)
+            reason = "; ".join(text for _, text in acting)[:500] or "anomaly findings closed"
+            quarantine = any(_action(policy, k) == "quarantine" for k in fresh.get(device_id, ()))
             old = device.status
-            if hold and action == "quarantine" and device_id in fresh and device.status != transitions.QUARANTINED:
+            if hold and quarantine and device.status != transitions.QUARANTINED:
                 trace_id = uuid.uuid4().hex[:16]
                 publishes.append(self._quarantine(conn, device, reason, now, trace_id))
                 quarantined.append(device_id)
                 log.warning("anomaly: quarantining %s: %s", device_id, reason,
                             extra={"device_id": device_id, "trace_id": trace_id, "verdict": "anomaly"})
-            elif hold and device.status == transitions.TRUSTED:
+            elif hold and device.status in (transitions.TRUSTED, transitions.ENROLLED):
                 device.status = transitions.WARNING
             elif not hold and device.status == transitions.WARNING and device.tier == int(Tier.AFFIRMING):
                 device.status = transitions.TRUSTED
+            elif not hold and device.status == transitions.WARNING and device.last_verdict_at is None:
+                device.status = transitions.ENROLLED  # warned for rejected messages before it ever attested
             if hold == device.anomaly_hold and old == device.status:
                 continue
             device.anomaly_hold = hold
@@ -243,6 +262,11 @@ class AnomalyWatch:
                                            "kind": wire.COMMAND_QUARANTINE, "reason": reason, "issued_at": now,
                                            "expires_at": float(command.expires_at), "signed": signed}])
         return Outgoing(wire.device_topic(device.device_id, wire.COMMAND), signed, True, None, trace_id)
+
+
+def _action(policy: Policy, kind: str) -> str:
+    """What an open finding of ``kind`` does under ``policy``: "warn", "ignore" or "quarantine"."""
+    return policy.rejected if kind == REJECTIONS else policy.anomaly
 
 
 def detector_config(settings: Settings) -> DetectorConfig:

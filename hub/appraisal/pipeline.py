@@ -254,7 +254,9 @@ class Pipeline:
         scheme_name = item.scheme.name if item.scheme else "unknown"
         nonce = item.claims.nonce if item.claims is not None else None
         ctx = self.decider.context(item.device_id, scheme_name, item.trace_id, item.message.payload, now, nonce)
-        if device is None or item.anchor is None:  # the unparsed key (a hash) only where it is used
+        if device is None:  # not enrolled: counted by the worker, never stored (hub/appraisal/storage.py)
+            return self.decider.unknown(ctx)
+        if item.anchor is None:  # the unparsed key (a hash) only where it is used
             return self.decider.reject(conn, ctx, _unparsed_key(item), item.error or EvidenceError("unknown-device"),
                                        seen)
         if device.revoked or device.key_version != item.anchor.key_version:

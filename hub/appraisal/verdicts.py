@@ -18,6 +18,7 @@ from hub.appraisal import transitions
 from hub.appraisal.liveness import deadline_epoch
 from hub.appraisal.messages import Command, ResultClaims, result_from_verdict, sign_result
 from hub.appraisal.remediation import plan_remediation
+from hub.appraisal.storage import RejectionTally, StorageRules, evidence_columns, kept_bytes
 from hub.audit import AuditDraft, append
 from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
@@ -26,9 +27,11 @@ from hub.reference.trust import Tier, TrustVector
 from hub.reference.values import References
 from hub.schemes.base import AppraisalInputs, Claims, DeviceState, EvidenceError, EvidenceScheme
 from hub.store.db import DeviceRecord, Store, dumps
+from hub.store.rejections import add_rejections
 
 REJECTED = "rejected"
 DUPLICATE = "duplicate"
+UNKNOWN_DEVICE = "unknown-device"
 
 
 @dataclass(slots=True)
@@ -75,6 +78,9 @@ class Decider:
         self._vector_texts: dict[TrustVector, str] = {}  # a vector's JSON: few distinct vectors, encoded once
         self.platform_schemes: frozenset[str] = frozenset({"firmware", "tpm", "psa"})
         """Schemes whose results are retained (set by the pipeline from its registry)."""
+        # Bounded storage (hub/appraisal/storage.py): what a row keeps, how many rejections get a row.
+        self.storage = StorageRules()
+        self.rejections = RejectionTally(self.storage.rejected_rows_per_min)
 
     def context(self, device_id: str, scheme: str, trace_id: str, evidence: bytes, now: float,
                 nonce: bytes | None = None) -> Context:
@@ -105,11 +111,25 @@ class Decider:
         problems = (f"{error.reason}: {error.detail}" if error.detail else error.reason,)
         decision = Decision(ctx.device_id, ctx.scheme, REJECTED, error.authenticated, Tier.CONTRAINDICATED, vector,
                             problems, "none", ctx.trace_id, dedup_key, error.reason)
-        self._record(ctx, decision, None, device.device_class if device else "?", retain=False)
+        self.rejections.count(ctx.device_id, ctx.now, error.authenticated, len(ctx.evidence))
+        device_class = device.device_class if device else "?"
+        kept = kept_bytes(ctx.evidence, error.authenticated, self.storage.max_evidence_bytes)
+        if not self.rejections.admit(ctx.device_id, ctx.now, kept):  # over the device's budget (appraisal/storage.py)
+            if error.authenticated:  # counted only, but still receipted: its result names the device's counter
+                result = ResultClaims(ctx.device_id, ctx.scheme, vector, Tier.CONTRAINDICATED, int(ctx.now), problems,
+                                      dedup_key, None, self.references.policy(device_class).ref, "none", ctx.nonce)
+                decision.publishes.append(self._result_message(result, ctx, retain=False))
+            return decision
+        self._record(ctx, decision, None, device_class, retain=False)
         if device is not None:
             device.last_seen = ctx.now
             self._touched.add(device.device_id)
         return decision
+
+    def unknown(self, ctx: Context) -> Decision:
+        """Evidence for a device id that is not enrolled: a decision for the metrics, nothing stored or signed."""
+        return Decision(ctx.device_id, ctx.scheme, REJECTED, False, Tier.CONTRAINDICATED, trust.crypto_failure(),
+                        (UNKNOWN_DEVICE,), "none", ctx.trace_id, "", UNKNOWN_DEVICE)
 
     def misbehaving(
         self, conn: Connection, ctx: Context, device: DeviceRecord, dedup_key: str, error: EvidenceError,
@@ -275,7 +295,8 @@ class Decider:
             "status": decision.status, "trust_vector": self._vector_json(decision.trust_vector),
             "problems": _problems_json(decision.problems), "action": decision.action,
             "firmware_version": None, "manifest_ref": manifest_ref, "policy_ref": policy.ref,
-            "trace_id": ctx.trace_id, "evidence": ctx.evidence,
+            "trace_id": ctx.trace_id,
+            **evidence_columns(ctx.evidence, decision.authenticated, self.storage.max_evidence_bytes),
         })
         self._audit.append(AuditDraft(ctx.now, "hub", "verdict", ctx.device_id, {
             "scheme": ctx.scheme, "evidence": decision.evidence_ref, "status": decision.status,
@@ -306,6 +327,7 @@ class Decider:
 
     def reset(self) -> None:
         self._verdicts, self._commands, self._audit, self._touched = [], [], [], set()
+        self.rejections.discard()
 
     def flush(self, conn: Connection, devices: dict[str, DeviceRecord],
               before: dict[str, tuple[object, ...]] | None = None) -> None:
@@ -315,6 +337,7 @@ class Decider:
             self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices], before)
             self.store.insert_commands(conn, self._commands)
             append(self.store, conn, self._audit)
+            add_rejections(self.store, conn, self.rejections.drain())
         finally:
             self.reset()
 

@@ -16,9 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
+from hub.appraisal.retention import verify_start
 from hub.audit import GENESIS, verify_chain, verify_sealed
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
+from hub.crypto.keys import PublicKey
 from hub.store import StoreError
 
 EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
@@ -55,15 +58,20 @@ def verify(hub: HubContext, file: Path | None) -> None:
     else:
         store = hub.store()
         try:
+            public_key: PublicKey | None = load_hub_keys(hub.settings).public_key
+        except HubKeyError:
+            public_key = None  # needed only to check the checkpoint of a prune
+        try:
             with store.reading() as conn:
                 rows = store.audit_rows(conn)
                 head = store.get_state(conn, "audit_head")
                 sealed = store.get_state(conn, "audit_seal")
+                start, pruned = verify_start(store, conn, public_key, rows)  # a signed checkpoint after a prune
             recorded = read_generation(hub.settings)
         except StoreError as exc:
             fail(str(exc), code=3)
         checkpoint = (recorded.audit_id, recorded.audit_head) if recorded is not None else None
-        problems = verify_sealed(rows, head, sealed, store.audit_key or b"", checkpoint)
+        problems = pruned + verify_sealed(rows, head, sealed, store.audit_key or b"", checkpoint, start_hash=start)
     data = {"intact": not problems, "entries": len(rows), "problems": problems,
             "head": rows[-1]["entry_hash"] if rows else GENESIS}
     emit(hub, data, lambda d: click.echo(

@@ -1,4 +1,4 @@
-"""``attest-hub db``: schema migrations (alembic) and restore acceptance for the hub's database.
+"""``attest-hub db``: schema migrations (alembic), restore acceptance and retention (``db prune``).
 
 Example:
   attest-hub --database-url postgresql://hub@db/hub db upgrade
@@ -8,9 +8,14 @@ Example:
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from hub.appraisal.report import parse_duration
+from hub.appraisal.retention import RetentionError, prune
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, owner_only
 from hub.crypto.hubstate import RESTORE_DOC, accept_restore, adopt_generation, open_store
@@ -21,7 +26,7 @@ from hub.store.migrate import current_revision, head_revision, upgrade
 
 @click.group()
 def db() -> None:
-    """Database schema: migrate to the current release, show the revision; accept a restored database."""
+    """Database schema (migrate, show the revision), restore acceptance, retention (export and prune old rows)."""
 
 
 def _open(hub: HubContext) -> Store:
@@ -100,3 +105,46 @@ def db_accept_restore(hub: HubContext) -> None:
         f"{d['recorded_generation']}), epoch {d['epoch_before']} -> {d['epoch']}, nonce secret rotated, "
         f"{d['lost_audit_entries']} audit entries lost with the restore (recorded in the audit log); "
         f"see {RESTORE_DOC}"))
+
+
+@db.command("prune")
+@click.option("--older-than", default=None, metavar="DURATION",
+              help="Prune what is older than this (e.g. 90d); default: the retention_days setting.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the exported JSON Lines files; default: the retention_dir setting (state_dir/archive).")
+@json_option
+@pass_hub
+def db_prune(hub: HubContext, older_than: str | None, out: Path | None) -> None:
+    """Export verdicts, audit entries and rejection counts older than a cut-off, then delete them.
+
+    The audit chain stays verifiable: the pruned prefix is summed up in a checkpoint signed with the hub
+    key, from which `attest-hub audit verify` starts; each exported audit file verifies on its own with
+    `attest-hub audit verify --file`. The leader worker does the same every retention_interval_s.
+
+    \b
+    Example: attest-hub db prune --older-than 90d --out /srv/hub-archive
+    """
+    if older_than is not None:
+        try:
+            age = parse_duration(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    elif hub.settings.retention_days > 0:
+        age = hub.settings.retention_days * 86400
+    else:
+        fail("no age given: pass --older-than or set retention_days")
+    archive = out or hub.settings.archive_dir
+    keys = hub.keys()
+    store = hub.store()
+    try:
+        result = prune(store, keys, archive, time.time() - age)
+    except (StoreError, RetentionError) as exc:
+        fail(str(exc), code=3)
+    data = {"cutoff": result.cutoff, "verdicts": result.verdicts, "audit_entries": result.audit,
+            "rejection_counts": result.rejection_counts, "files": result.files, "archive": str(archive),
+            "checkpoint": None if result.checkpoint is None else
+            {"through": result.checkpoint.through, "hash": result.checkpoint.hash,
+             "entries": result.checkpoint.entries}}
+    emit(hub, data, lambda d: click.echo(
+        f"pruned {d['verdicts']} verdicts, {d['audit_entries']} audit entries and {d['rejection_counts']} "
+        f"rejection counts into {d['archive']} ({len(d['files'])} files)"))

@@ -53,6 +53,12 @@ class Policy:
     anomaly: str = "warn"
     """What an open behavioural anomaly finding does (hub/anomaly/watch.py): "warn" (status warning),
     "ignore" (recorded and exported only) or "quarantine" (held until an operator releases)."""
+    rejected_per_min: int = 30
+    """Rejected messages of one device in a minute that open a ``rejection-rate`` finding (0: never;
+    hub/anomaly/rejections.py). An honest device sends one message per attestation interval."""
+    rejected: str = "warn"
+    """What an open ``rejection-rate`` finding does: "warn", "ignore" or "quarantine" (as ``anomaly``).
+    Quarantine is meant for brokers with the production ACL, where only the device can publish on its topic."""
 
     @property
     def ref(self) -> str:
@@ -107,6 +113,8 @@ def load_policy(text: str) -> Policy:
         raise fail("missed", "must be 'warning' or 'quarantine'")
     if kwargs.get("anomaly", "warn") not in ANOMALY_ACTIONS:
         raise fail("anomaly", f"must be one of {', '.join(ANOMALY_ACTIONS)}")
+    if kwargs.get("rejected", "warn") not in ANOMALY_ACTIONS:
+        raise fail("rejected", f"must be one of {', '.join(ANOMALY_ACTIONS)}")
     if kwargs.get("data_gap", "warning") not in ("warning", "contraindicated"):
         raise fail("data_gap", "must be 'warning' or 'contraindicated'")
     unknown_evidence = set(kwargs.get("required_evidence", ())) - {"firmware", "data", "tpm", "psa"}  # type: ignore[call-overload]

@@ -23,6 +23,9 @@ class HubMetrics:
         self.rejected = Counter("attest_evidence_rejected", "Evidence rejected, by reason", ["reason"], registry=r)
         self.duplicates = Counter("attest_evidence_duplicates", "Redelivered evidence (no second verdict)",
                                   registry=r)
+        self.unknown_devices = Counter("attest_unknown_device_messages",
+                                       "Evidence for device ids that are not enrolled (counted, not stored)",
+                                       registry=r)
         self.dropped = Counter("attest_messages_dropped", "Messages not appraised (rate limit, bad topic)", ["why"],
                                registry=r)
         self.verdicts = Counter("attest_verdicts", "Verdicts by tier and device class", ["tier", "device_class"],

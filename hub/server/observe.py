@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from hub.anomaly.stats import KINDS
 from hub.anomaly.watch import PassResult
 from hub.appraisal.pipeline import BatchOutcome
-from hub.appraisal.verdicts import DUPLICATE, REJECTED
+from hub.appraisal.verdicts import DUPLICATE, REJECTED, UNKNOWN_DEVICE
 from hub.envelope import Incoming
 from hub.server.metrics import HubMetrics
 
@@ -36,6 +36,8 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
             continue
         if decision.status == REJECTED:
             metrics.rejected.labels(reason=decision.reason or "rejected").inc()
+            if decision.reason == UNKNOWN_DEVICE:
+                metrics.unknown_devices.inc()
             continue
         metrics.verified.labels(scheme=decision.scheme).inc()
         metrics.verdicts.labels(tier=decision.status, device_class=classes.get(decision.device_id, "?")).inc()

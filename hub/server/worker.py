@@ -21,7 +21,10 @@ from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
 from hub.appraisal.pipeline import BatchOutcome, Pipeline
 from hub.appraisal.ratelimit import RateLimiter
+from hub.appraisal.retention import RetentionError, prune
+from hub.appraisal.storage import RejectionTally, StorageRules
 from hub.appraisal.transitions import QUARANTINED, REVOKED
+from hub.appraisal.verdicts import UNKNOWN_DEVICE
 from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
@@ -37,6 +40,7 @@ from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
+from hub.server.unknown import UnknownDeviceLog, dropped_log
 from hub.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,12 @@ class HubWorker:
             subscriptions,
         )
         self.pipeline.decider.remediation = settings.remediation
+        self.pipeline.decider.storage = StorageRules(settings.max_evidence_bytes, settings.rejected_rows_per_min,
+                                                     settings.rejected_bytes_per_min)
+        self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min,
+                                                          settings.rejected_bytes_per_min)
+        self.unknown = UnknownDeviceLog(settings.sampled_log_interval_s)
+        self.dropped = dropped_log(settings.sampled_log_interval_s)
         self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
@@ -99,6 +109,7 @@ class HubWorker:
         self.watch = AnomalyWatch(self.store, self.keys, self.references, detector_config(settings),
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
+        self._next_prune_at = 0.0
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
 
     @property
@@ -136,6 +147,7 @@ class HubWorker:
         if self.is_leader:
             self._keep_epoch()
             self._keep_watch()
+            self._keep_retention()
         if not self._enforcement_synced:
             self._sync_enforcement()
         batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
@@ -172,9 +184,11 @@ class HubWorker:
             self.health.database_ok = True
             commit_s = time.monotonic() - started
             break
-        for topic, why in outcome.dropped:
-            log.warning("dropped message on %s: %s", topic, why)
+        self.dropped.add((f"{topic}: {why}" for topic, why in outcome.dropped), time.monotonic())  # not per message
+        self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
         for decision in outcome.decisions:
+            if decision.reason == UNKNOWN_DEVICE:
+                continue
             log.info("verdict %s %s", decision.status, decision.action,
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
                             "trace_id": decision.trace_id, "problems": list(decision.problems)})
@@ -303,6 +317,27 @@ class HubWorker:
                 log.error("broker enforcement failed: %s", exc, extra={"device_id": device_id})
         if result.publishes and not self.transport.publish_all(list(result.publishes)):
             log.error("anomaly quarantine commands were not acknowledged by the broker")
+
+    def _keep_retention(self) -> None:
+        """Leader: export and prune what is older than ``retention_days`` (hub/appraisal/retention.py), a few
+        short chunks per turn so that batches keep flowing; the rest on the next turns."""
+        if not self.settings.retention_days:
+            return
+        now = time.monotonic()
+        if now < self._next_prune_at:
+            return
+        self._next_prune_at = now + self.settings.retention_interval_s
+        cutoff = time.time() - self.settings.retention_days * 86400
+        try:
+            result = prune(self.store, self.keys, self.settings.archive_dir, cutoff, max_chunks=4)
+        except (StoreError, RetentionError) as exc:
+            log.error("retention: pruning failed (retried next period): %s", exc)
+            return
+        if result.more:
+            self._next_prune_at = now + 1.0
+        if result.verdicts or result.audit or result.rejection_counts:
+            log.info("retention: exported and pruned %d verdicts, %d audit entries, %d rejection counts to %s",
+                     result.verdicts, result.audit, result.rejection_counts, self.settings.archive_dir)
 
     def publish_epoch(self, epoch: int) -> None:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)

@@ -1,5 +1,6 @@
-"""Database tables (SQLModel). Rows are never deleted: manifests, verdicts,
-commands and audit entries are history; devices are revoked, not removed."""
+"""Database tables (SQLModel). Manifests, commands and devices are history (devices are revoked, not
+removed); verdicts, audit entries and rejection counts older than ``Settings.retention_days`` are
+exported and pruned (hub/appraisal/retention.py)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ class Verdict(SQLModel, table=True):
     policy_ref: str
     trace_id: str = Field(default="", max_length=64)
     evidence: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    """The evidence as received when it authenticated and is within ``max_evidence_bytes``; else empty
+    (hub/appraisal/storage.py::evidence_columns)."""
+    evidence_length: int | None = None
+    """Bytes received (always set by this release)."""
+    evidence_sha256: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    """SHA-256 of the evidence when its bytes were not kept; NULL when ``evidence`` holds them."""
 
 
 class ManifestRecord(SQLModel, table=True):
@@ -149,3 +156,17 @@ class AnomalyStat(SQLModel, table=True):
     device_class: str = Field(max_length=64)
     updated_at: float
     state: str
+
+
+class RejectionCount(SQLModel, table=True):
+    """Rejected evidence of one enrolled device in one minute: every rejection is counted here, stored
+    one by one only up to ``Settings.rejected_rows_per_min`` (hub/appraisal/storage.py)."""
+
+    __tablename__ = "rejection_count"
+    device_id: str = Field(primary_key=True, max_length=64)
+    minute: int = Field(primary_key=True)
+    """Unix time // 60 of the worker's clock."""
+    rejected: int = 0
+    authenticated: int = 0
+    """Of ``rejected``, how many the device had signed (replayed, stale, ...)."""
+    bytes_received: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
