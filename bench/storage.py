@@ -42,11 +42,11 @@ from hub.appraisal.storage import RejectionTally, StorageRules
 from hub.config import Settings, load_settings
 from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.envelope import Incoming
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.localhub import enrol_all, prepare_state
-from hub.store import Store
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GARBAGE = 64 * 1024
@@ -75,7 +75,7 @@ class Bed:
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in self.devices])
         self.keys = load_hub_keys(settings)
-        self.store = Store(settings.effective_database_url)
+        self.store = open_store(settings)
         references = References(self.keys.operator_keys)
         with self.store.transaction() as conn:
             references.load(self.store.latest_manifests(conn), self.store.latest_policies(conn))

@@ -17,11 +17,11 @@ from hub.audit import verify_chain
 from hub.config import load_settings
 from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.envelope import Incoming
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.localhub import enrol_all, prepare_state
-from hub.store import Store
 from hub.store.rejections import total_rejections
 from tests.e2e import fresh_pg_database
 
@@ -35,7 +35,7 @@ def test_counts_budget_and_prune_on_postgresql(tmp_path: Path) -> None:
     device = SimDevice(A, firmware.SMART_METER, seed="storage-pg")
     enrol_all(settings, [Enrolment(A, device.device_class, device.public_key_pem.decode(), device.ueid)])
     keys = load_hub_keys(settings)
-    store = Store(url)
+    store = open_store(settings)
     try:
         with store.transaction() as conn:
             store.set_state(conn, "epoch", "5")
