@@ -89,7 +89,7 @@ class HubWorker:
             subscriptions,
         )
         self.pipeline.decider.remediation = settings.remediation
-        self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
+        self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings, self.transport)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
         self.metrics = HubMetrics(f"w{index}")
@@ -207,8 +207,8 @@ class HubWorker:
         try:
             with self.store.reading() as conn:
                 quarantined = self.store.device_ids_with_status(conn, QUARANTINED)
-                quarantined += self.store.device_ids_with_status(conn, REVOKED)
-            self.enforcer.sync(quarantined)
+                revoked = self.store.device_ids_with_status(conn, REVOKED)
+            self.enforcer.sync(quarantined, revoked)
         except (StoreError, EnforcementError) as exc:
             self.health.last_error = str(exc)
             log.error("cannot sync broker enforcement (retrying): %s", exc)
