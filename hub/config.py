@@ -56,8 +56,8 @@ class Settings:
     broker_pid_file: str = ""
     # Enforcement through the broker's control interface, from any host (hub/broker/dynsec.py, httpapi.py):
     # "dynsec" needs nothing more (the hub identity holds the plugin's admin role); "emqx"/"hivemq" call the
-    # HTTP API at broker_api_url with the credentials in broker_api_key_file (owner-only; "key:secret" for
-    # EMQX, a bearer token for HiveMQ) and the CA file broker_api_ca (empty: the system's).
+    # HTTP API at broker_api_url with HTTP Basic credentials from broker_api_key_file (owner-only, one line
+    # "name:secret": an EMQX API key and secret, a HiveMQ REST API user) and the CA file broker_api_ca.
     broker_api_url: str = ""
     broker_api_key_file: str = ""
     broker_api_ca: str = ""

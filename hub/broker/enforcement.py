@@ -265,6 +265,15 @@ def enforcer_from_settings(settings: Settings, transport: MqttTransport | None =
                                 session_expiry_s=0, tls_ca=settings.broker_tls_ca,
                                 tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key)
         return dynsec.DynsecEnforcer(dynsec.ConnectionExecutor(address))
+    if mode in ("emqx", "hivemq"):
+        from hub.broker import emqx, hivemq, httpapi
+
+        if not settings.broker_api_url:
+            raise EnforcementError(f"broker_enforcement = {mode!r} needs broker_api_url")
+        credentials = httpapi.read_credentials(Path(settings.broker_api_key_file)) \
+            if settings.broker_api_key_file else None
+        api = httpapi.HttpApi(settings.broker_api_url, credentials, settings.broker_api_ca)
+        return emqx.EmqxEnforcer(api) if mode == "emqx" else hivemq.HivemqEnforcer(api)
     if mode == "none":
         return NoEnforcement()
     if mode == "acl-file":
