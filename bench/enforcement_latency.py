@@ -15,6 +15,7 @@ rights apply once paho reconnects (its first back-off is ``--reconnect-delay`` s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -67,10 +68,8 @@ class Device:
         while not self._stop.is_set():
             if self.client.is_connected():
                 info = self.client.publish(self.topic, b"x", qos=1)
-                try:
+                with contextlib.suppress(RuntimeError, ValueError):
                     info.wait_for_publish(2)
-                except (RuntimeError, ValueError):
-                    pass
             else:
                 time.sleep(0.005)
 
@@ -119,21 +118,30 @@ def measure(rounds: int, reconnect_delay: int) -> dict[str, Any]:
                 cert = pki.issue_device_cert(ca, work / "pki", f"bench-dev-{index:04d}")
                 device = Device(broker, ca, cert, reconnect_delay)
                 try:
-                    _wait(lambda: len(device.acks) > 20)
-                    for step, call, denied in (("first quarantine (client created)", enforcer.quarantine, True),
-                                               ("release (role change)", enforcer.release, False),
-                                               ("quarantine again (role change)", enforcer.quarantine, True)):
-                        kicks = len(device.disconnects)
-                        t0 = time.monotonic()
-                        call(cert.common_name)
-                        call_ms = (time.monotonic() - t0) * 1000
-                        _wait(lambda: device.first_after(t0, denied)[0] is not None)  # noqa: B023
-                        ms, other = device.first_after(t0, denied)
-                        rows.append({"step": step, "call_ms": call_ms, "first_ms": ms, "slipped": other,
-                                     "disconnects": [rc for _, rc in device.disconnects[kicks:]]})
-                        _wait(lambda: len(device.acks) > 20)
+                    _measure_device(device, enforcer, cert.common_name, rows)
                 finally:
                     device.close()
+    return {"reconnect_delay_s": reconnect_delay, "steps": _summary(rows)}
+
+
+def _measure_device(device: Device, enforcer: DynsecEnforcer, device_id: str, rows: list[dict[str, Any]]) -> None:
+    _wait(lambda: len(device.acks) > 20)
+    steps = (("first quarantine (client created)", enforcer.quarantine, True),
+             ("release (role change)", enforcer.release, False),
+             ("quarantine again (role change)", enforcer.quarantine, True))
+    for step, call, denied in steps:
+        kicks = len(device.disconnects)
+        t0 = time.monotonic()
+        call(device_id)
+        call_ms = (time.monotonic() - t0) * 1000
+        _wait(lambda t0=t0, denied=denied: device.first_after(t0, denied)[0] is not None)  # type: ignore[misc]
+        ms, other = device.first_after(t0, denied)
+        rows.append({"step": step, "call_ms": call_ms, "first_ms": ms, "slipped": other,
+                     "disconnects": [rc for _, rc in device.disconnects[kicks:]]})
+        _wait(lambda: len(device.acks) > 20)
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for step in dict.fromkeys(r["step"] for r in rows):
         of = [r for r in rows if r["step"] == step]
@@ -146,7 +154,7 @@ def measure(rounds: int, reconnect_delay: int) -> dict[str, Any]:
             "first_ms_max": round(max(firsts), 1) if firsts else None,
             "publishes_of_the_old_kind_after_call_max": max(r["slipped"] for r in of),
         }
-    return {"reconnect_delay_s": reconnect_delay, "steps": summary}
+    return summary
 
 
 def main() -> None:

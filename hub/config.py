@@ -61,6 +61,10 @@ class Settings:
     broker_api_url: str = ""
     broker_api_key_file: str = ""
     broker_api_ca: str = ""
+    # Several hosts (docs/SCALING.md): worker 0 of a host leads (epoch, deadline sweep, anomaly pass) only
+    # with leader = true: set it on exactly one host. broker_tls_cert/key may hold "{index}", replaced by
+    # the worker's index, so each worker of `serve --workers N` has the identity use_username_as_clientid needs.
+    leader: bool = True
     # Send a remediate command naming the newest approved release when quarantining for firmware.
     remediation: bool = False
     # Behavioural anomaly detection (hub/anomaly/watch.py, docs/OBSERVABILITY.md): the leader's pass period

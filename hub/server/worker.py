@@ -84,7 +84,8 @@ class HubWorker:
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
                 settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
-                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key,
+                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert.replace("{index}", str(index)),
+                tls_key=settings.broker_tls_key.replace("{index}", str(index)),
             ),
             subscriptions,
         )
@@ -102,7 +103,7 @@ class HubWorker:
 
     @property
     def is_leader(self) -> bool:
-        return self.index == 0
+        return self.index == 0 and self.settings.leader
 
     def run(self, stop: threading.Event) -> None:
         stop_http = None

@@ -1,0 +1,87 @@
+"""Hub workers on two "hosts" (network namespaces made here, loopback only) against one PostgreSQL and one
+Mosquitto with the dynamic-security plugin: evidence shared through the shared subscription, each piece
+verdicted once, a quarantine decided on one host enforced through the broker from that host, and losing a
+host loses nothing once another takes over its identities (docs/SCALING.md, "Several hosts").
+
+Skipped only where network namespaces cannot be created (not root, no iproute2, a kernel that refuses)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from device_sim.records import Profile
+from tests.enforcement_env import NOT_AUTHORIZED, wait_for
+from tests.multihost_env import TwoHosts, make_two_hosts
+from tests.netns import NamespaceUnavailable
+
+pytestmark = pytest.mark.broker
+
+
+def _all_verdicted_once(env: TwoHosts) -> bool:
+    keys = env.verdict_keys()
+    published = sum(len(d.evidence_log) for d in env.fleet.devices)
+    return len(keys) == published
+
+
+def _round(env: TwoHosts) -> None:
+    env.fleet.publish_round()
+    assert env.fleet.flush(10)
+
+
+def test_two_hosts_share_the_evidence_enforce_from_the_deciding_host_and_survive_losing_one(
+    tmp_path: Path,
+) -> None:
+    with ExitStack() as stack:
+        try:
+            env = make_two_hosts(stack, tmp_path, "honest:11,ignores-commands:1", 12)
+        except NamespaceUnavailable as exc:
+            pytest.skip(f"network namespaces cannot be created here: {exc}")
+        fleet, a, b = env.fleet, env.hosts["a"], env.hosts["b"]
+        bad = next(d for d in fleet.devices if d.profile is Profile.IGNORES_COMMANDS)
+        assert fleet.wait_for_epoch(20) is not None, "host a leads: its epoch reached the devices"
+
+        # 1. both hosts take evidence from the one shared subscription; each piece gets one verdict
+        for _ in range(8):
+            _round(env)
+        assert wait_for(lambda: _all_verdicted_once(env), 30)
+        keys = env.verdict_keys()
+        assert len(keys) == len(set(keys)), "no evidence verdicted twice"
+        assert a.received() > 0 and b.received() > 0, "both hosts took a share"
+        assert wait_for(lambda: a.received() + b.received() == len(keys), 10), (a.received(), b.received())
+
+        # 2. the quarantine decided on one host is enforced through the broker by that host
+        assert wait_for(lambda: bool(env.dynsec_senders(bad.device_id)), 20)
+        senders = set(env.dynsec_senders(bad.device_id))
+        deciders = {h.name for h in (a, b) if re.search(
+            rf'"broker enforcement: quarantine".*"device_id": "{re.escape(bad.device_id)}"',
+            h.log.read_text(errors="replace"))}
+        assert len(deciders) == 1, f"one host decided: {deciders}"
+        decider = deciders.pop()
+        assert senders and all(s.startswith(f"hub-{decider}-w") for s in senders), senders
+
+        def denied() -> bool:
+            _round(env)
+            return NOT_AUTHORIZED in fleet.data_reason_codes(bad.device_id)
+        assert wait_for(denied, 20, poll=0.2), "its data is refused on the session it has open"
+
+        # 3. host b dies (SIGKILL, no goodbye); host a goes on alone, and b's queued share is not lost:
+        #    host a takes b's identities over and the broker hands b's sessions' messages to them
+        before = a.received()
+        b.kill()
+        for _ in range(6):
+            _round(env)
+        assert wait_for(lambda: a.received() > before, 20), "host a still takes evidence"
+        published = sum(len(d.evidence_log) for d in fleet.devices)
+        assert len(env.verdict_keys()) < published, "part of the evidence waits in b's sessions"
+        b.start(netns=a.netns)
+        assert wait_for(lambda: _all_verdicted_once(env), 30), (len(env.verdict_keys()), published)
+        keys = env.verdict_keys()
+        assert len(keys) == len(set(keys)) == published
+        assert fleet.resent == 0, "nothing had to be re-sent: nothing was lost"
+        per_device = Counter(device for device, _ in keys)
+        assert all(per_device[d.device_id] == len(d.evidence_log) for d in fleet.devices)
