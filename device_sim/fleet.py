@@ -335,6 +335,16 @@ class Fleet:
             self._publish(device, raw)
         return len(due)
 
+    def publish_device_data(self, device_id: str) -> int:
+        """One device publishes its due telemetry batch now (none while its connection is not admitted)."""
+        device = self._by_id[device_id]
+        if not self._connection_of[device_id].admitted.is_set():
+            return 0
+        due = device.data_due()
+        for out in due:
+            self._publish_data(device, out)
+        return len(due)
+
     def publish_data_round(self) -> int:
         """Every device publishes its due telemetry batch now (and nothing else); returns how many."""
         count = 0

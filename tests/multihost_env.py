@@ -31,7 +31,7 @@ from hub.crypto.keys import public_pem
 from hub.server.localhub import enrol_all, prepare_state
 from tests.dynsec_env import DynsecBroker, dynsec_broker
 from tests.e2e import fresh_pg_database
-from tests.netns import Forwarder, exec_in, namespaces
+from tests.netns import Forwarder, ForwarderProcess, exec_in, namespaces
 
 PG = ("127.0.0.1", 5432)
 METRICS_PORT = 9400
@@ -96,6 +96,18 @@ class TwoHosts:
     fleet: Fleet
     database_url: str
 
+    def start(self, name: str, timeout: float = 30.0) -> None:
+        """Start host ``name`` and wait until the broker has seen every one of its workers connect."""
+        host = self.hosts[name]
+        host.start()
+        wanted = [f"hub-{name}-w{i}" for i in range(host.workers)]
+        deadline = time.monotonic() + timeout
+        while not all(self.connected(i) for i in wanted):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hub workers did not all connect: {wanted}\n"
+                                   + host.log.read_text(errors="replace")[-2000:])
+            time.sleep(0.1)
+
     def connected(self, identity: str) -> int:
         log = self.broker.process.log_path.read_text(encoding="utf-8", errors="replace")
         return len(re.findall(rf"New client connected from \S+ as {re.escape(identity)} ", log))
@@ -118,8 +130,9 @@ class TwoHosts:
 
 
 def make_two_hosts(stack: ExitStack, tmp_path: Path, mix: str, count: int, workers: int = 2,
-                   **hub_settings: Any) -> TwoHosts:
-    """Everything started and connected; ``stack`` tears it down (namespaces last)."""
+                   start: tuple[str, ...] = ("a", "b"), **hub_settings: Any) -> TwoHosts:
+    """The hosts in ``start`` started and connected, the fleet connected; ``stack`` tears it all down
+    (namespaces last)."""
     ns_a, ns_b = stack.enter_context(namespaces(2))
     identities = (*(f"{h}-w{i}" for h in ("a", "b") for i in range(workers)), "cli", "obs")
     broker = stack.enter_context(dynsec_broker(tmp_path, identities))
@@ -139,9 +152,9 @@ def make_two_hosts(stack: ExitStack, tmp_path: Path, mix: str, count: int, worke
     hosts: dict[str, Host] = {}
     for offset, (name, netns) in enumerate((("a", ns_a), ("b", ns_b))):
         metrics_port = METRICS_PORT + 10 * offset  # distinct, so a host can take the other's workers over
-        for listen in ((("127.0.0.1", port), ("127.0.0.1", port)), (PG, PG)):
-            fwd = Forwarder(netns, listen[0], None, listen[1])
-            stack.callback(fwd.close)
+        # broker and database traffic through a process of its own; the metrics (little traffic) in-process
+        moved = ForwarderProcess([(netns, ("127.0.0.1", port), None, ("127.0.0.1", port)), (netns, PG, None, PG)])
+        stack.callback(moved.close)
         values = {
             "state_dir": str(tmp_path / f"state-{name}"), "database_url": database_url, "hub_id": name,
             "broker_host": "127.0.0.1", "broker_port": port, "broker_tls_ca": str(broker.ca.cert_path),
@@ -160,19 +173,13 @@ def make_two_hosts(stack: ExitStack, tmp_path: Path, mix: str, count: int, worke
             host.metrics.append(fwd.port)
         hosts[name] = host
     for host in hosts.values():
-        host.start()
         stack.callback(host.stop)
     hub_key = public_pem(load_hub_keys(settings).public_key).encode()
     fleet = Fleet(broker.process.host, port, devices, hub_key, tls=FleetTls(str(broker.ca.cert_path), device_certs),
                   data=True)
     env = TwoHosts(broker, settings, hosts, fleet, database_url)
-    wanted = [f"hub-{h}-w{i}" for h in hosts for i in range(workers)]
-    deadline = time.monotonic() + 30
-    while not all(env.connected(i) for i in wanted):
-        if time.monotonic() > deadline:
-            logs = "\n".join(h.log.read_text(errors="replace")[-2000:] for h in hosts.values())
-            raise RuntimeError(f"hub workers did not all connect: {wanted}\n{logs}")
-        time.sleep(0.1)
-    fleet.start()
+    for name in start:
+        env.start(name)
+    fleet.start(timeout=60)
     stack.callback(fleet.stop)
     return env

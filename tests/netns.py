@@ -148,3 +148,62 @@ def exec_in(name: str, argv: list[str], log: Path, env: dict[str, str] | None = 
     with log.open("ab") as out:
         return subprocess.Popen(["ip", "netns", "exec", name, *argv], stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _parse(spec: str) -> tuple[str | None, tuple[str, int]]:
+    ns, host, port = spec.rsplit(":", 2)
+    return (ns or None), (host, int(port))
+
+
+class ForwarderProcess:
+    """``Forwarder``s in a child process of their own, so the bytes they move do not compete with the
+    test's threads (a device fleet) for one interpreter. Each spec is ``(listen_ns, listen, target_ns,
+    target)`` as for ``Forwarder``, with fixed ports."""
+
+    def __init__(self, specs: list[tuple[str | None, tuple[str, int], str | None, tuple[str, int]]]) -> None:
+        import sys
+
+        argv = [f"{ln or ''}:{la[0]}:{la[1]}={tn or ''}:{ta[0]}:{ta[1]}" for ln, la, tn, ta in specs]
+        self._proc = subprocess.Popen([sys.executable, "-m", "tests.netns", *argv], stdout=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, cwd=str(Path(__file__).resolve().parents[1]))
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.close()
+            raise NamespaceUnavailable(f"forwarders did not start: {line!r}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m tests.netns [ns]:host:port=[ns]:host:port ...``: forward until terminated."""
+    import signal
+    import sys
+
+    forwarders = []
+    for arg in argv:
+        listen, target = arg.split("=", 1)
+        (lns, laddr), (tns, taddr) = _parse(listen), _parse(target)
+        forwarders.append(Forwarder(lns, laddr, tns, taddr))
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    for fwd in forwarders:
+        fwd.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    import signal
+    import sys
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    _main(sys.argv[1:])
