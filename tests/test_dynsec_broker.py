@@ -170,3 +170,19 @@ def test_worker_start_syncs_the_roles_with_the_database(tmp_path: Path) -> None:
         assert _roles(env) == {stale: {ROLE_QUARANTINED}}
         with LocalHub(env.settings):
             assert wait_for(lambda: _roles(env) == {held: {ROLE_QUARANTINED}, stale: {ROLE_TRUSTED}}, 10)
+
+
+def test_an_identity_without_the_admin_role_gets_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    from hub.broker.dynsec import ConnectionExecutor, DynsecEnforcer
+    from hub.broker.enforcement import EnforcementError
+    from hub.broker.transport import BrokerAddress
+
+    with dynsec_broker(tmp_path) as broker:
+        env = make_dynsec_env(broker, tmp_path, "honest:1", 1)
+        stranger = pki.issue_hub_cert(broker.ca, broker.pki_dir, "stranger")  # valid certificate, no role
+        address = BrokerAddress(broker.process.host, broker.process.port, stranger.common_name, session_expiry_s=0,
+                                tls_ca=str(broker.ca.cert_path), tls_cert=str(stranger.cert_path),
+                                tls_key=str(stranger.key_path))
+        with pytest.raises(EnforcementError, match="admin role|refused"):
+            DynsecEnforcer(ConnectionExecutor(address, timeout=3)).quarantine(env.devices[0].device_id)
+        assert _roles(env) == {}

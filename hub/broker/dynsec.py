@@ -151,7 +151,8 @@ class _Correlator:
                 got[response["correlationData"]] = response
         except queue.Empty:
             raise EnforcementError(f"the broker answered {len(got)} of {len(ids)} dynamic-security "
-                                   f"commands within {timeout:.0f} s") from None
+                                   f"commands within {timeout:.0f} s (is the plugin loaded, and does this "
+                                   f"identity hold its admin role?)") from None
         finally:
             with self._lock:
                 for cid in ids:
