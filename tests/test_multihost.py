@@ -19,7 +19,7 @@ from tests.enforcement_env import NOT_AUTHORIZED, wait_for
 from tests.multihost_env import TwoHosts, make_two_hosts
 from tests.netns import NamespaceUnavailable
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
 
 def _all_verdicted_once(env: TwoHosts) -> bool:
