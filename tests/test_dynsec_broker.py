@@ -5,6 +5,7 @@ reconnects, reads its retained command and publishes only what its new role allo
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -109,11 +110,23 @@ def test_an_obedient_device_reconnects_reads_its_retained_command_and_sends_only
             assert wait_for(lambda: not device.quarantined and fleet.admitted(device.device_id), 10)
             assert last_command() == wire.COMMAND_RELEASE
             assert _rounds(fleet, lambda: len(fleet.data_reason_codes(device.device_id)) >= 4)
-            # 3. quarantine again: disconnected, reconnects, reads the retained quarantine, sends no telemetry
+            # 3. quarantine again: disconnected, reconnects, reads the retained quarantine, sends no telemetry.
+            #    When the connection counts as admitted again, the retained command has already been applied.
+            admitted_quarantined: list[bool] = []
+
+            class Recording(threading.Event):
+                def set(self) -> None:
+                    admitted_quarantined.append(device.quarantined)
+                    super().set()
+
+            connection = fleet._connection_of[device.device_id]
+            connection.admitted = Recording()
+            connection.admitted.set()
             cli_run("quarantine", device.device_id)
             assert wait_for(lambda: len(fleet.disconnects(device.device_id)) == 2)
             assert wait_for(lambda: device.quarantined and fleet.admitted(device.device_id), 10)
             assert last_command() == wire.COMMAND_QUARANTINE
+            assert admitted_quarantined == [False, True], "read the retained quarantine before readmission"
             assert all(rc == ADMINISTRATIVE_ACTION for _, rc in fleet.disconnects(device.device_id))
             data_before = len(fleet.data_reason_codes(device.device_id))
             evidence_before = env.verdict_count(device.device_id)
@@ -183,6 +196,6 @@ def test_an_identity_without_the_admin_role_gets_a_clear_error_and_changes_nothi
         address = BrokerAddress(broker.process.host, broker.process.port, stranger.common_name, session_expiry_s=0,
                                 tls_ca=str(broker.ca.cert_path), tls_cert=str(stranger.cert_path),
                                 tls_key=str(stranger.key_path))
-        with pytest.raises(EnforcementError, match="admin role|refused"):
+        with pytest.raises(EnforcementError, match=r"admin role|refused"):
             DynsecEnforcer(ConnectionExecutor(address, timeout=3)).quarantine(env.devices[0].device_id)
         assert _roles(env) == {}
