@@ -11,10 +11,11 @@ that denies everything the ``pattern`` grants except the device's evidence
 topic, its command topic and the epoch nonce (its path back to health), then
 sends SIGHUP. Measured on Mosquitto 2.0.11 (broker_config/README.md): the
 reloaded ACL applies to the next publish of an already-open session, which gets
-PUBACK 0x87 under MQTT v5, and the session stays open. The dynamic-security
-plugin was measured too: every role change disconnects the affected clients
-instead. :class:`NoEnforcement` is for brokers without it (commands only).
-docs/ENFORCEMENT.md says what an EMQX or HiveMQ operator plugs in instead.
+PUBACK 0x87 under MQTT v5, and the session stays open. It needs the hub on the
+broker's host. From any host: ``dynsec.py`` (Mosquitto's dynamic-security plugin
+over MQTT), ``emqx.py`` and ``hivemq.py`` (their HTTP APIs), chosen by
+``broker_enforcement`` in :func:`enforcer_from_settings`. :class:`NoEnforcement`
+is for brokers without any of these (commands only). docs/ENFORCEMENT.md.
 
 Exceptions::
 
