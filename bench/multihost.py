@@ -9,7 +9,8 @@ plugin and a fresh PostgreSQL database in this process's namespace, each host's 
 machine's cores, so the figures are ratios measured side by side in one run, not capacities.
 
 1. Drain: host ``a`` alone, then ``a`` and ``b``: ``--rounds`` rounds of evidence from every device are
-   published as fast as the fleet can, and the time from the first publish to the last verdict is taken.
+   queued while the hosts are paused (SIGSTOP; their sessions stay open), then the time from resuming them
+   to the last verdict is taken, so the fleet's own publishing speed is not what is measured.
 2. Quarantine across hosts: ``--probes`` devices that ignore commands each publish one tampered evidence
    while publishing telemetry back to back; the time from that evidence to the first telemetry PUBACK 0x87
    (the broker applying the role the deciding host gave it) is taken, and which host decided.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -42,19 +44,42 @@ def _wait(predicate: Any, timeout: float, poll: float = 0.05) -> bool:
     return True
 
 
-def drain(env: TwoHosts, honest: list[Any], rounds: int) -> dict[str, float]:
-    """Publish ``rounds`` rounds of evidence from ``honest`` devices; time until every one has a verdict."""
+def host_cpu_seconds(env: TwoHosts) -> float:
+    """CPU seconds (user + system) used so far by every process of every hub host (by process group)."""
+    groups = {proc.pid for host in env.hosts.values() for proc in host.procs}
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in groups:  # pgrp
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def drain(env: TwoHosts, honest: list[Any], rounds: int, hosts: list[str]) -> dict[str, float]:
+    """Queue ``rounds`` rounds of evidence from ``honest`` devices while ``hosts`` are paused (SIGSTOP: their
+    sessions stay connected, the broker queues), resume them and time until every piece has a verdict."""
     start_count = len(env.verdict_keys())
-    t0 = time.monotonic()
+    for name in hosts:
+        env.hosts[name].pause()
     sent = 0
-    for _ in range(rounds):
-        for device in honest:
-            sent += env.fleet.publish_device(device.device_id)
-    env.fleet.flush(60)
-    if not _wait(lambda: len(env.verdict_keys()) >= start_count + sent, 300, poll=0.1):
+    try:
+        for _ in range(rounds):
+            for device in honest:
+                sent += env.fleet.publish_device(device.device_id)
+        env.fleet.flush(60)
+    finally:
+        t0, cpu0 = time.monotonic(), host_cpu_seconds(env)
+        for name in hosts:
+            env.hosts[name].pause(resume=True)
+    if not _wait(lambda: len(env.verdict_keys()) >= start_count + sent, 300, poll=0.05):
         raise RuntimeError("not every evidence got a verdict in time")
     seconds = time.monotonic() - t0
-    return {"evidence": sent, "seconds": round(seconds, 2), "per_second": round(sent / seconds, 1)}
+    cpu_ms = (host_cpu_seconds(env) - cpu0) * 1000 / sent
+    return {"evidence": sent, "seconds": round(seconds, 2), "per_second": round(sent / seconds, 1),
+            "hub_cpu_ms_per_evidence": round(cpu_ms, 2)}
 
 
 def quarantine_latency(env: TwoHosts, probes: list[Any]) -> list[dict[str, Any]]:
@@ -87,12 +112,12 @@ def run(devices: int, rounds: int, probes: int, workers: int, keep: Path | None 
             raise RuntimeError("no epoch from host a")
         honest = [d for d in env.fleet.devices if d.profile is Profile.HONEST]
         bad = [d for d in env.fleet.devices if d.profile is Profile.IGNORES_COMMANDS]
-        drain(env, honest, 1)  # warm-up: first-sight work (device rows, key cache) is not throughput
-        one = drain(env, honest, rounds)
+        drain(env, honest, 1, ["a"])  # warm-up: first-sight work (device rows, key cache) is not throughput
+        one = drain(env, honest, rounds, ["a"])
         env.start("b")
         time.sleep(1.0)  # b's workers subscribe after their CONNECT
-        drain(env, honest, 1)
-        both = drain(env, honest, rounds)
+        drain(env, honest, 1, ["a", "b"])
+        both = drain(env, honest, rounds, ["a", "b"])
         time.sleep(3.0)  # let the hosts publish the drain's results first: a probe should not queue behind them
         latency = quarantine_latency(env, bad)
     values = [r["ms"] for r in latency if r["ms"] is not None]
@@ -100,6 +125,8 @@ def run(devices: int, rounds: int, probes: int, workers: int, keep: Path | None 
         "workers_per_host": workers, "devices": devices,
         "drain_one_host": one, "drain_two_hosts": both,
         "two_vs_one": round(both["per_second"] / one["per_second"], 2),
+        "cpu_per_evidence_two_vs_one": round(both["hub_cpu_ms_per_evidence"] / one["hub_cpu_ms_per_evidence"], 2),
+        "load_average": os.getloadavg(),
         "quarantine_across_hosts": latency,
         "quarantine_ms_median": statistics.median(values) if values else None,
         "quarantine_ms_max": max(values) if values else None,

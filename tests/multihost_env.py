@@ -62,6 +62,14 @@ class Host:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
+    def pause(self, resume: bool = False) -> None:
+        """SIGSTOP (or SIGCONT) the host's processes: connections stay open, the broker queues for them."""
+        import os
+
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT if resume else signal.SIGSTOP)
+
     def stop(self) -> None:
         import os
 
