@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from hub import wire
+from hub.broker.control import Correlator
 from hub.broker.dynsec import (
     ROLE_QUARANTINED,
     ROLE_REVOKED,
     ROLE_TRUSTED,
     DynsecEnforcer,
-    _Correlator,
     initial_config,
     role_acls,
 )
@@ -159,7 +159,7 @@ def test_refusals_and_bad_ids_are_enforcement_errors() -> None:
 
 
 def test_correlator_matches_answers_and_ignores_garbage_and_strangers() -> None:
-    correlator = _Correlator()
+    correlator = Correlator()
     payload, ids, answers = correlator.prepare([{"command": "getClient", "username": "a"},
                                                 {"command": "getClient", "username": "b"}])
     sent = json.loads(payload)["commands"]
