@@ -19,9 +19,10 @@ Rights are split between two layers, both measured on 2.0.11 (docs/ENFORCEMENT.m
   ``attest-revoked``      deny every publish and everything under ``hub/``; its commands and
                           results stay readable
 
-A device the plugin does not know behaves as trusted. Every role change of a connected client
-makes the broker disconnect it (reason 0x98, Administrative action); it gets the new rights when
-it reconnects (PROTOCOL.md says what a device does then).
+A device the plugin does not know behaves as trusted. Measured on 2.0.11: creating the client with
+its role (a device's first quarantine) applies to its open session at once; every later role change
+(``addClientRole``/``removeClientRole``) makes the broker disconnect it (reason 0x98, Administrative
+action), and it gets the new rights when it reconnects (PROTOCOL.md says what a device does then).
 
 Exceptions::
 
