@@ -49,10 +49,23 @@ def namespaces(count: int) -> Iterator[list[str]]:
                 raise NamespaceUnavailable("no `ip` command (iproute2)") from exc
             made.append(name)
             _ip("-n", name, "link", "set", "lo", "up")
+        _usable(names[0])
         yield names
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10, check=False)
+
+
+def _usable(name: str) -> None:
+    """Both ways in must work: ``ip netns exec`` (it also needs a mount namespace) and ``setns`` here."""
+    probe = subprocess.run(["ip", "netns", "exec", name, "true"], capture_output=True, text=True, timeout=10,
+                           check=False)
+    if probe.returncode != 0:
+        raise NamespaceUnavailable(f"ip netns exec: {probe.stderr.strip() or probe.returncode}")
+    try:
+        socket_in(name).close()
+    except OSError as exc:
+        raise NamespaceUnavailable(f"setns into a network namespace: {exc}") from exc
 
 
 def _setns(path: str) -> None:
