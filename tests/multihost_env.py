@@ -138,7 +138,8 @@ class TwoHosts:
 
 
 def make_two_hosts(stack: ExitStack, tmp_path: Path, mix: str, count: int, workers: int = 2,
-                   start: tuple[str, ...] = ("a", "b"), **hub_settings: Any) -> TwoHosts:
+                   start: tuple[str, ...] = ("a", "b"), fleet_options: dict[str, Any] | None = None,
+                   **hub_settings: Any) -> TwoHosts:
     """The hosts in ``start`` started and connected, the fleet connected; ``stack`` tears it all down
     (namespaces last)."""
     ns_a, ns_b = stack.enter_context(namespaces(2))
@@ -184,7 +185,7 @@ def make_two_hosts(stack: ExitStack, tmp_path: Path, mix: str, count: int, worke
         stack.callback(host.stop)
     hub_key = public_pem(load_hub_keys(settings).public_key).encode()
     fleet = Fleet(broker.process.host, port, devices, hub_key, tls=FleetTls(str(broker.ca.cert_path), device_certs),
-                  data=True)
+                  data=True, **(fleet_options or {}))
     env = TwoHosts(broker, settings, hosts, fleet, database_url)
     for name in start:
         env.start(name)

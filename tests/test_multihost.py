@@ -1,7 +1,8 @@
 """Hub workers on two "hosts" (network namespaces made here, loopback only) against one PostgreSQL and one
 Mosquitto with the dynamic-security plugin: evidence shared through the shared subscription, each piece
 verdicted once, a quarantine decided on one host enforced through the broker from that host, and losing a
-host loses nothing once another takes over its identities (docs/SCALING.md, "Several hosts").
+host loses nothing: another takes over its identities, or its sessions expire and the devices re-send
+(docs/SCALING.md, "Several hosts").
 
 Skipped only where network namespaces cannot be created (not root, no iproute2, a kernel that refuses)."""
 
@@ -85,3 +86,35 @@ def test_two_hosts_share_the_evidence_enforce_from_the_deciding_host_and_survive
         assert fleet.resent == 0, "nothing had to be re-sent: nothing was lost"
         per_device = Counter(device for device, _ in keys)
         assert all(per_device[d.device_id] == len(d.evidence_log) for d in fleet.devices)
+
+
+def test_a_lost_host_whose_sessions_expire_loses_nothing_the_devices_resend_to_the_other(tmp_path: Path) -> None:
+    """No takeover: the broker drops the dead host's sessions (and what it queued for them) at their expiry;
+    the devices re-send what has no receipt yet, and the surviving host verdicts it once."""
+    with ExitStack() as stack:
+        try:
+            env = make_two_hosts(stack, tmp_path, "honest:8", 8, workers=1, session_expiry_s=3,
+                                 fleet_options={"resend_after": 1.0, "max_resends": 20})
+        except NamespaceUnavailable as exc:
+            pytest.skip(f"network namespaces cannot be created here: {exc}")
+        fleet, a, b = env.fleet, env.hosts["a"], env.hosts["b"]
+        assert fleet.wait_for_epoch(20) is not None
+        for _ in range(3):
+            _round(env)
+        assert wait_for(lambda: _all_verdicted_once(env), 30)
+        assert b.received() > 0
+        b.kill()
+        for _ in range(4):
+            _round(env)
+        published = sum(len(d.evidence_log) for d in fleet.devices)
+        assert wait_for(lambda: len(env.verdict_keys()) < published and a.received() > 0, 10)
+        stuck = published - len(env.verdict_keys())
+
+        def resent_all() -> bool:
+            fleet.publish_round(fresh=False)  # re-sends only: evidence without a receipt, older than 1 s
+            fleet.flush(5)
+            return _all_verdicted_once(env)
+        assert wait_for(resent_all, 40, poll=0.5), (len(env.verdict_keys()), published)
+        keys = env.verdict_keys()
+        assert len(keys) == len(set(keys)) == published
+        assert fleet.resent >= stuck > 0, "what b's sessions held came back as re-sends"
