@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from device_sim.fleet import FleetTls
 from device_sim.profiles import build_fleet
 from hub.appraisal.operations import Enrolment
 from hub.broker.dynsec import initial_config
@@ -72,7 +73,5 @@ def make_dynsec_env(broker: DynsecBroker, tmp_path: Path, mix: str, count: int, 
     enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid) for d in devices])
     cli_settings = replace(settings, broker_tls_cert=str(certs["cli"].cert_path),
                            broker_tls_key=str(certs["cli"].key_path))
-    from device_sim.fleet import FleetTls
-
     return SecureEnv(broker, settings, cli_settings, devices,  # type: ignore[arg-type]
                      FleetTls(str(broker.ca.cert_path), device_certs), certs["obs"])

@@ -10,6 +10,7 @@ worker (``hub-<host>-w{index}``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -57,22 +58,16 @@ class Host:
         """SIGKILL the whole process group: the host is gone, no clean disconnect, no final commit."""
         for proc in self.procs:
             if proc.poll() is None:
-                import os
-
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
     def pause(self, resume: bool = False) -> None:
         """SIGSTOP (or SIGCONT) the host's processes: connections stay open, the broker queues for them."""
-        import os
-
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGCONT if resume else signal.SIGSTOP)
 
     def stop(self) -> None:
-        import os
-
         for proc in self.procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
