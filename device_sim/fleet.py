@@ -53,6 +53,11 @@ class _Connection:
     ready: threading.Event = field(default_factory=threading.Event)
     pending_subs: set[int] = field(default_factory=set)
     failure: str | None = None
+    # Set while connected with every subscription granted and the retained commands read; cleared by a
+    # disconnect. Telemetry waits for it: after a disconnect (0x98 when the broker changed our rights)
+    # nothing is published under rights we no longer know.
+    admitted: threading.Event = field(default_factory=threading.Event)
+    disconnects: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), reason code)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Fleet:
         tls: FleetTls | None = None,
         max_epoch_age_s: float | None = 600.0,
         clock: Callable[[], float] = time.time,
+        reconnect_min_delay: int = 1,
     ) -> None:
         self.host = host
         # refuse an epoch announcement whose iat is older than this (two default periods): a rogue retained copy
@@ -99,6 +105,7 @@ class Fleet:
         self.resend_after = resend_after  # None: never re-send unacknowledged evidence
         self.resend_backoff = resend_backoff  # each re-send waits this factor longer (None: a fixed wait)
         self.max_resends = max_resends
+        self.reconnect_min_delay = reconnect_min_delay  # paho's first back-off after losing the connection (s)
         self.hub_key = keys.load_hub_public_key(hub_public_key_pem)
         for device in self.devices:
             device.hub_key = self.hub_key
@@ -149,6 +156,8 @@ class Fleet:
         client.on_connect = lambda c, u, flags, rc, props: self._on_connect(conn, rc)
         client.on_subscribe = lambda c, u, mid, rcs, props: self._on_subscribe(conn, mid, rcs)
         client.on_message = lambda c, u, msg: self._on_message(conn, msg)
+        client.on_disconnect = lambda c, u, flags, rc, props: self._on_disconnect(conn, rc)
+        client.reconnect_delay_set(self.reconnect_min_delay, max(self.reconnect_min_delay, 30))
         return conn
 
     def _on_connect(self, conn: _Connection, rc: ReasonCode) -> None:
@@ -157,14 +166,25 @@ class Fleet:
             logger.error("connection %d refused by the broker: %s", conn.index, rc)
             return
         # A device's own result topic carries its receipts: a result names the committed evidence.
-        topics = [wire.EPOCH_TOPIC] + [wire.device_topic(d, leaf) for d in conn.devices
-                                       for leaf in (wire.COMMAND, wire.RESULT)]
+        topics = [wire.device_topic(d, leaf) for d in conn.devices for leaf in (wire.COMMAND, wire.RESULT)]
         conn.pending_subs.clear()
         for start in range(0, len(topics), _SUBSCRIBE_CHUNK):
             chunk = [(t, SubscribeOptions(qos=1)) for t in topics[start : start + _SUBSCRIBE_CHUNK]]
             result, mid = conn.client.subscribe(chunk)
             if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 conn.pending_subs.add(mid)
+        # The epoch last, in a SUBSCRIBE of its own: the broker sends the retained commands of the
+        # subscriptions above before it handles this one, so when its SUBACK arrives every retained
+        # command (a quarantine issued while we were away) has been read.
+        result, mid = conn.client.subscribe([(wire.EPOCH_TOPIC, SubscribeOptions(qos=1))])
+        if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+            conn.pending_subs.add(mid)
+
+    def _on_disconnect(self, conn: _Connection, rc: ReasonCode) -> None:
+        conn.admitted.clear()
+        if rc.is_failure:  # 0x98 Administrative action: the broker changed our rights; paho reconnects
+            conn.disconnects.append((time.monotonic(), rc.value))
+            logger.warning("connection %d disconnected by the broker: %s; reconnecting", conn.index, rc)
 
     def _make_mitm(self, client_id: str) -> _Connection:
         """The man in the middle: its own connection, forwarding altered batches on devices' data topics."""
@@ -190,6 +210,7 @@ class Fleet:
         conn.pending_subs.discard(mid)
         if not conn.pending_subs:
             conn.ready.set()
+            conn.admitted.set()
 
     def _on_message(self, conn: _Connection, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:  # a retained message being deleted
@@ -324,10 +345,22 @@ class Fleet:
             self._publish(device, raw)
         return len(due)
 
+    def publish_device_data(self, device_id: str) -> int:
+        """One device publishes its due telemetry batch now (none while its connection is not admitted)."""
+        device = self._by_id[device_id]
+        if not self._connection_of[device_id].admitted.is_set():
+            return 0
+        due = device.data_due()
+        for out in due:
+            self._publish_data(device, out)
+        return len(due)
+
     def publish_data_round(self) -> int:
         """Every device publishes its due telemetry batch now (and nothing else); returns how many."""
         count = 0
         for device in self.devices:
+            if not self._connection_of[device.device_id].admitted.is_set():
+                continue  # disconnected or re-reading its commands: its rights are unknown until then
             for out in device.data_due():
                 self._publish_data(device, out)
                 count += 1
@@ -392,6 +425,15 @@ class Fleet:
         Under MQTT v5 a publish the broker's ACL denies gets 0x87 (Not authorized)."""
         with self._lock:
             return [self._pubacks.get(ref) for ref in self._data_mids.get(device_id, [])]
+
+    def disconnects(self, device_id: str) -> list[tuple[float, int]]:
+        """(time.monotonic(), reason code) of each time the broker ended the connection carrying the device;
+        0x98 (Administrative action) is Mosquitto's dynamic-security plugin applying new rights."""
+        return list(self._connection_of[device_id].disconnects)
+
+    def admitted(self, device_id: str) -> bool:
+        """Whether the device's connection is up, subscribed, and has read its retained commands."""
+        return self._connection_of[device_id].admitted.is_set()
 
     @property
     def rejected_epochs(self) -> int:

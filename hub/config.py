@@ -54,6 +54,17 @@ class Settings:
     broker_enforcement: str = "none"
     broker_acl_file: str = ""
     broker_pid_file: str = ""
+    # Enforcement through the broker's control interface, from any host (hub/broker/dynsec.py, httpapi.py):
+    # "dynsec" needs nothing more (the hub identity holds the plugin's admin role); "emqx"/"hivemq" call the
+    # HTTP API at broker_api_url with HTTP Basic credentials from broker_api_key_file (owner-only, one line
+    # "name:secret": an EMQX API key and secret, a HiveMQ REST API user) and the CA file broker_api_ca.
+    broker_api_url: str = ""
+    broker_api_key_file: str = ""
+    broker_api_ca: str = ""
+    # Several hosts (docs/SCALING.md): worker 0 of a host leads (epoch, deadline sweep, anomaly pass) only
+    # with leader = true: set it on exactly one host. broker_tls_cert/key may hold "{index}", replaced by
+    # the worker's index, so each worker of `serve --workers N` has the identity use_username_as_clientid needs.
+    leader: bool = True
     # Send a remediate command naming the newest approved release when quarantining for firmware.
     remediation: bool = False
     # Behavioural anomaly detection (hub/anomaly/watch.py, docs/OBSERVABILITY.md): the leader's pass period
@@ -187,8 +198,10 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("batch_max: must be at least 1")
     if settings.workers < 1:
         raise ConfigError("workers: must be at least 1")
-    if settings.broker_enforcement not in ("none", "acl-file"):
-        raise ConfigError("broker_enforcement: must be 'none' or 'acl-file'")
+    if settings.broker_enforcement not in ("none", "acl-file", "dynsec", "emqx", "hivemq"):
+        raise ConfigError("broker_enforcement: must be 'none', 'acl-file', 'dynsec', 'emqx' or 'hivemq'")
+    if settings.broker_enforcement in ("emqx", "hivemq") and not settings.broker_api_url:
+        raise ConfigError(f"broker_enforcement = {settings.broker_enforcement!r} needs broker_api_url")
     if settings.broker_enforcement == "acl-file" and not (settings.broker_acl_file and settings.broker_pid_file):
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:

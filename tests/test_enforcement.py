@@ -160,7 +160,10 @@ def test_settings_choose_the_enforcer_and_refuse_incomplete_acl_file_settings(tm
     with pytest.raises(ConfigError):
         load_settings(None, environ={}, broker_enforcement="acl-file")
     with pytest.raises(ConfigError):
-        load_settings(None, environ={}, broker_enforcement="dynsec")
+        load_settings(None, environ={}, broker_enforcement="mosquitto-magic")
+    for needs_url in ("emqx", "hivemq"):
+        with pytest.raises(ConfigError, match="broker_api_url"):
+            load_settings(None, environ={}, broker_enforcement=needs_url)
     settings = load_settings(None, environ={}, broker_enforcement="acl-file",
                              broker_acl_file=str(tmp_path / "acl"), broker_pid_file=str(tmp_path / "pid"))
     assert isinstance(enforcer_from_settings(settings), AclFileEnforcer)
@@ -179,8 +182,11 @@ class Recorder:
     def release(self, device_id: str) -> None:
         self._call("release", device_id)
 
-    def sync(self, quarantined: Collection[str]) -> None:
-        self._call("sync", sorted(quarantined))
+    def revoke(self, device_id: str) -> None:
+        self._call("revoke", device_id)
+
+    def sync(self, quarantined: Collection[str], revoked: Collection[str] = ()) -> None:
+        self._call("sync", sorted(quarantined) + sorted(revoked))
 
     def _call(self, what: str, arg: object) -> None:
         self.calls.append((what, arg))

@@ -319,7 +319,7 @@ def revoke(store: Store, device_id: str, reason: str, actor: str = "operator", *
         store.save_devices(conn, [device])
         append(store, conn, [AuditDraft(now, actor, "revoke", device_id, {"from": old, "reason": reason})])
     if enforcer is not None:
-        enforcer.quarantine(device_id)
+        enforcer.revoke(device_id)
 
 
 def publish_once(settings: Settings, messages: Sequence[Outgoing], client_id: str, timeout: float = 10.0) -> None:

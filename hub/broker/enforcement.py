@@ -11,10 +11,11 @@ that denies everything the ``pattern`` grants except the device's evidence
 topic, its command topic and the epoch nonce (its path back to health), then
 sends SIGHUP. Measured on Mosquitto 2.0.11 (broker_config/README.md): the
 reloaded ACL applies to the next publish of an already-open session, which gets
-PUBACK 0x87 under MQTT v5, and the session stays open. The dynamic-security
-plugin was measured too: every role change disconnects the affected clients
-instead. :class:`NoEnforcement` is for brokers without it (commands only).
-docs/ENFORCEMENT.md says what an EMQX or HiveMQ operator plugs in instead.
+PUBACK 0x87 under MQTT v5, and the session stays open. It needs the hub on the
+broker's host. From any host: ``dynsec.py`` (Mosquitto's dynamic-security plugin
+over MQTT), ``emqx.py`` and ``hivemq.py`` (their HTTP APIs), chosen by
+``broker_enforcement`` in :func:`enforcer_from_settings`. :class:`NoEnforcement`
+is for brokers without any of these (commands only). docs/ENFORCEMENT.md.
 
 Exceptions::
 
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hub import wire
+from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
 from hub.crypto import pki
 
@@ -48,6 +50,7 @@ __all__ = [
     "enforcer_from_settings",
     "pid_file_signaller",
     "quarantine_block",
+    "validated",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ QUARANTINE_DENIED = (
     wire.device_topic("{device_id}", wire.DATA),
     wire.MANIFEST_TOPIC_PREFIX + "/#",
 )
-ENFORCEMENT_MODES = ("none", "acl-file")
+ENFORCEMENT_MODES = ("none", "acl-file", "dynsec", "emqx", "hivemq")
 
 
 class EnforcementError(RuntimeError):
@@ -80,8 +83,11 @@ class BrokerEnforcer(Protocol):
     def release(self, device_id: str) -> None:
         """Give ``device_id`` its ordinary rights back."""
 
-    def sync(self, quarantined: Collection[str]) -> None:
-        """Make exactly ``quarantined`` the set of cut-off devices (at start, and after a failure)."""
+    def revoke(self, device_id: str) -> None:
+        """Cut a revoked device off: at least what ``quarantine`` does (its data), more where the broker can."""
+
+    def sync(self, quarantined: Collection[str], revoked: Collection[str] = ()) -> None:
+        """Make exactly ``quarantined`` and ``revoked`` the cut-off devices (at start, and after a failure)."""
 
 
 class NoEnforcement:
@@ -95,16 +101,25 @@ class NoEnforcement:
     def release(self, device_id: str) -> None:
         return None
 
-    def sync(self, quarantined: Collection[str]) -> None:
+    def revoke(self, device_id: str) -> None:
         return None
+
+    def sync(self, quarantined: Collection[str], revoked: Collection[str] = ()) -> None:
+        return None
+
+
+def validated(device_id: str) -> str:
+    """``device_id`` if it may be written into broker access control (``pki.validate_device_id``)."""
+    try:
+        pki.validate_device_id(device_id)
+    except pki.PkiError as exc:
+        raise EnforcementError(f"refusing to write broker access control for {device_id!r}: {exc}") from exc
+    return device_id
 
 
 def quarantine_block(device_id: str) -> str:
     """The acl_file lines that quarantine one device; refuses an id that could inject ACL lines."""
-    try:
-        pki.validate_device_id(device_id)
-    except pki.PkiError as exc:
-        raise EnforcementError(f"refusing to write an ACL entry for {device_id!r}: {exc}") from exc
+    validated(device_id)
     denies = [f"topic deny {topic.format(device_id=device_id)}" for topic in QUARANTINE_DENIED]
     return "\n".join((f"user {device_id}", *denies))
 
@@ -132,8 +147,12 @@ class AclFileEnforcer:
         quarantine_block(device_id)
         self._change(lambda ids: ids - {device_id}, always_signal=False)
 
-    def sync(self, quarantined: Collection[str]) -> None:
-        wanted = frozenset(quarantined)
+    def revoke(self, device_id: str) -> None:
+        """The acl_file has one cut-off block: a revoked device loses what a quarantined one does."""
+        self.quarantine(device_id)
+
+    def sync(self, quarantined: Collection[str], revoked: Collection[str] = ()) -> None:
+        wanted = frozenset(quarantined) | frozenset(revoked)
         for device_id in wanted:
             quarantine_block(device_id)
         # Always signal: a crash between writing and signalling must not leave the broker behind.
@@ -232,9 +251,30 @@ def pid_file_signaller(pid_file: Path) -> Callable[[], None]:
     return send
 
 
-def enforcer_from_settings(settings: Settings) -> BrokerEnforcer:
-    """``broker_enforcement``: ``none`` (default) or ``acl-file`` (needs broker_acl_file and broker_pid_file)."""
+def enforcer_from_settings(settings: Settings, transport: MqttTransport | None = None) -> BrokerEnforcer:
+    """``broker_enforcement``: ``none`` (default), ``acl-file`` (needs broker_acl_file and broker_pid_file),
+    ``dynsec`` (Mosquitto's dynamic-security plugin over MQTT: through ``transport``, a hub worker's own
+    connection, built before it starts; without one, a connection per call with the settings' identity),
+    ``emqx`` or ``hivemq`` (their HTTP APIs at broker_api_url; hub/broker/httpapi.py)."""
     mode = settings.broker_enforcement
+    if mode == "dynsec":
+        from hub.broker import dynsec  # the backends import this module's interface
+
+        if transport is not None:
+            return dynsec.DynsecEnforcer(dynsec.TransportExecutor(transport))
+        address = BrokerAddress(settings.broker_host, settings.broker_port, f"{settings.hub_id}-cli",
+                                session_expiry_s=0, tls_ca=settings.broker_tls_ca,
+                                tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key)
+        return dynsec.DynsecEnforcer(dynsec.ConnectionExecutor(address))
+    if mode in ("emqx", "hivemq"):
+        from hub.broker import emqx, hivemq, httpapi
+
+        if not settings.broker_api_url:
+            raise EnforcementError(f"broker_enforcement = {mode!r} needs broker_api_url")
+        credentials = httpapi.read_credentials(Path(settings.broker_api_key_file)) \
+            if settings.broker_api_key_file else None
+        api = httpapi.HttpApi(settings.broker_api_url, credentials, settings.broker_api_ca)
+        return emqx.EmqxEnforcer(api) if mode == "emqx" else hivemq.HivemqEnforcer(api)
     if mode == "none":
         return NoEnforcement()
     if mode == "acl-file":

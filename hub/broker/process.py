@@ -38,6 +38,7 @@ __all__ = [
     "BrokerStartError",
     "MosquittoNotFoundError",
     "MosquittoProcess",
+    "find_dynsec_plugin",
     "find_mosquitto",
     "free_port",
     "render_acl",
@@ -46,6 +47,8 @@ __all__ = [
 
 BROKER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
 _FALLBACK_BINARIES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
+_DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+_DYNSEC_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib", "/usr/local/lib", "/usr/lib/mosquitto", "/usr/local/lib/mosquitto")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (or run `make setup`)"
 
@@ -75,6 +78,16 @@ def find_mosquitto() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     raise MosquittoNotFoundError(f"mosquitto not found on PATH nor in {', '.join(_FALLBACK_BINARIES)}: {_INSTALL_HINT}")
+
+
+def find_dynsec_plugin() -> str:
+    """Path of Mosquitto's dynamic-security plugin (Debian's package installs it in the multiarch lib dir)."""
+    for pattern in _DYNSEC_DIRS:
+        for directory in sorted(Path("/").glob(pattern.lstrip("/"))):
+            candidate = directory / _DYNSEC_PLUGIN
+            if candidate.is_file():
+                return str(candidate)
+    raise MosquittoNotFoundError(f"{_DYNSEC_PLUGIN} not found in {', '.join(_DYNSEC_DIRS)}: {_INSTALL_HINT}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

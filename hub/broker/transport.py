@@ -16,7 +16,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -85,6 +85,7 @@ class MqttTransport:
         self._publish_prototype = _PublishProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         self.subscriptions = list(subscriptions)
         self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self._routes: dict[str, Callable[[bytes], None]] = {}
         self.connected = threading.Event()
         self.last_error = ""
         client = mqtt.Client(
@@ -111,6 +112,13 @@ class MqttTransport:
         client.reconnect_delay_set(1, 5)
         self._pending_subscribe: int | None = None
         self.client = client
+
+    def route(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Hand messages on ``topic`` (an exact name, subscribed at QoS 0) to ``handler`` on paho's network
+        thread instead of the inbox: replies of the broker's control interface (hub/broker/dynsec.py).
+        Call before ``start``."""
+        self._routes[topic] = handler
+        self.subscriptions.append((topic, 0))
 
     def start(self, timeout: float = 10.0) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -218,6 +226,12 @@ class MqttTransport:
             log.info("disconnected from broker")
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        handler = self._routes.get(message.topic)
+        if handler is not None:
+            handler(bytes(message.payload))
+            if message.qos > 0:
+                self.client.ack(message.mid, message.qos)
+            return
         props = getattr(message, "properties", None)
         content_type = getattr(props, "ContentType", None) if props is not None else None
         trace_id = None

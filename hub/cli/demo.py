@@ -4,7 +4,8 @@ Everything runs on embedded defaults: Mosquitto from broker_config/prod.conf
 (mutual TLS, the ACL file) on a free loopback port with a CA, server, hub and
 per-device certificates made in a temporary directory, SQLite there too, the
 signed manifests and policies from firmware_manifests/. The hub enforces
-quarantine at the broker (acl_file + SIGHUP) and remediates firmware, so the
+quarantine at the broker (acl_file + SIGHUP, or with ``--enforcement dynsec``
+the dynamic-security plugin over MQTT, prod-dynsec.conf) and remediates firmware, so the
 demo shows a compromised device that ignores its quarantine command being cut
 off by the broker (its data publishes get PUBACK 0x87 on the session it
 already had open) and quarantined devices that install an approved release
@@ -28,7 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.operations import Enrolment
-from hub.broker.process import MosquittoProcess, free_port, render_acl
+from hub.broker.dynsec import initial_config
+from hub.broker.process import MosquittoProcess, find_dynsec_plugin, free_port, render_acl
 from hub.cli.anomalies import findings_table
 from hub.config import load_settings
 from hub.crypto import pki
@@ -56,7 +58,9 @@ EXPECTED = {
 }
 
 
-def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
+def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str = "acl-file") -> int:
+    """``enforcement``: ``acl-file`` (prod.conf, the ACL file and SIGHUP: the hub on the broker's host) or
+    ``dynsec`` (prod-dynsec.conf, the dynamic-security plugin over MQTT: as from any other host)."""
     from device_sim.fleet import Fleet
     from device_sim.profiles import build_fleet
 
@@ -67,18 +71,29 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
     console.print(f"[bold]Fleet attestation demo[/]: {devices} devices for {seconds:.0f}s (state in {work})")
     fleet_devices: list[Any] = [*build_fleet(devices, DEMO_MIX, seed="demo"), *_hardware_devices()]
     tls, values, hub_tls = _pki(work / "pki", [d.device_id for d in fleet_devices])
-    with MosquittoProcess("prod.conf", work / "broker", values=values) as broker:
-        pid_file = work / "mosquitto.pid"
-        pid_file.write_text(f"{broker.pid}\n", encoding="ascii")
+    template = "prod.conf"
+    if enforcement == "dynsec":
+        template = "prod-dynsec.conf"
+        dynsec_file = work / "dynamic-security.json"
+        dynsec_file.write_text(json.dumps(initial_config([pki.hub_common_name("w0")])), encoding="utf-8")
+        values.update(dynsec_plugin=find_dynsec_plugin(), dynsec_file=str(dynsec_file))
+    with MosquittoProcess(template, work / "broker", values=values) as broker:
+        if enforcement == "dynsec":
+            control: dict[str, Any] = {"broker_enforcement": "dynsec"}
+        else:
+            pid_file = work / "mosquitto.pid"
+            pid_file.write_text(f"{broker.pid}\n", encoding="ascii")
+            control = {"broker_enforcement": "acl-file", "broker_acl_file": values["acl_file"],
+                       "broker_pid_file": str(pid_file)}
         settings = load_settings(None, environ={}, state_dir=work / "hub", broker_host=broker.host,
-                                 broker_port=broker.port, epoch_period_s=60.0, broker_enforcement="acl-file",
-                                 broker_acl_file=values["acl_file"], broker_pid_file=str(pid_file),
+                                 broker_port=broker.port, epoch_period_s=60.0, **control,
                                  remediation=True, metrics_port=free_port(), anomaly_interval_s=2.0,
                                  anomaly_settle_s=1.0, **hub_tls)
         settings = prepare_state(settings)
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet_devices])
-        console.print(f"mutual-TLS broker on {broker.host}:{broker.port} (prod.conf); enrolled "
+        console.print(f"mutual-TLS broker on {broker.host}:{broker.port} ({template}, enforcement: {enforcement}); "
+                      f"enrolled "
                       f"{len(fleet_devices)} devices (software-signed, TPM-backed on swtpm, PSA); starting the hub")
         hub = LocalHub(settings).start()
         console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
@@ -169,8 +184,8 @@ def _enforcement_table(database_url: str, fleet: Any, broker_log: Path) -> Table
         profile = _profile(sim)
         table.add_row(sim.device_id, profile, f"[{style}]{accepted} accepted, {denied} denied[/]",
                       str(sessions), "\n".join(steps))
-    table.caption = ("a device that ignores its quarantine keeps its session, but the broker refuses its data; "
-                     "a remediated device attests clean and is released")
+    table.caption = ("a device that ignores its quarantine is refused its data on the session it has (with dynsec a "
+                     "later role change, such as a release, ends the session); a remediated device is released")
     return table
 
 

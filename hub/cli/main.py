@@ -146,12 +146,14 @@ def config_show(hub: HubContext) -> None:
               help="How long the fleet runs before the table is printed.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's state (database, keys) in this directory.")
-def demo(devices: int, seconds: float, keep: Path | None) -> None:
+@click.option("--enforcement", type=click.Choice(["acl-file", "dynsec"]), default="acl-file", show_default=True,
+              help="acl-file: the broker's ACL file and SIGHUP (same host); dynsec: its control topic over MQTT.")
+def demo(devices: int, seconds: float, keep: Path | None, enforcement: str) -> None:
     """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything."""
     from hub.cli.demo import run_demo
 
     configure_logging(0)
-    sys.exit(run_demo(devices, seconds, keep))
+    sys.exit(run_demo(devices, seconds, keep, enforcement))
 
 
 cli.add_command(device)

@@ -89,7 +89,8 @@ class HubWorker:
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
                 settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
-                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key,
+                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert.replace("{index}", str(index)),
+                tls_key=settings.broker_tls_key.replace("{index}", str(index)),
             ),
             subscriptions,
         )
@@ -100,7 +101,7 @@ class HubWorker:
                                                           settings.rejected_bytes_per_min)
         self.unknown = UnknownDeviceLog(settings.sampled_log_interval_s)
         self.dropped = dropped_log(settings.sampled_log_interval_s)
-        self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings)
+        self.enforcer = enforcer if enforcer is not None else enforcer_from_settings(settings, self.transport)
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
         self.metrics = HubMetrics(f"w{index}")
@@ -114,7 +115,7 @@ class HubWorker:
 
     @property
     def is_leader(self) -> bool:
-        return self.index == 0
+        return self.index == 0 and self.settings.leader
 
     def run(self, stop: threading.Event) -> None:
         stop_http = None
@@ -224,8 +225,8 @@ class HubWorker:
         try:
             with self.store.reading() as conn:
                 quarantined = self.store.device_ids_with_status(conn, QUARANTINED)
-                quarantined += self.store.device_ids_with_status(conn, REVOKED)
-            self.enforcer.sync(quarantined)
+                revoked = self.store.device_ids_with_status(conn, REVOKED)
+            self.enforcer.sync(quarantined, revoked)
         except (StoreError, EnforcementError) as exc:
             self.health.last_error = str(exc)
             log.error("cannot sync broker enforcement (retrying): %s", exc)
