@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hub.crypto.pki import hub_common_name
+from hub.resources import data_path_or_default
 
 __all__ = [
     "BROKER_CONFIG_DIR",
@@ -44,7 +45,7 @@ __all__ = [
     "render_template",
 ]
 
-BROKER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
+BROKER_CONFIG_DIR = data_path_or_default("broker_config")  # the checkout's folder, or the wheel's package data
 _FALLBACK_BINARIES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _INSTALL_HINT = "install it with `sudo apt-get install mosquitto` (or run `make setup`)"

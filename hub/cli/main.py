@@ -33,6 +33,7 @@ from hub.server.logs import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleet-attestation-hub", prog_name="attest-hub")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="ATTEST_HUB_CONFIG", help="TOML configuration file (env ATTEST_HUB_CONFIG).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -49,7 +50,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
     Example:
       attest-hub --state-dir var init
       attest-hub --state-dir var device enroll --file fleet.json
-      attest-hub --state-dir var serve --broker 127.0.0.1:1883
+      attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
     """
     host, port = None, None
     if broker:
