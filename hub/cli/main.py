@@ -26,7 +26,7 @@ from hub.cli.manifest import manifest
 from hub.cli.pki import pki
 from hub.cli.policy import policy
 from hub.cli.whatif import whatif
-from hub.config import ConfigError, load_settings
+from hub.config import ConfigError, load_settings, settings_reference
 from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
 from hub.crypto.keys import public_pem
 from hub.server.logs import configure_logging
@@ -120,6 +120,15 @@ def config_show(hub: HubContext) -> None:
     """Print the effective configuration (file + environment + options), secrets masked."""
     data = hub.settings.masked()
     emit(hub, data, lambda d: click.echo("\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in d.items())))
+
+
+@config.command("reference")
+def config_reference() -> None:
+    """Print the settings reference (Markdown): every setting's type, default, environment variable and meaning.
+
+    Example: attest-hub config reference > docs/SETTINGS.md
+    """
+    click.echo(settings_reference(), nl=False)
 
 
 @cli.command()

@@ -84,7 +84,8 @@ class HubWorker:
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
                 settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
-                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key,
+                tls_ca=settings.broker_tls_ca, tls_cert=settings.worker_tls(index)[0],
+                tls_key=settings.worker_tls(index)[1],
             ),
             subscriptions,
         )
