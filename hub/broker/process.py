@@ -199,6 +199,11 @@ class MosquittoProcess:
         return self._port
 
     @property
+    def binary(self) -> str:
+        """The mosquitto program this broker runs."""
+        return self._binary
+
+    @property
     def work_dir(self) -> Path:
         return self._work_dir
 

@@ -19,12 +19,14 @@ import click
 
 from hub.cli.anomalies import anomalies
 from hub.cli.audit import audit, report
+from hub.cli.broker import broker
 from hub.cli.common import HubContext, emit, fail, pass_hub
 from hub.cli.db import db
 from hub.cli.device import device
 from hub.cli.manifest import manifest
 from hub.cli.pki import pki
 from hub.cli.policy import policy
+from hub.cli.shipped import files
 from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings, settings_reference
 from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
@@ -154,6 +156,8 @@ cli.add_command(audit)
 cli.add_command(report)
 cli.add_command(whatif)
 cli.add_command(db)
+cli.add_command(broker)
+cli.add_command(files)
 
 
 def main() -> Any:
