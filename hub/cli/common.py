@@ -21,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class HubContext:
     settings: Settings
     as_json: bool = False
+    verbosity: int = 0  # -v minus -q
     _store: Store | None = field(default=None)
 
     def store(self) -> Store:

@@ -29,7 +29,7 @@ from hub.cli.policy import policy
 from hub.cli.shipped import files
 from hub.cli.whatif import whatif
 from hub.config import ConfigError, load_settings, settings_reference
-from hub.crypto.hubkeys import HubKeyError, init_state, load_hub_keys
+from hub.crypto.hubkeys import init_state
 from hub.crypto.keys import public_pem
 from hub.server.logs import configure_logging
 
@@ -42,10 +42,11 @@ from hub.server.logs import configure_logging
               help="Where the hub keeps its keys and SQLite database.")
 @click.option("--database-url", default=None, help="SQLAlchemy URL; default sqlite in the state dir.")
 @click.option("--broker", "broker", default=None, metavar="HOST:PORT", help="MQTT broker address.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output: -v the hub's debug lines, -vv libraries too.")
+@click.option("-q", "--quiet", count=True, help="Less log output: serve logs only warnings and errors.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, database_url: str | None,
-        broker: str | None, verbose: int) -> None:
+        broker: str | None, verbose: int, quiet: int) -> None:
     """Fleet attestation hub: verifies COSE-signed evidence from IoT devices over MQTT.
 
     \b
@@ -65,8 +66,9 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
                                  broker_host=host, broker_port=port)
     except ConfigError as exc:
         fail(f"configuration: {exc}", code=1)
-    configure_logging(verbose)
+    configure_logging(verbose - quiet)
     ctx.obj = HubContext(settings)
+    ctx.obj.verbosity = verbose - quiet
 
 
 @cli.command()
@@ -95,20 +97,25 @@ def hub_key(hub: HubContext) -> None:
 def serve(hub: HubContext, workers: int | None) -> None:
     """Run the verifier: consume evidence, appraise, store, publish results, quarantine.
 
-    Example: attest-hub --state-dir var serve --workers 2
-    """
-    from hub.server.supervisor import run_workers
+    On a terminal it logs one line per verdict (device, verdict, action, reason); elsewhere JSON lines. -q: only
+    warnings and errors; -v, -vv: debug. A broker or database that cannot be reached at start-up ends it with one
+    line and exit code 3; so does a worker that keeps dying right after each start.
 
-    settings = hub.settings
-    count = workers or settings.workers
-    try:
-        load_hub_keys(settings)
-    except HubKeyError as exc:
-        fail(str(exc), code=3)
+    \b
+    Example:
+      attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
+    """
+    from hub.server.serve import ServeError, serve_forever
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_workers(settings, count, stop)
+    verbosity = hub.verbosity + 1  # serve's default: one line per verdict
+    configure_logging(verbosity)
+    try:
+        serve_forever(hub.settings, workers or hub.settings.workers, stop, verbosity)
+    except ServeError as exc:
+        fail(str(exc), code=3)
 
 
 @cli.group()

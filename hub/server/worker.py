@@ -170,12 +170,14 @@ class HubWorker:
             self.health.database_ok = True
             commit_s = time.monotonic() - started
             break
+        log.debug("batch of %d committed in %.1f ms", len(batch), commit_s * 1000)
         for topic, why in outcome.dropped:
             log.warning("dropped message on %s: %s", topic, why)
         for decision in outcome.decisions:
             log.info("verdict %s %s", decision.status, decision.action,
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
-                            "trace_id": decision.trace_id, "problems": list(decision.problems)})
+                            "action": decision.action, "trace_id": decision.trace_id,
+                            "problems": list(decision.problems)})
         self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
         if self.transport.publish_all(outcome.publishes):
             self.transport.ack(batch)

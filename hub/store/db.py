@@ -106,6 +106,10 @@ class Store:
                 SQLModel.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database {url.split('@')[-1]}: {_short(exc)}") from exc
+        except ImportError as exc:  # the URL's driver is not installed (e.g. PostgreSQL without the extra)
+            extra = " (install the extra: pip install 'fleet-attestation-hub[postgres]')" if \
+                self.dialect == "postgresql" else ""
+            raise StoreError(f"cannot open database {url.split('@')[-1]}: no driver {exc.name!r}{extra}") from exc
 
     def close(self) -> None:
         self.engine.dispose()
