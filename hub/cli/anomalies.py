@@ -14,12 +14,13 @@ from hub.anomaly.records import acknowledge_set, close_finding, findings
 from hub.anomaly.stats import KINDS, RARE
 from hub.audit import AuditDraft, append
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import iso_time
 from hub.store import Store, StoreError
 
 
 def finding_view(row: dict[str, Any]) -> dict[str, Any]:
     """A finding row as the CLI shows it (also used by ``device show``)."""
-    return {"id": row["id"], "device_id": row["device_id"], "class": row["device_class"], "kind": row["kind"],
+    return {"id": row["id"], "device_id": row["device_id"], "device_class": row["device_class"], "kind": row["kind"],
             "score": row["score"], "max_score": row["max_score"], "explanation": row["explanation"],
             "first_seen": row["first_seen"], "last_seen": row["last_seen"], "open": bool(row["is_open"]),
             "closed_by": row["closed_by"], "close_reason": row["close_reason"]}
@@ -59,7 +60,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("id", "device", "kind", "score", "since", "open", "explanation")
     for r in rows:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["first_seen"]))
+        since = iso_time(r["first_seen"])
         table.add_row(str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", since,
                       "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"])
     Console(width=max(160, Console().width)).print(table)

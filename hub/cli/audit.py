@@ -177,7 +177,7 @@ def quarter_bounds(text: str, now: float) -> tuple[float, float]:
 
 
 def _utc(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @click.command()

@@ -22,6 +22,7 @@ class HubContext:
     settings: Settings
     as_json: bool = False
     verbosity: int = 0  # -v minus -q
+    local_time: bool = False  # --local-time: human output in the local zone instead of UTC
     _store: Store | None = field(default=None)
 
     def store(self) -> Store:
@@ -59,6 +60,13 @@ def emit(hub: HubContext, data: Any, human: Callable[[Any], None]) -> None:
         human(data)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
+def fail(message: str, code: int = 1, **details: Any) -> NoReturn:
+    """Print the error and exit with ``code``: with ``--json`` a JSON object on standard output
+    (``{"error": message, "exit_code": code, **details}``), otherwise ``error: message`` on standard error."""
+    ctx = click.get_current_context(silent=True)
+    hub = ctx.find_object(HubContext) if ctx is not None else None
+    if (hub is not None and hub.as_json) or (hub is None and "--json" in sys.argv[1:]):
+        click.echo(json.dumps({"error": message, "exit_code": code, **details}, sort_keys=True, default=str))
+    else:
+        click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
     sys.exit(code)

@@ -44,9 +44,10 @@ from hub.server.logs import configure_logging
 @click.option("--broker", "broker", default=None, metavar="HOST:PORT", help="MQTT broker address.")
 @click.option("-v", "--verbose", count=True, help="More log output: -v the hub's debug lines, -vv libraries too.")
 @click.option("-q", "--quiet", count=True, help="Less log output: serve logs only warnings and errors.")
+@click.option("--local-time", is_flag=True, help="Show times in the local zone (with its offset) instead of UTC.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, database_url: str | None,
-        broker: str | None, verbose: int, quiet: int) -> None:
+        broker: str | None, verbose: int, quiet: int, local_time: bool) -> None:
     """Fleet attestation hub: verifies COSE-signed evidence from IoT devices over MQTT.
 
     \b
@@ -69,6 +70,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
     configure_logging(verbose - quiet)
     ctx.obj = HubContext(settings)
     ctx.obj.verbosity = verbose - quiet
+    ctx.obj.local_time = local_time
 
 
 @cli.command()
@@ -168,5 +170,17 @@ cli.add_command(files)
 
 
 def main() -> Any:
+    """The console entry point: usage errors are JSON objects too when ``--json`` is on the command line."""
     logging.captureWarnings(True)
-    return cli(prog_name="attest-hub")
+    try:
+        code = cli.main(prog_name="attest-hub", standalone_mode=False)
+    except click.ClickException as exc:
+        if "--json" in sys.argv[1:]:
+            click.echo(json.dumps({"error": exc.format_message(), "exit_code": exc.exit_code}, sort_keys=True))
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

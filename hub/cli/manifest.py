@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hub import wire
 from hub.appraisal.operations import OperationError, import_manifest, manifest_announcement, publish_once
 from hub.broker.transport import TransportError
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import iso_time
 from hub.crypto.hubkeys import HubKeyError, load_operator_keys
 from hub.crypto.keys import KeyFileError, load_private_file
 from hub.reference.manifests import Component, Manifest, ManifestError, Release, parse_source, sign_manifest, to_source
@@ -79,8 +79,8 @@ def sign(hub: HubContext, source: Path, key_path: Path, out: Path | None) -> Non
         fail(str(exc))
     target = out or source.with_suffix(".cose")
     target.write_bytes(sign_manifest(parsed, key))
-    emit(hub, {"signed": str(target), "class": parsed.device_class, "sequence": parsed.sequence},
-         lambda d: click.echo(f"signed {d['class']}#{d['sequence']} -> {d['signed']}"))
+    emit(hub, {"signed": str(target), "device_class": parsed.device_class, "sequence": parsed.sequence},
+         lambda d: click.echo(f"signed {d['device_class']}#{d['sequence']} -> {d['signed']}"))
 
 
 def _trusted(hub: HubContext, operator_keys: tuple[Path, ...]) -> Any:
@@ -102,8 +102,9 @@ def verify(hub: HubContext, signed: Path, operator_keys: tuple[Path, ...]) -> No
         parsed = verify_signed(signed.read_bytes(), _trusted(hub, operator_keys))
     except ManifestError as exc:
         fail(str(exc))
-    emit(hub, {"valid": True, "class": parsed.device_class, "sequence": parsed.sequence, "signer": parsed.signer},
-         lambda d: click.echo(f"valid: {d['class']}#{d['sequence']} signed by {d['signer'][:16]}"))
+    emit(hub, {"valid": True, "device_class": parsed.device_class, "sequence": parsed.sequence,
+               "signer": parsed.signer},
+         lambda d: click.echo(f"valid: {d['device_class']}#{d['sequence']} signed by {d['signer'][:16]}"))
 
 
 @manifest.command("show")
@@ -165,10 +166,10 @@ def history(hub: HubContext, device_class: str | None) -> None:
     store = hub.store()
     with store.reading() as conn:
         rows = store.manifest_history(conn, device_class)
-    data = [{"class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
+    data = [{"device_class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
              "received_at": r["received_at"]} for r in rows]
     emit(hub, data, lambda d: click.echo("\n".join(
-        f"{r['class']}#{r['sequence']}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['received_at']))}"
+        f"{r['device_class']}#{r['sequence']}  {iso_time(r['received_at'], hub.local_time)}"
         f"  signer {r['signer'][:16]}" for r in d) or "no manifests"))
 
 
@@ -285,10 +286,10 @@ def _release_status(hub: HubContext, status: str, version: str, device_class: st
         except (StoreError, TransportError) as exc:
             fail(str(exc), code=3)
         published = True
-    data = {"class": device_class, "sequence": nxt.sequence, "release": version, "status": status,
+    data = {"device_class": device_class, "sequence": nxt.sequence, "release": version, "status": status,
             "signed": str(out), "published": published}
     emit(hub, data, lambda d: click.echo(
-        f"{d['class']}#{d['sequence']}: release {d['release']} {d['status']} -> {d['signed']}"
+        f"{d['device_class']}#{d['sequence']}: release {d['release']} {d['status']} -> {d['signed']}"
         + (" (published)" if d["published"] else "")))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import click
 from hub.appraisal.operations import OperationError, import_policy, policy_announcement, publish_once
 from hub.broker.transport import TransportError
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import iso_time
 from hub.reference.policy import Policy, PolicyError, default_policy, load_policy
 from hub.store import StoreError
 
@@ -137,10 +137,8 @@ def history(hub: HubContext, device_class: str | None) -> None:
             rows = store.policy_history(conn, device_class)
     except StoreError as exc:
         fail(str(exc), code=3)
-    data = [{"class": r["device_class"], "version": r["version"], "received_at": r["received_at"]} for r in rows]
+    data = [{"device_class": r["device_class"], "version": r["version"], "received_at": r["received_at"]} for r in rows]
     emit(hub, data, lambda d: click.echo("\n".join(
-        f"{r['class']}@{r['version']}  {_utc(r['received_at'])} UTC" for r in d) or "no policies"))
+        f"{r['device_class']}@{r['version']}  {iso_time(r['received_at'], hub.local_time)}" for r in d)
+        or "no policies"))
 
-
-def _utc(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M")

@@ -59,7 +59,7 @@ def whatif(hub: HubContext, manifest_path: Path | None, policy_path: Path | None
     except StoreError as exc:
         fail(str(exc), code=3)
     changed = [o for o in outcomes if o.changed]
-    data = {"proposal": proposal.label, "class": proposal.device_class, "devices": len(outcomes),
+    data = {"proposal": proposal.label, "device_class": proposal.device_class, "devices": len(outcomes),
             "changes": len(changed), "outcomes": [o.to_json() for o in (outcomes if show_all else changed)]}
     emit(hub, data, lambda d: _print(d, outcomes if show_all else changed))
     if fail_on_change and changed:
@@ -69,7 +69,7 @@ def whatif(hub: HubContext, manifest_path: Path | None, policy_path: Path | None
 def _print(data: dict[str, object], rows: list[Outcome]) -> None:
     console = Console()
     console.print(f"What if [bold]{data['proposal']}[/] were published: "
-                  f"{data['changes']} of {data['devices']} {data['class']} device(s) would change status")
+                  f"{data['changes']} of {data['devices']} {data['device_class']} device(s) would change status")
     if not rows:
         return
     table = Table("device", "now", "would be", "action", "why")
