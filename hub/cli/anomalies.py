@@ -73,7 +73,10 @@ def _print(rows: list[dict[str, Any]]) -> None:
 @pass_hub
 def close(hub: HubContext, finding_id: int, reason: str) -> None:
     """Close an open finding. It is not raised again for the device until its score has fallen back;
-    a rare measurement set is acknowledged for the whole class (e.g. an announced rollout)."""
+    a rare measurement set is acknowledged for the whole class (e.g. an announced rollout).
+
+    Example: attest-hub anomalies close 12 --reason "announced rollout of 1.3.0"
+    """
     if not reason.strip():
         fail("a reason is required")
     store = hub.store()

@@ -12,6 +12,7 @@ import click
 
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, HubKeys, load_hub_keys
+from hub.envelope import Outgoing
 from hub.store import Store, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,3 +71,16 @@ def fail(message: str, code: int = 1, **details: Any) -> NoReturn:
     else:
         click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
     sys.exit(code)
+
+
+def announce_or_explain(hub: HubContext, announcements: list[Outgoing], stored: str, retry: str) -> None:
+    """Publish announcements of something already stored; when the broker does not take them, say that it is
+    stored and how to announce it again (exit 3)."""
+    from hub.appraisal.operations import publish_once
+    from hub.broker.transport import TransportError
+
+    try:
+        publish_once(hub.settings, announcements, f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        fail(f"{stored} is stored, but it was not announced: {exc}. Running workers adopt it when they restart; "
+             f"to announce it once the broker is back: {retry}", code=3, stored=stored, announced=False, retry=retry)

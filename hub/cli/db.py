@@ -31,7 +31,10 @@ def _open(hub: HubContext) -> Store:
 @json_option
 @pass_hub
 def db_upgrade(hub: HubContext) -> None:
-    """Apply every pending migration (idempotent; safe while workers start: an advisory lock serialises it)."""
+    """Apply every pending migration (idempotent; safe while workers start: an advisory lock serialises it).
+
+    Example: attest-hub --config /etc/attest-hub/hub.toml db upgrade
+    """
     store = _open(hub)
     try:
         before = current_revision(store.engine)
@@ -47,7 +50,10 @@ def db_upgrade(hub: HubContext) -> None:
 @json_option
 @pass_hub
 def db_current(hub: HubContext) -> None:
-    """Print the schema revision of the database and the newest one this release knows."""
+    """Print the schema revision of the database and the newest one this release knows.
+
+    Example: attest-hub --state-dir var db current --json
+    """
     store = _open(hub)
     try:
         current = current_revision(store.engine)

@@ -20,7 +20,7 @@ import click
 from hub.cli.anomalies import anomalies
 from hub.cli.audit import audit, report
 from hub.cli.broker import broker
-from hub.cli.common import HubContext, emit, fail, pass_hub
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.cli.db import db
 from hub.cli.device import device
 from hub.cli.manifest import manifest
@@ -74,6 +74,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
 
 
 @cli.command()
+@json_option
 @pass_hub
 def init(hub: HubContext) -> None:
     """Create the state directory, the hub's signing key and nonce secret (idempotent).
@@ -87,10 +88,15 @@ def init(hub: HubContext) -> None:
 
 
 @cli.command("hub-key")
+@json_option
 @pass_hub
 def hub_key(hub: HubContext) -> None:
-    """Print the hub's public key (PEM): devices verify commands and results with it."""
-    click.echo(public_pem(hub.keys().public_key), nl=False)
+    """Print the hub's public key (PEM): devices verify commands and results with it.
+
+    Example: attest-hub --state-dir var hub-key > hub.pem
+    """
+    pem = public_pem(hub.keys().public_key)
+    emit(hub, {"hub_public_key": pem}, lambda d: click.echo(d["hub_public_key"], nl=False))
 
 
 @cli.command()
@@ -126,9 +132,13 @@ def config() -> None:
 
 
 @config.command("show")
+@json_option
 @pass_hub
 def config_show(hub: HubContext) -> None:
-    """Print the effective configuration (file + environment + options), secrets masked."""
+    """Print the effective configuration (file + environment + options), secrets masked.
+
+    Example: attest-hub --config /etc/attest-hub/hub.toml config show --json
+    """
     data = hub.settings.masked()
     emit(hub, data, lambda d: click.echo("\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in d.items())))
 
@@ -149,7 +159,15 @@ def config_reference() -> None:
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's state (database, keys) in this directory.")
 def demo(devices: int, seconds: float, keep: Path | None) -> None:
-    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything."""
+    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything.
+
+    TPM-backed gateways need the tpm extra and swtpm; without them they are left out (one line says why).
+
+    \b
+    Examples:
+      attest-hub demo
+      attest-hub demo --devices 10 --seconds 5 --keep demo-state
+    """
     from hub.cli.demo import run_demo
 
     configure_logging(0)

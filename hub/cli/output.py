@@ -2,8 +2,8 @@
 
 Times are UTC (``2026-11-30T17:11:01Z``) unless ``--local-time`` asks for the local zone (with its offset).
 Tables are plain text, laid out in one pass (fast for tens of thousands of rows): identifier columns are never
-cut, a free-text column wraps, and when the terminal is still too narrow the least useful columns are left out
-(the ``--json`` output always has every field, never truncated).
+cut, a free-text column wraps, and when the terminal is still too narrow the least useful columns are left out,
+then the free text moves to indented lines under its row (``--json`` always has every field, never truncated).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def format_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
         if needed(keep) <= width:
             break
         keep.remove(i)
+    below = [i for i in keep if columns[i].wrap] if needed(keep) > width else []
+    keep = [i for i in keep if i not in below]  # still too wide: free text goes on indented lines under its row
     fixed = sum(natural[i] for i in keep if not columns[i].wrap) + 2 * (len(keep) - 1)
     wrapping = [i for i in keep if columns[i].wrap]
     share = max(1, (width - fixed) // len(wrapping)) if wrapping else 0
@@ -68,6 +70,10 @@ def format_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width
                  else [row[i]] for i in keep}
         for n in range(max(len(c) for c in cells.values())):
             out.append("  ".join((cells[i][n] if n < len(cells[i]) else "").ljust(widths[i]) for i in keep).rstrip())
+        for i in below:
+            if row[i] not in ("", "-"):
+                out.extend(textwrap.wrap(f"{columns[i].title}: {row[i]}", width, initial_indent="    ",
+                                         subsequent_indent="      ", break_on_hyphens=False))
     return "\n".join(out) + "\n"
 
 

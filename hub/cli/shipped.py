@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hub.cli.common import fail
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.resources import ResourceError, data_path
 
 __all__ = ["files"]
@@ -14,7 +14,9 @@ _NAMES = ("broker_config", "firmware_manifests", "dashboard")
 
 @click.command()
 @click.argument("name", type=click.Choice(_NAMES))
-def files(name: str) -> None:
+@json_option
+@pass_hub
+def files(hub: HubContext, name: str) -> None:
     """Print the path of shipped files: broker configurations, demo manifests, policies and keys, the dashboard.
 
     \b
@@ -23,6 +25,7 @@ def files(name: str) -> None:
       attest-hub files dashboard               # the Grafana dashboard (JSON)
     """
     try:
-        click.echo(data_path(name))
+        path = data_path(name)
     except ResourceError as exc:
         fail(str(exc), code=3)
+    emit(hub, {"name": name, "path": str(path)}, lambda d: click.echo(d["path"]))
