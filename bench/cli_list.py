@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,10 +28,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 HUB = str(Path(sys.executable).parent / "attest-hub")
 
 
-def _timed(args: list[str], env: dict[str, str]) -> tuple[float, int]:
+def _timed(args: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system of the child: less sensitive to a busy machine), output bytes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run([HUB, *args], env=env, capture_output=True, check=True).stdout
-    return time.perf_counter() - start, len(out)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), len(out)
 
 
 def main() -> None:
@@ -57,18 +62,20 @@ def main() -> None:
                  "version_only": ["--version"]}
         figures: dict[str, dict[str, float]] = {}
         for name, args in cases.items():
-            times = []
+            times, cpus = [], []
             size = 0
             for _ in range(runs):
-                seconds, size = _timed(args, env)
+                seconds, cpu, size = _timed(args, env)
                 times.append(seconds)
+                cpus.append(cpu)
             figures[name] = {"best_s": round(min(times), 3), "median_s": round(sorted(times)[len(times) // 2], 3),
-                             "output_bytes": size}
+                             "best_cpu_s": round(min(cpus), 3), "output_bytes": size}
     result = {"devices": devices, "runs": runs, "figures": figures}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cli-list.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, fig in figures.items():
-        print(f"{name:>13}: best {fig['best_s']:.2f} s, median {fig['median_s']:.2f} s, {fig['output_bytes']:,} bytes")
+        print(f"{name:>13}: best {fig['best_s']:.2f} s, median {fig['median_s']:.2f} s, "
+              f"CPU {fig['best_cpu_s']:.2f} s, {fig['output_bytes']:,} bytes")
 
 
 if __name__ == "__main__":
