@@ -7,14 +7,13 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hub.anomaly.records import acknowledge_set, close_finding, findings
 from hub.anomaly.stats import KINDS, RARE
 from hub.audit import AuditDraft, append
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import iso_time
+from hub.cli.output import Column, format_table, iso_time
 from hub.store import Store, StoreError
 
 
@@ -58,12 +57,11 @@ def _print(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("no anomaly findings")
         return
-    table = Table("id", "device", "kind", "score", "since", "open", "explanation")
-    for r in rows:
-        since = iso_time(r["first_seen"])
-        table.add_row(str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", since,
-                      "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"])
-    Console(width=max(160, Console().width)).print(table)
+    columns = [Column("id"), Column("device"), Column("kind"), Column("score", drop=2), Column("since", drop=1),
+               Column("open", drop=3), Column("explanation", wrap=True)]
+    click.echo(format_table(columns, [
+        [str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", iso_time(r["first_seen"]),
+         "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"]] for r in rows]), nl=False)
 
 
 @anomalies.command("close")

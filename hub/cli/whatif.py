@@ -7,17 +7,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from hub.appraisal.whatif import Outcome, ProposalError, load_proposal, what_if
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import Column, format_table
 from hub.reference.identity import load_anchors
 from hub.reference.policy import PolicyError
 from hub.reference.values import References
 from hub.schemes import default_schemes
 from hub.store import StoreError
-
-_STYLE = {"trusted": "green", "warning": "yellow", "quarantined": "red"}
 
 
 @click.command()
@@ -72,12 +70,6 @@ def _print(data: dict[str, object], rows: list[Outcome]) -> None:
                   f"{data['changes']} of {data['devices']} {data['device_class']} device(s) would change status")
     if not rows:
         return
-    table = Table("device", "now", "would be", "action", "why")
-    for o in rows:
-        table.add_row(o.device_id, _styled(o.current_status), _styled(o.proposed_status), o.action, o.why[:100])
-    console.print(table)
-
-
-def _styled(status: str) -> str:
-    style = _STYLE.get(status)
-    return f"[{style}]{status}[/]" if style else status
+    columns = [Column("device"), Column("now"), Column("would be"), Column("action", drop=1), Column("why", wrap=True)]
+    click.echo(format_table(columns, [[o.device_id, o.current_status, o.proposed_status, o.action, o.why]
+                                      for o in rows]), nl=False)
