@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import pty
 import re
@@ -78,17 +79,18 @@ def test_a_crash_loop_backs_off_then_stops_every_worker_with_one_message(tmp_pat
     policy = RestartPolicy(base_s=0.1, cap_s=0.4, stable_s=30.0, crash_loop=5)
     stop = threading.Event()
     started = time.monotonic()
-    with pytest.raises(CrashLoopError, match=r"worker \d exited 5 times in a row, each within 30s of starting"):
+    with caplog.at_level(logging.ERROR, logger="hub.server.supervisor"), \
+            pytest.raises(CrashLoopError, match=r"worker \d exited 5 times in a row, each within 30s of starting"):
         run_workers(settings, 2, stop, 0, policy=policy, target=crash)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60
     for index in (0, 1):
         starts = [float(t) for t in (tmp_path / f"starts-{index}").read_text().split()]
-        assert 4 <= len(starts) <= 5
-        gaps = [b - a for a, b in itertools.pairwise(starts)]
-        assert gaps[0] >= 0.1 and gaps[-1] >= 0.4 * 0.9, gaps  # 0.1, 0.2, 0.4, 0.4: it backed off
-        assert gaps[-1] > gaps[0]
-    restarts = [r for r in caplog.records if "restarting it under the same identity in" in r.getMessage()]
-    assert len(restarts) <= 8  # a handful of lines, not one per 0.5 s
+        assert 4 <= len(starts) <= 5  # the first start and its restarts; the fifth death ended it all
+        assert all(b - a >= 0.1 for a, b in itertools.pairwise(starts))  # never restarted at once
+        delays = [float(m.group(1)) for r in caplog.records
+                  if (m := re.search(rf"^worker {index} exited .* in (\d+\.\d)s$", r.getMessage()))]
+        assert delays[:4] == [0.1, 0.2, 0.4, 0.4][:len(delays)] and len(delays) >= 3  # doubling, capped
+    assert sum("restarting it under the same identity" in r.getMessage() for r in caplog.records) <= 8
 
 
 # --- verdict lines ----------------------------------------------------------------------------------------
