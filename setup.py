@@ -1,6 +1,6 @@
 """Packaging beyond what pyproject.toml can say: top-level folders shipped as package data.
 
-``broker_config/``, ``firmware_manifests/`` and the Grafana dashboard stay at the
+``broker_config/``, ``firmware_manifests/``, ``deploy/`` and the Grafana dashboard stay at the
 top of the repository (where operators and device makers look for them) and are
 mapped into the wheel under ``hub/_data/``; ``hub.resources.data_path`` finds
 them in either place. Everything else is in pyproject.toml.
@@ -13,6 +13,7 @@ DATA_PACKAGES = {
     "hub._data.broker_config": "broker_config",
     "hub._data.firmware_manifests": "firmware_manifests",
     "hub._data.docs": "docs",
+    "hub._data.deploy": "deploy",
 }
 
 setup(
@@ -26,5 +27,7 @@ setup(
         "hub._data.broker_config": ["*.conf", "acl", "README.md"],
         "hub._data.firmware_manifests": ["*/*.toml", "*/*.cose", "keys/*.pem"],
         "hub._data.docs": ["grafana-dashboard.json"],
+        "hub._data.deploy": ["hub.toml", "Containerfile", "compose.yaml", "compose/*", "systemd/*.service",
+                             "systemd/*.conf", "systemd/*.d/*.conf"],
     },
 )

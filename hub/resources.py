@@ -1,4 +1,5 @@
-"""Where the files that ship with the hub are: broker configurations, demo manifests and keys, the dashboard.
+"""Where the files that ship with the hub are: broker configurations, demo manifests and keys, the dashboard,
+the deployment files (systemd units, Containerfile, compose, an annotated hub.toml).
 
 In a source checkout they are the top-level folders ``broker_config/``,
 ``firmware_manifests/`` and ``docs/``; an installed wheel carries the same
@@ -18,6 +19,7 @@ _FILES = {
     "broker_config": ("broker_config", "broker_config"),
     "firmware_manifests": ("firmware_manifests", "firmware_manifests"),
     "dashboard": ("docs/grafana-dashboard.json", "docs/grafana-dashboard.json"),
+    "deploy": ("deploy", "deploy"),
 }
 
 
@@ -26,7 +28,8 @@ class ResourceError(LookupError):
 
 
 def data_path(name: str) -> Path:
-    """Path of the shipped folder or file ``name`` (``broker_config``, ``firmware_manifests``, ``dashboard``).
+    """Path of the shipped folder or file ``name`` (``broker_config``, ``firmware_manifests``, ``dashboard``,
+    ``deploy``).
 
     Raises :class:`ResourceError` naming both places looked in when neither exists.
     """

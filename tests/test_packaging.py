@@ -60,6 +60,8 @@ def test_the_wheel_carries_configs_manifests_keys_dashboard_migrations_and_marke
         "hub/_data/firmware_manifests/keys/demo-operator.pub.pem", "hub/_data/docs/grafana-dashboard.json",
         "hub/store/alembic.ini", "hub/store/migrations/script.py.mako", "hub/store/migrations/env.py",
         "hub/py.typed", "device_sim/py.typed",
+        "hub/_data/deploy/hub.toml", "hub/_data/deploy/systemd/attest-hub.service", "hub/_data/deploy/compose.yaml",
+        "hub/_data/deploy/systemd/mosquitto.service.d/attest-hub.conf", "hub/_data/deploy/Containerfile",
     }
     for device_class in ("env-sensor", "smart-meter", "edge-gateway", "psa-sensor"):
         wanted |= {f"hub/_data/firmware_manifests/{device_class}/{name}"
@@ -77,6 +79,10 @@ def test_both_tools_report_their_version(clean_venv: Path, tmp_path: Path) -> No
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"{tool}, version ")
+    shipped = subprocess.run([str(clean_venv / "attest-hub"), "files", "deploy"], cwd=tmp_path, env=_clean_env(),
+                             capture_output=True, text=True, timeout=60)
+    assert shipped.returncode == 0 and "site-packages" in shipped.stdout
+    assert (Path(shipped.stdout.strip()) / "systemd" / "attest-hub.sysusers.conf").is_file()
 
 
 @pytest.mark.broker

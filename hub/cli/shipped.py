@@ -9,7 +9,7 @@ from hub.resources import ResourceError, data_path
 
 __all__ = ["files"]
 
-_NAMES = ("broker_config", "firmware_manifests", "dashboard")
+_NAMES = ("broker_config", "firmware_manifests", "dashboard", "deploy")
 
 
 @click.command()
@@ -17,12 +17,14 @@ _NAMES = ("broker_config", "firmware_manifests", "dashboard")
 @json_option
 @pass_hub
 def files(hub: HubContext, name: str) -> None:
-    """Print the path of shipped files: broker configurations, demo manifests, policies and keys, the dashboard.
+    """Print the path of shipped files: broker configurations, demo manifests, policies and keys, the dashboard,
+    the deployment files (systemd units, Containerfile, compose, an annotated hub.toml).
 
     \b
     Examples:
       attest-hub files firmware_manifests      # <class>/manifest.cose, <class>/policy.toml, keys/
       attest-hub files dashboard               # the Grafana dashboard (JSON)
+      attest-hub files deploy                  # systemd/, Containerfile, compose.yaml, hub.toml
     """
     try:
         path = data_path(name)
