@@ -58,7 +58,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
         click.echo("no anomaly findings")
         return
     columns = [Column("id"), Column("device"), Column("kind"), Column("score", drop=2), Column("since", drop=1),
-               Column("open", drop=3), Column("explanation", wrap=True)]
+               Column("open", drop=3), Column("explanation", wrap=True, min_width=40)]
     click.echo(format_table(columns, [
         [str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", iso_time(r["first_seen"]),
          "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"]] for r in rows]), nl=False)
