@@ -28,6 +28,7 @@ def _fleet_or_fail(devices: int, profile: str, seed: str, bootcount: int) -> lis
 
 
 @click.group()
+@click.version_option(package_name="fleet-attestation-hub", prog_name="device-sim")
 @click.option("-v", "--verbose", count=True, help="-v: info, -vv: debug logging.")
 def main(verbose: int) -> None:
     """Simulated IoT fleet for the attestation hub."""

@@ -32,8 +32,6 @@ class Settings:
     session_expiry_s: int = 3600
     operator_keys: tuple[str, ...] = ()
     manufacturer_cas: tuple[str, ...] = ()
-    manifests_dir: str = ""
-    policies_dir: str = ""
     epoch_period_s: float = 300.0
     batch_max: int = 256
     batch_wait_ms: float = 5.0
@@ -44,8 +42,6 @@ class Settings:
     device_burst: int = 40
     metrics_port: int = 0  # 0: no HTTP endpoint; worker N serves /metrics, /healthz, /readyz on port + N
     metrics_host: str = "127.0.0.1"
-    health_port: int = 0
-    publish_raw_evidence: bool = False
     # SQLite only: a size limit in pages (PRAGMA max_page_count; 0: none). Reaching it behaves like a
     # full disk: the commit fails, nothing is acknowledged (docs/RELIABILITY.md, tests/faults/).
     sqlite_max_pages: int = 0
@@ -88,6 +84,18 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'hub.db'}"
+
+    def worker_tls(self, index: int) -> tuple[str, str]:
+        """Worker ``index``'s client certificate and key paths: ``{worker}`` in either becomes ``w<index>``,
+        ``{index}`` becomes the bare index.
+
+        Mutual TLS makes the certificate CN the MQTT identity, so each worker needs its own certificate.
+        """
+        name = f"w{index}"
+        def fill(path: str) -> str:
+            return path.replace("{worker}", name).replace("{index}", str(index))
+
+        return fill(self.broker_tls_cert), fill(self.broker_tls_key)
 
     @property
     def archive_dir(self) -> Path:
@@ -208,7 +216,119 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("epoch_period_s: must be at least 1 second")
     if settings.retention_days and settings.retention_interval_s <= 0:
         raise ConfigError("retention_interval_s: must be above 0 when retention_days is set")
+    _check_ports(settings)
     return settings
 
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+# --- packaging and operations: port checks and the settings reference (docs/SETTINGS.md) ------------------------
+
+def _check_ports(settings: Settings) -> None:
+    """A TCP port is 1-65535; ``metrics_port`` 0 means off, else worker N listens on ``metrics_port + N``."""
+    if not 1 <= settings.broker_port <= 65535:
+        raise ConfigError(f"broker_port: {settings.broker_port} is not a TCP port (1-65535)")
+    if settings.metrics_port and settings.metrics_port + settings.workers - 1 > 65535:
+        raise ConfigError(f"metrics_port: {settings.metrics_port} is not a TCP port (1-65535, or 0 for none) for "
+                          f"{settings.workers} worker(s): worker N listens on metrics_port + N")
+
+
+# What each setting means, for docs/SETTINGS.md (`attest-hub config reference`); tests/test_settings_doc.py
+# fails when a setting has no entry here or the document is out of date.
+SETTING_HELP: dict[str, str] = {
+    "state_dir": "Directory of the hub's signing key, nonce secret and (by default) SQLite database; owner-only.",
+    "database_url": "SQLAlchemy URL of the store; empty: SQLite file `hub.db` in `state_dir`. PostgreSQL "
+                    "(`postgresql://user:password@host/db`) needs the `postgres` extra. Its schema is made by "
+                    "`init` and migrated by `db upgrade`, never on start.",
+    "broker_host": "MQTT broker host name or address.",
+    "broker_port": "MQTT broker TCP port (1-65535).",
+    "broker_tls_ca": "Mutual TLS to the broker: the CA certificate (PEM) of the broker's server certificate; "
+                     "empty: plain TCP.",
+    "broker_tls_cert": "Mutual TLS: the workers' client certificate (PEM; `attest-hub pki hub`); `{worker}` in the "
+                       "path becomes `w<N>` (`{index}` the bare N), since each worker needs its own certificate (CN "
+                       "`hub-w<N>`).",
+    "broker_tls_key": "Mutual TLS: the private key of `broker_tls_cert` (an owner-only file; `{worker}` as there).",
+    "hub_id": "Prefix of the workers' MQTT client ids (`<hub_id>-w<N>`) and the CLI's (`<hub_id>-cli`).",
+    "session_expiry_s": "MQTT v5 session expiry of each worker's persistent session: how long the broker keeps "
+                        "queuing evidence for a worker that is away, in seconds.",
+    "operator_keys": "Public keys (PEM files) allowed to sign manifests and policies; comma-separated in the "
+                     "environment.",
+    "manufacturer_cas": "Manufacturer CA certificates (PEM files) that device certificate chains (x5chain) must "
+                        "chain to; comma-separated in the environment.",
+    "epoch_period_s": "How often worker 0 publishes a new signed epoch nonce, in seconds (at least 1); evidence "
+                      "must carry the current or the previous epoch's nonce.",
+    "batch_max": "Most evidence messages a worker appraises and commits in one database transaction.",
+    "batch_wait_ms": "How long a worker waits for more messages to fill a batch after the first, in milliseconds.",
+    "workers": "Worker processes `serve` starts (each its own MQTT session in the shared subscription).",
+    "command_ttl_s": "Lifetime of signed commands (quarantine, release, remediate) in seconds: a device refuses "
+                     "a command older than this.",
+    "device_rate_per_s": "Per-device evidence rate limit (token bucket refill, messages per second).",
+    "device_burst": "Per-device token bucket size: evidence messages accepted in a burst.",
+    "metrics_port": "First port of the HTTP endpoint (/metrics, /healthz, /readyz); worker N listens on "
+                    "`metrics_port + N`; 0: no endpoint.",
+    "metrics_host": "Address the HTTP endpoint binds to.",
+    "sqlite_max_pages": "SQLite only: a size limit in pages (PRAGMA max_page_count; 0: none); reaching it behaves "
+                        "like a full disk (nothing is acknowledged).",
+    "broker_enforcement": "Quarantine enforced at the broker too: `none` (signed commands only), `acl-file` "
+                          "(rewrite Mosquitto's acl_file and send it SIGHUP; same host), `dynsec` (Mosquitto's "
+                          "dynamic-security plugin over MQTT, any host), `emqx` or `hivemq` (their HTTP APIs).",
+    "broker_api_url": "With `emqx` or `hivemq`: the base URL of the broker's HTTP management API.",
+    "broker_api_key_file": "With `emqx` or `hivemq`: owner-only file with one line `name:secret` (HTTP Basic "
+                           "credentials: an EMQX API key and secret, a HiveMQ REST API user).",
+    "broker_api_ca": "With `emqx` or `hivemq`: CA certificate (PEM) of the HTTP API's TLS server; empty: the system's.",
+    "leader": "Worker 0 of this host leads (advances the epoch, sweeps liveness deadlines, runs the anomaly pass and "
+              "retention); set true on exactly one host.",
+    "max_evidence_bytes": "Authenticated evidence up to this many bytes keeps its bytes in its verdict row; larger "
+                          "or unauthenticated evidence is stored as SHA-256, length and reason.",
+    "rejected_rows_per_min": "Per device and minute, how many rejected messages get a verdict row; the rest are "
+                             "only counted (table rejection_count).",
+    "rejected_bytes_per_min": "Per device and minute, at most this many bytes of rejected evidence are kept.",
+    "retention_days": "Verdicts, audit entries and rejection counts older than this many days are exported and "
+                      "pruned (`db prune`, and the leader on a schedule); 0: kept forever.",
+    "retention_dir": "Folder of the exported JSON Lines files; empty: `state_dir/archive`.",
+    "retention_interval_s": "How often the leader prunes, in seconds, when `retention_days` is set.",
+    "sampled_log_interval_s": "Unknown device ids and messages not appraised (rate limit) are logged with a sample "
+                              "once per this many seconds, never per message.",
+    "broker_acl_file": "With `acl-file`: the ACL file the broker reads (the hub rewrites it).",
+    "broker_pid_file": "With `acl-file`: the broker's pid file (the hub sends that process SIGHUP).",
+    "remediation": "On a firmware quarantine, also send a signed remediate command naming the newest approved "
+                   "release.",
+    "anomaly_interval_s": "Period of the anomaly detection pass on worker 0, in seconds; 0: off.",
+    "anomaly_threshold": "Score at which an anomaly finding opens.",
+    "anomaly_settle_s": "How long a verdict must be visible before an anomaly pass reads it, in seconds.",
+}
+
+
+_KINDS = {"Path": "path", "str": "string", "int": "integer", "float": "number", "bool": "boolean",
+          "tuple[str, ...]": "list of strings"}
+
+
+def settings_reference() -> str:
+    """docs/SETTINGS.md: one Markdown table row per setting (name, type, default, environment variable, meaning).
+
+    Raises ConfigError naming every setting without an entry in ``SETTING_HELP``.
+    """
+    missing = [f.name for f in fields(Settings) if f.name not in SETTING_HELP]
+    if missing:
+        raise ConfigError(f"settings without documentation in SETTING_HELP: {', '.join(missing)}")
+    defaults = Settings()
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `hub/config.py` by `attest-hub config reference` (a test keeps it current). Settings come "
+        "from the TOML file given with `--config` (section `[hub]`), then `ATTEST_HUB_*` environment variables, then "
+        "command-line options; unknown names are errors. `attest-hub config show` prints the effective values. An "
+        "annotated example file: [deploy/hub.toml](../deploy/hub.toml).",
+        "",
+        "| setting | type | default | environment | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in fields(Settings):
+        value = getattr(defaults, f.name)
+        kind = _KINDS.get(str(f.type), str(f.type))
+        shown = ", ".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) \
+            else str(value)
+        default = f"`{shown}`" if shown else "(empty)"
+        lines.append(f"| `{f.name}` | {kind} | {default} | `{ENV_PREFIX}{f.name.upper()}` | {SETTING_HELP[f.name]} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["SETTING_HELP", "ConfigError", "Settings", "load_settings", "settings_reference"]

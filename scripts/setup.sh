@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the project needs (broker, TPM simulator, TSS headers, iproute2 for the
-# two-host test's network namespaces).
+# two-host test's network namespaces, deployment checkers).
 # As root: apt-get update once, then install whatever is missing.
 # Otherwise: print the exact `sudo apt-get install ...` to run and exit non-zero.
 # Safe to run repeatedly: does nothing (and needs no network) when all are present.
 set -euo pipefail
 
-PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config iproute2)
+# systemd: systemd-analyze and systemd-sysusers check deploy/systemd/; docker-compose validates deploy/compose.yaml
+# (tests/test_deploy.py; no container runtime is needed for that).
+PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config iproute2 systemd docker-compose)
 
 # `python3 -m venv` needs Debian's python3-venv when python3 is Debian's own and .venv is missing.
 if [[ ! -x .venv/bin/python ]] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

@@ -57,7 +57,7 @@ def test_every_package_has_a_readme_naming_its_modules() -> None:
 
 def test_no_flat_modules_left_beside_the_packages() -> None:
     flat = sorted(p.name for p in (ROOT / "hub").glob("*.py"))
-    assert flat == ["__init__.py", "audit.py", "config.py", "envelope.py", "wire.py"]
+    assert flat == ["__init__.py", "audit.py", "config.py", "envelope.py", "resources.py", "wire.py"]
 
 
 def _lint_imports() -> list[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hub.crypto.pki import hub_common_name
+from hub.resources import data_path_or_default
 
 __all__ = [
     "BROKER_CONFIG_DIR",
@@ -45,7 +46,7 @@ __all__ = [
     "render_template",
 ]
 
-BROKER_CONFIG_DIR = Path(__file__).resolve().parents[2] / "broker_config"
+BROKER_CONFIG_DIR = data_path_or_default("broker_config")  # the checkout's folder, or the wheel's package data
 _FALLBACK_BINARIES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 _DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
 _DYNSEC_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib", "/usr/local/lib", "/usr/lib/mosquitto", "/usr/local/lib/mosquitto")
@@ -209,6 +210,11 @@ class MosquittoProcess:
     @property
     def port(self) -> int:
         return self._port
+
+    @property
+    def binary(self) -> str:
+        """The mosquitto program this broker runs."""
+        return self._binary
 
     @property
     def work_dir(self) -> Path:

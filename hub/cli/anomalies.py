@@ -7,19 +7,19 @@ import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hub.anomaly.records import acknowledge_set, close_finding, findings
 from hub.anomaly.stats import KINDS, RARE
 from hub.audit import AuditDraft, append
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import Column, format_table, iso_time
 from hub.store import Store, StoreError
 
 
 def finding_view(row: dict[str, Any]) -> dict[str, Any]:
     """A finding row as the CLI shows it (also used by ``device show``)."""
-    return {"id": row["id"], "device_id": row["device_id"], "class": row["device_class"], "kind": row["kind"],
+    return {"id": row["id"], "device_id": row["device_id"], "device_class": row["device_class"], "kind": row["kind"],
             "score": row["score"], "max_score": row["max_score"], "explanation": row["explanation"],
             "first_seen": row["first_seen"], "last_seen": row["last_seen"], "open": bool(row["is_open"]),
             "closed_by": row["closed_by"], "close_reason": row["close_reason"]}
@@ -57,12 +57,11 @@ def _print(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("no anomaly findings")
         return
-    table = Table("id", "device", "kind", "score", "since", "open", "explanation")
-    for r in rows:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["first_seen"]))
-        table.add_row(str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", since,
-                      "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"])
-    Console(width=max(160, Console().width)).print(table)
+    columns = [Column("id"), Column("device"), Column("kind"), Column("score", drop=2), Column("since", drop=1),
+               Column("open", drop=3), Column("explanation", wrap=True, min_width=40)]
+    click.echo(format_table(columns, [
+        [str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", iso_time(r["first_seen"]),
+         "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"]] for r in rows]), nl=False)
 
 
 @anomalies.command("close")
@@ -72,7 +71,10 @@ def _print(rows: list[dict[str, Any]]) -> None:
 @pass_hub
 def close(hub: HubContext, finding_id: int, reason: str) -> None:
     """Close an open finding. It is not raised again for the device until its score has fallen back;
-    a rare measurement set is acknowledged for the whole class (e.g. an announced rollout)."""
+    a rare measurement set is acknowledged for the whole class (e.g. an announced rollout).
+
+    Example: attest-hub anomalies close 12 --reason "announced rollout of 1.3.0"
+    """
     if not reason.strip():
         fail("a reason is required")
     store = hub.store()

@@ -19,6 +19,7 @@ from hub.appraisal.report import FleetReport, build_report, format_age, parse_du
 from hub.appraisal.retention import verify_start
 from hub.audit import GENESIS, verify_chain, verify_sealed
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import Column, format_table
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
@@ -150,11 +151,10 @@ def show(hub: HubContext, device_id: str | None, action: str | None, limit: int)
 
 
 def _print_entries(rows: list[dict[str, Any]]) -> None:
-    table = Table("id", "time (UTC)", "actor", "action", "device", "detail")
-    for r in rows:
-        table.add_row(str(r["id"]), _utc(r["at"]), r["actor"], r["action"], r["device_id"] or "-",
-                      _detail(r["detail"])[:100])
-    Console().print(table)
+    columns = [Column("id"), Column("time (UTC)"), Column("actor", drop=1), Column("action"), Column("device"),
+               Column("detail", wrap=True)]
+    click.echo(format_table(columns, [[str(r["id"]), _utc(r["at"]), r["actor"], r["action"], r["device_id"] or "-",
+                                       _detail(r["detail"])] for r in rows]), nl=False)
 
 
 def _detail(detail: Mapping[str, object]) -> str:
@@ -191,7 +191,7 @@ def quarter_bounds(text: str, now: float) -> tuple[float, float]:
 
 
 def _utc(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @click.command()
@@ -223,7 +223,7 @@ def report(hub: HubContext, silent_after: str) -> None:
 
 def _print_report(r: FleetReport) -> None:
     console = Console()
-    console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)} UTC: {r.total} devices")
+    console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)}: {r.total} devices")
     statuses = sorted(r.by_status)
     table = Table("class", *statuses, "total", title="Devices by status")
     for device_class, counts in r.by_class.items():
@@ -235,11 +235,15 @@ def _print_report(r: FleetReport) -> None:
         for version, count in versions.items():
             firmware.add_row(device_class, version, str(count))
     console.print(firmware)
-    quarantines = Table("device", "class", "since (UTC)", "age", "held", "reason", title="Open quarantines")
-    for q in r.quarantines:
-        quarantines.add_row(q.device_id, q.device_class, _utc(q.since) if q.since else "?", format_age(q.age_s),
-                            "yes" if q.held_for_operator else "", q.reason[:70])
-    console.print(quarantines if r.quarantines else "Open quarantines: none")
+    if r.quarantines:
+        console.print("Open quarantines")
+        columns = [Column("device"), Column("class", drop=2), Column("since (UTC)", drop=1), Column("age"),
+                   Column("held", drop=3), Column("reason", wrap=True)]
+        click.echo(format_table(columns, [
+            [q.device_id, q.device_class, _utc(q.since) if q.since else "?", format_age(q.age_s),
+             "yes" if q.held_for_operator else "", q.reason] for q in r.quarantines]), nl=False)
+    else:
+        console.print("Open quarantines: none")
     silent = _short_list(r.silent)
     console.print(f"Not seen for {format_age(r.silent_after_s)}: {silent or 'none'}")
 

@@ -13,6 +13,7 @@ import click
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, HubKeys, load_hub_keys
 from hub.crypto.hubstate import open_store
+from hub.envelope import Outgoing
 from hub.store import Store, StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 class HubContext:
     settings: Settings
     as_json: bool = False
+    verbosity: int = 0  # -v minus -q
+    local_time: bool = False  # --local-time: human output in the local zone instead of UTC
     _store: Store | None = field(default=None)
 
     def store(self) -> Store:
@@ -59,6 +62,26 @@ def emit(hub: HubContext, data: Any, human: Callable[[Any], None]) -> None:
         human(data)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
+def fail(message: str, code: int = 1, **details: Any) -> NoReturn:
+    """Print the error and exit with ``code``: with ``--json`` a JSON object on standard output
+    (``{"error": message, "exit_code": code, **details}``), otherwise ``error: message`` on standard error."""
+    ctx = click.get_current_context(silent=True)
+    hub = ctx.find_object(HubContext) if ctx is not None else None
+    if (hub is not None and hub.as_json) or (hub is None and "--json" in sys.argv[1:]):
+        click.echo(json.dumps({"error": message, "exit_code": code, **details}, sort_keys=True, default=str))
+    else:
+        click.secho(f"error: {message}", err=True, fg="red" if sys.stderr.isatty() else None)
     sys.exit(code)
+
+
+def announce_or_explain(hub: HubContext, announcements: list[Outgoing], stored: str, retry: str) -> None:
+    """Publish announcements of something already stored; when the broker does not take them, say that it is
+    stored and how to announce it again (exit 3)."""
+    from hub.appraisal.operations import publish_once
+    from hub.broker.transport import TransportError
+
+    try:
+        publish_once(hub.settings, announcements, f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        fail(f"{stored} is stored, but it was not announced: {exc}. Running workers adopt it when they restart; "
+             f"to announce it once the broker is back: {retry}", code=3, stored=stored, announced=False, retry=retry)

@@ -42,7 +42,10 @@ def _open(hub: HubContext) -> Store:
 def db_upgrade(hub: HubContext) -> None:
     """Apply every pending migration (idempotent, also on a half-created schema; an advisory lock serialises
     upgrades started together). On an empty database it creates the schema; a hub whose state dir holds its
-    keys then still refuses the database until ``db accept-restore``."""
+    keys then still refuses the database until ``db accept-restore``.
+
+    Example: attest-hub --config /etc/attest-hub/hub.toml db upgrade
+    """
     with owner_only():
         store = _open(hub)
         try:
@@ -61,7 +64,10 @@ def db_upgrade(hub: HubContext) -> None:
 @json_option
 @pass_hub
 def db_current(hub: HubContext) -> None:
-    """Print the schema revision of the database and the newest one this release knows."""
+    """Print the schema revision of the database and the newest one this release knows.
+
+    Example: attest-hub --state-dir var db current --json
+    """
     store = _open(hub)
     try:
         current = current_revision(store.engine)

@@ -35,6 +35,7 @@ from hub.cli.anomalies import findings_table
 from hub.config import load_settings
 from hub.crypto import pki
 from hub.crypto.keys import public_pem
+from hub.resources import data_path_or_default
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
 from hub.store import Store
 
@@ -69,7 +70,10 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
     work = keep or Path(tempfile.mkdtemp(prefix="attest-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Fleet attestation demo[/]: {devices} devices for {seconds:.0f}s (state in {work})")
-    fleet_devices: list[Any] = [*build_fleet(devices, DEMO_MIX, seed="demo"), *_hardware_devices()]
+    hardware, missing = _hardware_devices()
+    if missing:
+        console.print(f"TPM-backed gateways left out: {missing}", markup=False)
+    fleet_devices: list[Any] = [*build_fleet(devices, DEMO_MIX, seed="demo"), *hardware]
     tls, values, hub_tls = _pki(work / "pki", [d.device_id for d in fleet_devices])
     template = "prod.conf"
     if enforcement == "dynsec":
@@ -92,13 +96,13 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
         settings = prepare_state(settings)
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet_devices])
+        kinds = "software-signed, PSA" if missing else "software-signed, TPM-backed on swtpm, PSA"
         console.print(f"mutual-TLS broker on {broker.host}:{broker.port} ({template}, enforcement: {enforcement}); "
-                      f"enrolled "
-                      f"{len(fleet_devices)} devices (software-signed, TPM-backed on swtpm, PSA); starting the hub")
+                      f"enrolled {len(fleet_devices)} devices ({kinds}); starting the hub")
         hub = LocalHub(settings).start()
+        dashboard = data_path_or_default("dashboard")
         console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
-                      f"docs/grafana-dashboard.json); findings: attest-hub --state-dir {work / 'hub'} anomalies "
-                      "(with --keep)")
+                      f"{dashboard}); findings: attest-hub --state-dir {work / 'hub'} anomalies (with --keep)")
         hub_key = public_pem(hub.workers[0].keys.public_key).encode()
         fleet = Fleet(broker.host, broker.port, fleet_devices, hub_key, interval=max(1.0, seconds / 8), data=True,
                       tls=tls)
@@ -129,13 +133,25 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
     return 0
 
 
-def _hardware_devices() -> list[Any]:
-    """Two TPM-backed gateways (each on its own swtpm) and two PSA platforms: one honest, one not, of each."""
-    from device_sim.psa import build_psa_fleet
-    from device_sim.tpm import TpmProfile, build_tpm_fleet
+def _hardware_devices() -> tuple[list[Any], str]:
+    """Two TPM-backed gateways (each on its own swtpm) and two PSA platforms: one honest, one not, of each.
 
-    return [*build_tpm_fleet([TpmProfile.HONEST, TpmProfile.TAMPERED], seed="demo"),
-            *build_psa_fleet(2, "honest:1,debug:1", seed="demo")]
+    Returns the devices and, when the TPM gateways cannot run here (the ``tpm`` extra, i.e. tpm2-pytss, or
+    the swtpm program is missing), why they were left out; the PSA platforms need neither.
+    """
+    from device_sim.psa import build_psa_fleet
+
+    psa = build_psa_fleet(2, "honest:1,debug:1", seed="demo")
+    if shutil.which("swtpm") is None:
+        return psa, "swtpm is not installed (Debian package swtpm)"
+    try:
+        from device_sim.tpm import TpmDeviceError, TpmProfile, build_tpm_fleet
+    except (ImportError, OSError) as exc:  # the tpm extra is missing, or its C library (libtss2) is
+        return psa, f"tpm2-pytss is not usable ({exc}); install the extra: pip install 'fleet-attestation-hub[tpm]'"
+    try:
+        return [*build_tpm_fleet([TpmProfile.HONEST, TpmProfile.TAMPERED], seed="demo"), *psa], ""
+    except TpmDeviceError as exc:
+        return psa, f"swtpm did not start ({exc})"
 
 
 def _pki(out: Path, device_ids: Sequence[str]) -> tuple[Any, dict[str, str], dict[str, str]]:

@@ -10,7 +10,6 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from hub.anomaly.records import findings
 from hub.appraisal.operations import (
@@ -24,11 +23,12 @@ from hub.appraisal.operations import (
     set_quarantine,
     validate_device_id,
 )
-from hub.appraisal.report import parse_duration
+from hub.appraisal.transitions import ENROLLED, MISSED, QUARANTINED, REVOKED, TRUSTED, WARNING
 from hub.broker.enforcement import EnforcementError, enforcer_from_settings
 from hub.broker.transport import TransportError
 from hub.cli.anomalies import finding_view
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import DURATION, Column, format_table, iso_time
 from hub.crypto.hubkeys import MAC_KEY_SIZE, HubKeyError, write_device_mac_key
 from hub.crypto.keys import KeyFileError
 from hub.reference.identity import load_anchors
@@ -57,11 +57,14 @@ def device() -> None:
 @click.option("--mac-key", "mac_key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="A symmetric key (32 bytes, raw or as 64 hex digits) for a PSA platform that MACs "
                                  "its tokens (COSE_Mac0, HMAC 256/256); kept owner-only in the state directory.")
+@click.option("--allow-unknown-class", is_flag=True,
+              help="Enrol even if no manifest or policy of the class is stored yet (its evidence is then "
+                   "appraised with the built-in default policy and fails until a manifest is published).")
 @json_option
 @pass_hub
 def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_class: str | None,
            key_path: Path | None, ueid: str | None, cert_path: Path | None, ca_issued: bool,
-           mac_key_path: Path | None) -> None:
+           mac_key_path: Path | None, allow_unknown_class: bool) -> None:
     """Register one device, or a whole fleet from a file.
 
     \b
@@ -72,7 +75,10 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
       attest-hub device enroll --file batch-0042.csv
       attest-hub device enroll --id psa-0001 --class psa-sensor --mac-key psa-0001.hmac --ueid 01...
     """
-    ueid_bytes = bytes.fromhex(ueid) if ueid else None
+    try:
+        ueid_bytes = bytes.fromhex(ueid) if ueid else None
+    except ValueError:
+        fail(f"--ueid: {ueid!r} is not hexadecimal")
     mac_key = _read_mac_key(mac_key_path) if mac_key_path is not None else None
     if mac_key is not None and (key_path or ca_issued or file or cert_path):
         fail("--mac-key enrols one device by --id and --class, without --key, --ca-issued, --cert or --file")
@@ -86,6 +92,11 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
             entries = [Enrolment(device_id, device_class, key_path.read_text() if key_path else None, ueid_bytes)]
         else:
             fail("give --file, or --class with --cert, or --id and --class with --key, --mac-key or --ca-issued")
+        unknown = sorted({e.device_class for e in entries} - known_classes(hub))
+        if unknown and not allow_unknown_class:
+            fail(f"unknown device class {', '.join(map(repr, unknown))}: no manifest or policy is stored for it "
+                 f"(known: {', '.join(sorted(known_classes(hub))) or 'none'}); publish its manifest first, or "
+                 "give --allow-unknown-class", unknown_classes=unknown)
         if mac_key is not None and device_id:
             validate_device_id(device_id)
             written = write_device_mac_key(hub.settings, device_id, mac_key)  # refused if one exists already
@@ -131,58 +142,83 @@ def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:
         return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n), warn=warn)
 
 
+STATUSES = (ENROLLED, TRUSTED, WARNING, QUARANTINED, MISSED, REVOKED)
+
+
+def known_classes(hub: HubContext) -> set[str]:
+    """Device classes the hub knows: a stored manifest or policy, or an enrolled device of the class."""
+    store = hub.store()
+    with store.reading() as conn:
+        known = set(store.latest_manifests(conn)) | set(store.latest_policies(conn))
+        known |= {d.device_class for d in store.list_devices(conn)}
+    return known
+
+
 @device.command("list")
 @click.option("--class", "device_class", default=None, help="Only this device class.")
-@click.option("--status", default=None, help="Only this status (trusted, warning, quarantined, ...).")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
 @click.option("--firmware", default=None, help="Only devices that last attested this firmware version.")
-@click.option("--seen-within", default=None, metavar="DURATION",
+@click.option("--seen-within", type=DURATION, default=None, metavar="DURATION",
               help="Only devices seen in the last DURATION (15m, 6h, 2d).")
-@click.option("--not-seen-for", default=None, metavar="DURATION",
+@click.option("--not-seen-for", type=DURATION, default=None, metavar="DURATION",
               help="Only devices not seen for DURATION or more (or never).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many devices (a page).")
+@click.option("--after", "after", default=None, metavar="DEVICE_ID",
+              help="Only devices whose id sorts after this one (the next page: the last id of the previous).")
 @click.option("--ids", "ids_only", is_flag=True, help="Print only the device ids, one per line (for scripts).")
 @json_option
 @pass_hub
 def list_devices(hub: HubContext, device_class: str | None, status: str | None, firmware: str | None,
-                 seen_within: str | None, not_seen_for: str | None, ids_only: bool) -> None:
-    """List devices with status, firmware, problems and when they were last seen.
+                 seen_within: float | None, not_seen_for: float | None, limit: int | None, after: str | None,
+                 ids_only: bool) -> None:
+    """List devices, sorted by id, with status, firmware, problems and when they were last seen (UTC).
+
+    On a narrow terminal the class and firmware columns are left out before an id would be cut; --json has
+    every field. With --limit, the line after the table names the next page's --after.
 
     \b
     Examples:
       attest-hub device list --status quarantined
       attest-hub device list --class smart-meter --firmware 1.1.0
       attest-hub device list --not-seen-for 2d --ids
+      attest-hub device list --limit 500 --after env-sensor-0500 --json
     """
-    try:
-        within = parse_duration(seen_within) if seen_within else None
-        silent = parse_duration(not_seen_for) if not_seen_for else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    if device_class is not None and device_class not in known_classes(hub):
+        fail(f"unknown device class {device_class!r} (known: {', '.join(sorted(known_classes(hub))) or 'none'})")
     now = time.time()
     store = hub.store()
     with store.reading() as conn:
         devices = store.list_devices(conn)
-    rows = [
-        {"device_id": d.device_id, "class": d.device_class, "status": d.status, "firmware": d.firmware_version,
-         "problems": json.loads(d.last_problems), "last_seen": d.last_seen}
-        for d in devices
-        if (device_class is None or d.device_class == device_class) and (status is None or d.status == status)
+    selected = [
+        d for d in devices
+        if (after is None or d.device_id > after)
+        and (device_class is None or d.device_class == device_class) and (status is None or d.status == status)
         and (firmware is None or d.firmware_version == firmware)
-        and (within is None or (d.last_seen is not None and now - d.last_seen <= within))
-        and (silent is None or d.last_seen is None or now - d.last_seen >= silent)
+        and (seen_within is None or (d.last_seen is not None and now - d.last_seen <= seen_within))
+        and (not_seen_for is None or d.last_seen is None or now - d.last_seen >= not_seen_for)
     ]
+    more = limit is not None and len(selected) > limit
+    selected = selected[:limit]
+    rows = [{"device_id": d.device_id, "device_class": d.device_class, "status": d.status,
+             "firmware": d.firmware_version, "problems": json.loads(d.last_problems), "last_seen": d.last_seen}
+            for d in selected]
     if ids_only and not hub.as_json:
         click.echo("".join(f"{r['device_id']}\n" for r in rows), nl=False)
+    else:
+        emit(hub, rows, lambda r: _print_devices(r, hub.local_time))
+    if more and not hub.as_json:
+        click.echo(f"more: --after {rows[-1]['device_id']}", err=True)
+
+
+def _print_devices(rows: list[dict[str, Any]], local: bool) -> None:
+    if not rows:
+        click.echo("no devices")
         return
-    emit(hub, rows, _print_devices)
-
-
-def _print_devices(rows: list[dict[str, Any]]) -> None:
-    table = Table("device", "class", "status", "firmware", "problems", "last seen")
-    for r in rows:
-        seen = time.strftime("%H:%M:%S", time.localtime(r["last_seen"])) if r["last_seen"] else "-"
-        table.add_row(r["device_id"], r["class"], r["status"], r["firmware"] or "-",
-                      "; ".join(r["problems"])[:80] or "-", seen)
-    Console().print(table)
+    columns = [Column("device"), Column("class", drop=2), Column("status"), Column("firmware", drop=1),
+               Column("last seen"), Column("problems", wrap=True)]
+    click.echo(format_table(columns, [
+        [r["device_id"], r["device_class"], r["status"], r["firmware"] or "-", iso_time(r["last_seen"], local),
+         "; ".join(r["problems"]) or "-"] for r in rows]), nl=False)
 
 
 @device.command("show")
@@ -190,7 +226,10 @@ def _print_devices(rows: list[dict[str, Any]]) -> None:
 @json_option
 @pass_hub
 def show(hub: HubContext, device_id: str) -> None:
-    """Identity, status, trust vector and verdict history of one device."""
+    """Identity, status, trust vector and verdict history of one device (times in UTC).
+
+    Example: attest-hub device show env-sensor-0007
+    """
     store = hub.store()
     with store.reading() as conn:
         record = store.devices(conn, [device_id]).get(device_id)
@@ -199,7 +238,7 @@ def show(hub: HubContext, device_id: str) -> None:
         history = store.verdict_history(conn, device_id)
         found = findings(conn, open_only=False, device_id=device_id, limit=20)
     data = {
-        "device_id": record.device_id, "class": record.device_class, "status": record.status,
+        "device_id": record.device_id, "device_class": record.device_class, "status": record.status,
         "revoked": record.revoked, "firmware": record.firmware_version,
         "trust_vector": json.loads(record.trust_vector), "problems": json.loads(record.last_problems),
         "bootcount": record.bootcount, "seq": record.seq, "reboots": record.reboots,
@@ -209,22 +248,26 @@ def show(hub: HubContext, device_id: str) -> None:
                       "manifest": v["manifest_ref"], "policy": v["policy_ref"]} for v in history],
         "anomalies": [finding_view(f) for f in found],
     }
-    emit(hub, data, _print_device)
+    emit(hub, data, lambda d: _print_device(d, hub.local_time))
 
 
-def _print_device(d: dict[str, Any]) -> None:
-    console = Console()
-    console.print(f"[bold]{d['device_id']}[/] ({d['class']}): {d['status']}, firmware {d['firmware'] or '-'}")
-    console.print(f"trust vector: {d['trust_vector']}  problems: {'; '.join(d['problems']) or '-'}")
-    table = Table("time", "scheme", "evidence", "status", "action", "problems", "manifest", "policy")
-    for v in d["verdicts"]:
-        table.add_row(time.strftime("%H:%M:%S", time.localtime(v["at"])), v["scheme"], v["evidence"][:16],
-                      v["status"], v["action"], "; ".join(v["problems"])[:60] or "-", v["manifest"] or "-",
-                      v["policy"])
-    console.print(table)
+def _print_device(d: dict[str, Any], local: bool) -> None:
+    click.echo(f"{d['device_id']} ({d['device_class']}): {d['status']}, firmware {d['firmware'] or '-'}"
+               + (", revoked" if d["revoked"] else ""))
+    vector = d["trust_vector"]
+    shown = ", ".join(f"{k} {v}" for k, v in vector.items()) if isinstance(vector, dict) else str(vector)
+    click.echo(f"trust vector: {shown or '-'}")
+    click.echo(f"problems: {'; '.join(d['problems']) or '-'}")
+    if d["verdicts"]:
+        columns = [Column("time"), Column("scheme"), Column("status"), Column("action", drop=1),
+                   Column("problems", wrap=True), Column("evidence", drop=2), Column("manifest", drop=3),
+                   Column("policy", drop=4)]
+        click.echo(format_table(columns, [
+            [iso_time(v["at"], local), v["scheme"], v["status"], v["action"], "; ".join(v["problems"]) or "-",
+             v["evidence"], v["manifest"] or "-", v["policy"] or "-"] for v in d["verdicts"]]), nl=False)
     for f in d.get("anomalies", []):  # hub/cli/anomalies.py
         state = "open" if f["open"] else f"closed by {f['closed_by']}"
-        console.print(f"anomaly #{f['id']} {f['kind']} score {f['score']:.2f} ({state}): {f['explanation']}")
+        click.echo(f"anomaly #{f['id']} {f['kind']} score {f['score']:.2f} ({state}): {f['explanation']}")
 
 
 def _command(hub: HubContext, device_id: str, quarantine: bool, reason: str) -> None:
@@ -266,7 +309,10 @@ def release(hub: HubContext, device_id: str, reason: str) -> None:
 @json_option
 @pass_hub
 def revoke_device(hub: HubContext, device_id: str, reason: str) -> None:
-    """Revoke a device's key: its evidence is rejected from now on, even on an open session."""
+    """Revoke a device's key: its evidence is rejected from now on, even on an open session.
+
+    Example: attest-hub device revoke env-sensor-0007 --reason "key extracted"
+    """
     try:
         revoke(hub.store(), device_id, reason, enforcer=enforcer_from_settings(hub.settings))
     except OperationError as exc:

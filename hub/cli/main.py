@@ -19,41 +19,45 @@ import click
 
 from hub.cli.anomalies import anomalies
 from hub.cli.audit import audit, report
-from hub.cli.common import HubContext, emit, fail, pass_hub
+from hub.cli.broker import broker
+from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.cli.db import db
 from hub.cli.device import device
 from hub.cli.manifest import manifest
 from hub.cli.pki import pki
 from hub.cli.policy import policy
 from hub.cli.result import result
+from hub.cli.shipped import files
 from hub.cli.whatif import whatif
-from hub.config import ConfigError, load_settings
-from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import check_announced, init_hub, open_store
+from hub.config import ConfigError, load_settings, settings_reference
+from hub.crypto.hubkeys import HubKeyError
+from hub.crypto.hubstate import init_hub
 from hub.crypto.keys import public_pem
-from hub.server.announced import BrokerUnreachable, announced_epoch
 from hub.server.logs import configure_logging
 from hub.store import StoreError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleet-attestation-hub", prog_name="attest-hub")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="ATTEST_HUB_CONFIG", help="TOML configuration file (env ATTEST_HUB_CONFIG).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the hub keeps its keys and SQLite database.")
 @click.option("--database-url", default=None, help="SQLAlchemy URL; default sqlite in the state dir.")
 @click.option("--broker", "broker", default=None, metavar="HOST:PORT", help="MQTT broker address.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output: -v the hub's debug lines, -vv libraries too.")
+@click.option("-q", "--quiet", count=True, help="Less log output: serve logs only warnings and errors.")
+@click.option("--local-time", is_flag=True, help="Show times in the local zone (with its offset) instead of UTC.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, database_url: str | None,
-        broker: str | None, verbose: int) -> None:
+        broker: str | None, verbose: int, quiet: int, local_time: bool) -> None:
     """Fleet attestation hub: verifies COSE-signed evidence from IoT devices over MQTT.
 
     \b
     Example:
       attest-hub --state-dir var init
       attest-hub --state-dir var device enroll --file fleet.json
-      attest-hub --state-dir var serve --broker 127.0.0.1:1883
+      attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
     """
     host, port = None, None
     if broker:
@@ -66,11 +70,14 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
                                  broker_host=host, broker_port=port)
     except ConfigError as exc:
         fail(f"configuration: {exc}", code=1)
-    configure_logging(verbose)
+    configure_logging(verbose - quiet)
     ctx.obj = HubContext(settings)
+    ctx.obj.verbosity = verbose - quiet
+    ctx.obj.local_time = local_time
 
 
 @cli.command()
+@json_option
 @pass_hub
 def init(hub: HubContext) -> None:
     """Create the state directory, the hub's keys and secrets, and the database schema (idempotent).
@@ -92,10 +99,15 @@ def init(hub: HubContext) -> None:
 
 
 @cli.command("hub-key")
+@json_option
 @pass_hub
 def hub_key(hub: HubContext) -> None:
-    """Print the hub's public key (PEM): devices verify commands and results with it."""
-    click.echo(public_pem(hub.keys().public_key), nl=False)
+    """Print the hub's public key (PEM): devices verify commands and results with it.
+
+    Example: attest-hub --state-dir var hub-key > hub.pem
+    """
+    pem = public_pem(hub.keys().public_key)
+    emit(hub, {"hub_public_key": pem}, lambda d: click.echo(d["hub_public_key"], nl=False))
 
 
 @cli.command()
@@ -104,27 +116,25 @@ def hub_key(hub: HubContext) -> None:
 def serve(hub: HubContext, workers: int | None) -> None:
     """Run the verifier: consume evidence, appraise, store, publish results, quarantine.
 
-    Example: attest-hub --state-dir var serve --workers 2
-    """
-    from hub.server.supervisor import run_workers
+    On a terminal it logs one line per verdict (device, verdict, action, reason); elsewhere JSON lines. -q: only
+    warnings and errors; -v, -vv: debug. A broker or database that cannot be reached at start-up ends it with one
+    line and exit code 3; so does a worker that keeps dying right after each start.
 
-    settings = hub.settings
-    count = workers or settings.workers
-    try:
-        keys = load_hub_keys(settings)
-        store = open_store(settings)  # the schema, the generation: refuse here, in one line, not in each worker
-        try:
-            check_announced(store, announced_epoch(settings, keys.public_key))
-        except BrokerUnreachable as exc:
-            logging.getLogger(__name__).warning("the epoch announced on the broker was not checked: %s", exc)
-        finally:
-            store.close()
-    except (HubKeyError, StoreError) as exc:
-        fail(str(exc), code=3)
+    \b
+    Example:
+      attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
+    """
+    from hub.server.serve import ServeError, serve_forever
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_workers(settings, count, stop)
+    verbosity = hub.verbosity + 1  # serve's default: one line per verdict
+    configure_logging(verbosity)
+    try:
+        serve_forever(hub.settings, workers or hub.settings.workers, stop, verbosity)
+    except ServeError as exc:
+        fail(str(exc), code=3)
 
 
 @cli.group()
@@ -133,11 +143,24 @@ def config() -> None:
 
 
 @config.command("show")
+@json_option
 @pass_hub
 def config_show(hub: HubContext) -> None:
-    """Print the effective configuration (file + environment + options), secrets masked."""
+    """Print the effective configuration (file + environment + options), secrets masked.
+
+    Example: attest-hub --config /etc/attest-hub/hub.toml config show --json
+    """
     data = hub.settings.masked()
     emit(hub, data, lambda d: click.echo("\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in d.items())))
+
+
+@config.command("reference")
+def config_reference() -> None:
+    """Print the settings reference (Markdown): every setting's type, default, environment variable and meaning.
+
+    Example: attest-hub config reference > docs/SETTINGS.md
+    """
+    click.echo(settings_reference(), nl=False)
 
 
 @cli.command()
@@ -149,7 +172,16 @@ def config_show(hub: HubContext) -> None:
 @click.option("--enforcement", type=click.Choice(["acl-file", "dynsec"]), default="acl-file", show_default=True,
               help="acl-file: the broker's ACL file and SIGHUP (same host); dynsec: its control topic over MQTT.")
 def demo(devices: int, seconds: float, keep: Path | None, enforcement: str) -> None:
-    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything."""
+    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything.
+
+    TPM-backed gateways need the tpm extra and swtpm; without them they are left out (one line says why).
+
+    \b
+    Examples:
+      attest-hub demo
+      attest-hub demo --devices 10 --seconds 5 --keep demo-state
+      attest-hub demo --enforcement dynsec
+    """
     from hub.cli.demo import run_demo
 
     configure_logging(0)
@@ -166,8 +198,22 @@ cli.add_command(report)
 cli.add_command(whatif)
 cli.add_command(db)
 cli.add_command(result)
+cli.add_command(broker)
+cli.add_command(files)
 
 
 def main() -> Any:
+    """The console entry point: usage errors are JSON objects too when ``--json`` is on the command line."""
     logging.captureWarnings(True)
-    return cli(prog_name="attest-hub")
+    try:
+        code = cli.main(prog_name="attest-hub", standalone_mode=False)
+    except click.ClickException as exc:
+        if "--json" in sys.argv[1:]:
+            click.echo(json.dumps({"error": exc.format_message(), "exit_code": exc.exit_code}, sort_keys=True))
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

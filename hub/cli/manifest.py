@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ import click
 import tomli_w
 
 from hub import wire
-from hub.appraisal.operations import OperationError, import_manifest, manifest_announcement, publish_once
-from hub.broker.transport import TransportError
-from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.appraisal.operations import OperationError, import_manifest, manifest_announcement
+from hub.cli.common import HubContext, announce_or_explain, emit, fail, json_option, pass_hub
+from hub.cli.output import iso_time
 from hub.crypto.hubkeys import HubKeyError, load_operator_keys
 from hub.crypto.keys import KeyFileError, load_private_file
 from hub.reference.manifests import (
@@ -84,7 +83,10 @@ def create(hub: HubContext, device_class: str, sequence: int, min_svn: int, rele
 @json_option
 @pass_hub
 def sign(hub: HubContext, source: Path, key_path: Path, out: Path | None) -> None:
-    """Sign a TOML manifest source with an operator key (COSE_Sign1, ES256)."""
+    """Sign a TOML manifest source with an operator key (COSE_Sign1, ES256).
+
+    Example: attest-hub manifest sign env-sensor.toml --key operator.key.pem --out env-sensor.cose
+    """
     try:
         parsed = parse_source(source.read_text())
         key = load_private_file(key_path)
@@ -92,8 +94,8 @@ def sign(hub: HubContext, source: Path, key_path: Path, out: Path | None) -> Non
         fail(str(exc))
     target = out or source.with_suffix(".cose")
     target.write_bytes(sign_manifest(parsed, key))
-    emit(hub, {"signed": str(target), "class": parsed.device_class, "sequence": parsed.sequence},
-         lambda d: click.echo(f"signed {d['class']}#{d['sequence']} -> {d['signed']}"))
+    emit(hub, {"signed": str(target), "device_class": parsed.device_class, "sequence": parsed.sequence},
+         lambda d: click.echo(f"signed {d['device_class']}#{d['sequence']} -> {d['signed']}"))
 
 
 def _trusted(hub: HubContext, operator_keys: tuple[Path, ...]) -> Any:
@@ -110,13 +112,17 @@ def _trusted(hub: HubContext, operator_keys: tuple[Path, ...]) -> Any:
 @json_option
 @pass_hub
 def verify(hub: HubContext, signed: Path, operator_keys: tuple[Path, ...]) -> None:
-    """Check a signed manifest's signature and structure; exit 1 if it does not verify."""
+    """Check a signed manifest's signature and structure; exit 1 if it does not verify.
+
+    Example: attest-hub manifest verify env-sensor.cose
+    """
     try:
         parsed = verify_signed(signed.read_bytes(), _trusted(hub, operator_keys))
     except ManifestError as exc:
         fail(str(exc))
-    emit(hub, {"valid": True, "class": parsed.device_class, "sequence": parsed.sequence, "signer": parsed.signer},
-         lambda d: click.echo(f"valid: {d['class']}#{d['sequence']} signed by {d['signer'][:16]}"))
+    emit(hub, {"valid": True, "device_class": parsed.device_class, "sequence": parsed.sequence,
+               "signer": parsed.signer},
+         lambda d: click.echo(f"valid: {d['device_class']}#{d['sequence']} signed by {d['signer'][:16]}"))
 
 
 @manifest.command("show")
@@ -125,7 +131,10 @@ def verify(hub: HubContext, signed: Path, operator_keys: tuple[Path, ...]) -> No
 @json_option
 @pass_hub
 def show(hub: HubContext, path: Path, operator_keys: tuple[Path, ...]) -> None:
-    """Print a manifest (a TOML source, or a signed one after verifying it)."""
+    """Print a manifest (a TOML source, or a signed one after verifying it).
+
+    Example: attest-hub manifest show env-sensor.cose --json
+    """
     try:
         if path.suffix == ".toml":
             parsed = parse_source(path.read_text())
@@ -141,16 +150,61 @@ def show(hub: HubContext, path: Path, operator_keys: tuple[Path, ...]) -> None:
 @json_option
 @pass_hub
 def publish(hub: HubContext, signed: Path) -> None:
-    """Store a signed manifest and announce it to all running hub workers over MQTT (retained)."""
+    """Store a signed manifest and announce it to all running hub workers over MQTT (retained).
+
+    When the broker is unreachable the manifest stays stored (exit 3) and the message says how to announce it
+    again: attest-hub manifest announce --class CLASS.
+
+    Example: attest-hub manifest publish env-sensor-4.cose
+    """
     try:
         parsed = import_manifest(hub.store(), hub.keys(), signed.read_bytes())
-        publish_once(hub.settings, [manifest_announcement(parsed)], f"{hub.settings.hub_id}-cli")
     except (ManifestError, OperationError) as exc:
         fail(str(exc))
-    except (StoreError, TransportError) as exc:
+    except StoreError as exc:
         fail(str(exc), code=3)
-    emit(hub, {"published": f"{parsed.device_class}#{parsed.sequence}"},
-         lambda d: click.echo(f"published {d['published']}"))
+    ref = f"{parsed.device_class}#{parsed.sequence}"
+    announce_or_explain(hub, [manifest_announcement(parsed)], f"manifest {ref}",
+                        f"attest-hub manifest announce --class {parsed.device_class}")
+    emit(hub, {"published": ref, "announced": True}, lambda d: click.echo(f"published {d['published']}"))
+
+
+@manifest.command("announce")
+@click.option("--class", "device_classes", multiple=True, metavar="CLASS",
+              help="Only this device class (repeatable); default: every class with a stored manifest.")
+@json_option
+@pass_hub
+def announce(hub: HubContext, device_classes: tuple[str, ...]) -> None:
+    """Announce the newest stored manifest of each class again (retained), e.g. after the broker was down.
+
+    Each manifest is verified with the configured operator keys before it is announced; workers adopt only a
+    sequence newer than theirs, so announcing again is always safe.
+
+    \b
+    Examples:
+      attest-hub manifest announce
+      attest-hub manifest announce --class env-sensor --json
+    """
+    try:
+        store = hub.store()
+        with store.reading() as conn:
+            latest = store.latest_manifests(conn)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    unknown = sorted(set(device_classes) - set(latest))
+    if unknown:
+        fail(f"no manifest stored for {', '.join(map(repr, unknown))} (stored: {', '.join(sorted(latest)) or 'none'})")
+    chosen = sorted(device_classes or latest)
+    if not chosen:
+        fail("no manifest is stored yet: publish one first (attest-hub manifest publish FILE)")
+    try:
+        manifests = [verify_signed(latest[c], hub.keys().operator_keys) for c in chosen]
+    except ManifestError as exc:
+        fail(f"a stored manifest does not verify with the configured operator keys: {exc}")
+    refs = [f"{m.device_class}#{m.sequence}" for m in manifests]
+    retry = "attest-hub manifest announce" + "".join(f" --class {c}" for c in chosen)
+    announce_or_explain(hub, [manifest_announcement(m) for m in manifests], "manifest " + ", ".join(refs), retry)
+    emit(hub, {"announced": refs}, lambda d: click.echo(f"announced {', '.join(d['announced'])}"))
 
 
 @manifest.command("import")
@@ -158,7 +212,10 @@ def publish(hub: HubContext, signed: Path) -> None:
 @json_option
 @pass_hub
 def import_(hub: HubContext, signed: tuple[Path, ...]) -> None:
-    """Store signed manifests without announcing them (before the hub starts)."""
+    """Store signed manifests without announcing them (before the hub starts).
+
+    Example: attest-hub manifest import "$(attest-hub files firmware_manifests)"/*/manifest.cose
+    """
     done = []
     for path in signed:
         try:
@@ -174,14 +231,17 @@ def import_(hub: HubContext, signed: tuple[Path, ...]) -> None:
 @json_option
 @pass_hub
 def history(hub: HubContext, device_class: str | None) -> None:
-    """Every manifest ever stored (manifests are never deleted)."""
+    """Every manifest ever stored (manifests are never deleted).
+
+    Example: attest-hub manifest history --class env-sensor
+    """
     store = hub.store()
     with store.reading() as conn:
         rows = store.manifest_history(conn, device_class)
-    data = [{"class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
+    data = [{"device_class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
              "received_at": r["received_at"]} for r in rows]
     emit(hub, data, lambda d: click.echo("\n".join(
-        f"{r['class']}#{r['sequence']}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['received_at']))}"
+        f"{r['device_class']}#{r['sequence']}  {iso_time(r['received_at'], hub.local_time)}"
         f"  signer {r['signer'][:16]}" for r in d) or "no manifests"))
 
 
@@ -292,16 +352,17 @@ def _release_status(hub: HubContext, status: str, version: str, device_class: st
     if publish_it:
         try:
             parsed = import_manifest(hub.store(), hub.keys(), out.read_bytes())
-            publish_once(hub.settings, [manifest_announcement(parsed)], f"{hub.settings.hub_id}-cli")
         except (ManifestError, OperationError) as exc:
             fail(str(exc))
-        except (StoreError, TransportError) as exc:
+        except StoreError as exc:
             fail(str(exc), code=3)
+        announce_or_explain(hub, [manifest_announcement(parsed)], f"manifest {device_class}#{nxt.sequence}",
+                            f"attest-hub manifest announce --class {device_class}")
         published = True
-    data = {"class": device_class, "sequence": nxt.sequence, "release": version, "status": status,
+    data = {"device_class": device_class, "sequence": nxt.sequence, "release": version, "status": status,
             "signed": str(out), "published": published}
     emit(hub, data, lambda d: click.echo(
-        f"{d['class']}#{d['sequence']}: release {d['release']} {d['status']} -> {d['signed']}"
+        f"{d['device_class']}#{d['sequence']}: release {d['release']} {d['status']} -> {d['signed']}"
         + (" (published)" if d["published"] else "")))
 
 

@@ -66,7 +66,10 @@ def pki() -> None:
 @click.option("--cn", default="Fleet Attestation CA", show_default=True, help="CA common name.")
 @_common_options
 def init_ca(ca_dir: Path, cn: str, days: int | None, force: bool, as_json: bool) -> None:
-    """Create a self-signed P-256 CA in --dir."""
+    """Create a self-signed P-256 CA in --dir.
+
+    Example: attest-hub pki init-ca --dir pki
+    """
     try:
         ca = pkilib.create_ca(ca_dir, cn, days=_days(days, 3650), overwrite=force)
     except pkilib.PkiError as exc:
@@ -91,7 +94,10 @@ def server(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Issue the broker's server certificate (server.crt, server.key)."""
+    """Issue the broker's server certificate (server.crt, server.key).
+
+    Example: attest-hub pki server --dir pki --dns broker.example.net --ip 127.0.0.1
+    """
     try:
         ca = pkilib.load_ca(ca_dir)
         issued = pkilib.issue_server_cert(
@@ -114,7 +120,10 @@ def server(
 @click.option("--cn", "name", required=True, help="Hub worker name; the CN becomes hub-<name>.")
 @_common_options
 def hub_cert(ca_dir: Path, out: Path | None, name: str, days: int | None, force: bool, as_json: bool) -> None:
-    """Issue a hub worker's client certificate (CN hub-<name>)."""
+    """Issue a hub worker's client certificate (CN hub-<name>).
+
+    Example: attest-hub pki hub --dir pki --cn w0
+    """
     try:
         ca = pkilib.load_ca(ca_dir)
         issued = pkilib.issue_hub_cert(ca, out or ca_dir, name, days=_days(days, 825), overwrite=force)
@@ -129,7 +138,10 @@ def hub_cert(ca_dir: Path, out: Path | None, name: str, days: int | None, force:
 @click.option("--cn", "device_id", required=True, help="Device id (certificate CN, broker username, topic segment).")
 @_common_options
 def device(ca_dir: Path, out: Path | None, device_id: str, days: int | None, force: bool, as_json: bool) -> None:
-    """Issue a device's client certificate (CN = device id)."""
+    """Issue a device's client certificate (CN = device id).
+
+    Example: attest-hub pki device --dir pki --cn env-sensor-0001
+    """
     try:
         pkilib.validate_device_id(device_id)  # before touching the CA: the cheapest refusal first
         ca = pkilib.load_ca(ca_dir)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import click
 
-from hub.appraisal.operations import OperationError, import_policy, policy_announcement, publish_once
-from hub.broker.transport import TransportError
-from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.appraisal.operations import OperationError, import_policy, policy_announcement
+from hub.cli.common import HubContext, announce_or_explain, emit, fail, json_option, pass_hub
+from hub.cli.output import iso_time
 from hub.reference.policy import Policy, PolicyError, default_policy, load_policy
 from hub.store import StoreError
 
@@ -112,12 +111,13 @@ def publish(hub: HubContext, file: Path, no_announce: bool) -> None:
         if stored.get(parsed.device_class) != source or no_announce:
             parsed = import_policy(store, source)
         # else: this exact version is stored already (an earlier announce failed): announce it again
-        if not no_announce:
-            publish_once(hub.settings, [policy_announcement(parsed, source, hub.keys())], f"{hub.settings.hub_id}-cli")
     except (PolicyError, OperationError) as exc:
         fail(f"{file}: {exc}")
-    except (StoreError, TransportError) as exc:
+    except StoreError as exc:
         fail(str(exc), code=3)
+    if not no_announce:
+        announce_or_explain(hub, [policy_announcement(parsed, source, hub.keys())], f"policy {parsed.ref}",
+                            f"attest-hub policy publish {file} (the same version again only announces it)")
     emit(hub, {"published": parsed.ref, "announced": not no_announce},
          lambda d: click.echo(f"{'published' if d['announced'] else 'stored'} policy {d['published']}"))
 
@@ -137,10 +137,8 @@ def history(hub: HubContext, device_class: str | None) -> None:
             rows = store.policy_history(conn, device_class)
     except StoreError as exc:
         fail(str(exc), code=3)
-    data = [{"class": r["device_class"], "version": r["version"], "received_at": r["received_at"]} for r in rows]
+    data = [{"device_class": r["device_class"], "version": r["version"], "received_at": r["received_at"]} for r in rows]
     emit(hub, data, lambda d: click.echo("\n".join(
-        f"{r['class']}@{r['version']}  {_utc(r['received_at'])} UTC" for r in d) or "no policies"))
+        f"{r['device_class']}@{r['version']}  {iso_time(r['received_at'], hub.local_time)}" for r in d)
+        or "no policies"))
 
-
-def _utc(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M")

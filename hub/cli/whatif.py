@@ -7,17 +7,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from hub.appraisal.whatif import Outcome, ProposalError, load_proposal, what_if
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import Column, format_table
 from hub.reference.identity import load_anchors
 from hub.reference.policy import PolicyError
 from hub.reference.values import References
 from hub.schemes import default_schemes
 from hub.store import StoreError
-
-_STYLE = {"trusted": "green", "warning": "yellow", "quarantined": "red"}
 
 
 @click.command()
@@ -59,7 +57,7 @@ def whatif(hub: HubContext, manifest_path: Path | None, policy_path: Path | None
     except StoreError as exc:
         fail(str(exc), code=3)
     changed = [o for o in outcomes if o.changed]
-    data = {"proposal": proposal.label, "class": proposal.device_class, "devices": len(outcomes),
+    data = {"proposal": proposal.label, "device_class": proposal.device_class, "devices": len(outcomes),
             "changes": len(changed), "outcomes": [o.to_json() for o in (outcomes if show_all else changed)]}
     emit(hub, data, lambda d: _print(d, outcomes if show_all else changed))
     if fail_on_change and changed:
@@ -69,15 +67,9 @@ def whatif(hub: HubContext, manifest_path: Path | None, policy_path: Path | None
 def _print(data: dict[str, object], rows: list[Outcome]) -> None:
     console = Console()
     console.print(f"What if [bold]{data['proposal']}[/] were published: "
-                  f"{data['changes']} of {data['devices']} {data['class']} device(s) would change status")
+                  f"{data['changes']} of {data['devices']} {data['device_class']} device(s) would change status")
     if not rows:
         return
-    table = Table("device", "now", "would be", "action", "why")
-    for o in rows:
-        table.add_row(o.device_id, _styled(o.current_status), _styled(o.proposed_status), o.action, o.why[:100])
-    console.print(table)
-
-
-def _styled(status: str) -> str:
-    style = _STYLE.get(status)
-    return f"[{style}]{status}[/]" if style else status
+    columns = [Column("device"), Column("now"), Column("would be"), Column("action", drop=1), Column("why", wrap=True)]
+    click.echo(format_table(columns, [[o.device_id, o.current_status, o.proposed_status, o.action, o.why]
+                                      for o in rows]), nl=False)

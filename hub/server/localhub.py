@@ -17,10 +17,10 @@ from hub.crypto.hubkeys import load_hub_keys
 from hub.crypto.hubstate import init_hub, open_store
 from hub.reference.manifests import verify_manifest
 from hub.reference.policy import load_policy
+from hub.resources import data_path_or_default
 from hub.server.worker import HubWorker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS_DIR = REPO_ROOT / "firmware_manifests"
+MANIFESTS_DIR = data_path_or_default("firmware_manifests")  # the checkout's folder, or the wheel's package data
 DEMO_OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.pub.pem"
 
 

@@ -89,8 +89,8 @@ class HubWorker:
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
                 settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
-                tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert.replace("{index}", str(index)),
-                tls_key=settings.broker_tls_key.replace("{index}", str(index)),
+                tls_ca=settings.broker_tls_ca, tls_cert=settings.worker_tls(index)[0],
+                tls_key=settings.worker_tls(index)[1],
             ),
             subscriptions,
         )
@@ -187,12 +187,14 @@ class HubWorker:
             break
         self.dropped.add((f"{topic}: {why}" for topic, why in outcome.dropped), time.monotonic())  # not per message
         self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
+        log.debug("batch of %d committed in %.1f ms", len(batch), commit_s * 1000)
         for decision in outcome.decisions:
             if decision.reason == UNKNOWN_DEVICE:
                 continue
             log.info("verdict %s %s", decision.status, decision.action,
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
-                            "trace_id": decision.trace_id, "problems": list(decision.problems)})
+                            "action": decision.action, "trace_id": decision.trace_id,
+                            "problems": list(decision.problems)})
         self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
         if self.transport.publish_all(outcome.publishes):
             self.transport.ack(batch)

@@ -120,6 +120,10 @@ class Store:
             raise
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open database {self.where}: {_short(exc)}") from exc
+        except ImportError as exc:  # the URL's driver is not installed (e.g. PostgreSQL without the extra)
+            extra = " (install the extra: pip install 'fleet-attestation-hub[postgres]')" if \
+                self.dialect == "postgresql" else ""
+            raise StoreError(f"cannot open database {self.where}: no driver {exc.name!r}{extra}") from exc
 
     @property
     def where(self) -> str:

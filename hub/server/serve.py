@@ -1,0 +1,80 @@
+"""``attest-hub serve``: check the infrastructure, say where the hub listens, run the workers.
+
+Infrastructure faults (hub keys missing, database or broker unreachable, a
+worker in a crash loop) end in :class:`ServeError` with a one-line message;
+the CLI prints it and exits 3 (the documented code), never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from hub.broker.enforcement import EnforcementError
+from hub.broker.transport import TransportError
+from hub.config import Settings
+from hub.crypto.hubkeys import HubKeyError, load_hub_keys
+from hub.crypto.hubstate import check_announced, open_store
+from hub.crypto.keys import KeyFileError
+from hub.server.announced import BrokerUnreachable, announced_epoch
+from hub.server.supervisor import CrashLoopError, run_workers
+from hub.store import StoreError
+
+log = logging.getLogger(__name__)
+
+_FAULTS = (HubKeyError, KeyFileError, StoreError, TransportError, EnforcementError, CrashLoopError)
+
+
+class ServeError(RuntimeError):
+    """An infrastructure fault at start-up, or a crash loop; the message is one line."""
+
+
+def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
+    directory's) and is not behind the epoch this hub announced on the broker; the broker accepts TCP; else
+    ServeError, one line (refused here once, not in each worker)."""
+    try:
+        keys = load_hub_keys(settings)
+        store = open_store(settings)
+        try:
+            check_announced(store, announced_epoch(settings, keys.public_key))
+        except BrokerUnreachable as exc:
+            log.warning("the epoch announced on the broker was not checked: %s", exc)
+        finally:
+            store.close()
+    except (HubKeyError, KeyFileError, StoreError) as exc:
+        raise ServeError(str(exc)) from exc
+    address = (settings.broker_host, settings.broker_port)
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ServeError(f"broker unreachable at {settings.broker_host}:{settings.broker_port}: {reason}") from exc
+
+
+def listening(settings: Settings, count: int) -> str:
+    """One line: the broker, the database (credentials masked) and where metrics and health are served."""
+    tls = "mutual TLS" if settings.broker_tls_ca else "plain MQTT"
+    database = str(settings.masked()["database_url"])
+    if settings.metrics_port:
+        last = settings.metrics_port + count - 1
+        ports = str(settings.metrics_port) if count == 1 else f"{settings.metrics_port}-{last}"
+        http = (f"metrics and health on http://{settings.metrics_host}:{ports}/metrics, /healthz, /readyz "
+                "(worker N on metrics_port + N)")
+    else:
+        http = "no metrics or health endpoint (metrics_port = 0)"
+    return (f"serving with {count} worker(s): broker {settings.broker_host}:{settings.broker_port} ({tls}), "
+            f"database {database}; {http}")
+
+
+def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
+    """Pre-flight, one start-up line, then the workers until ``stop``; infrastructure faults as ServeError."""
+    preflight(settings)
+    log.info(listening(settings, count))
+    try:
+        run_workers(settings, count, stop, verbosity)
+    except _FAULTS as exc:
+        raise ServeError(str(exc)) from exc
+    log.info("stopped")
