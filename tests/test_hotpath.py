@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from sqlalchemy import select
 
 from hub import wire
 from hub.appraisal.messages import Command, ResultClaims, sign_result
+from hub.appraisal.operations import revoke
+from hub.crypto.cose import Signer
 from hub.reference.trust import Tier, TrustVector
 from hub.schemes.base import EvidenceError
 from hub.schemes.firmware import COMPONENT_MEMO_MAX, FirmwareScheme, MeasuredComponent, _component
@@ -206,3 +209,95 @@ def _verdict_row(device_id: str) -> dict[str, Any]:
             "authenticated": True, "tier": 2, "status": "affirming", "trust_vector": "{}", "problems": "[]",
             "action": "affirm", "firmware_version": None, "manifest_ref": None, "policy_ref": "p", "trace_id": "",
             "evidence": b"\x01"}
+
+
+# --- deciding outside the write lock ---------------------------------------------------------
+
+
+def _meddle_before_commit(env: HubEnv, monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
+    """Run ``change`` (a commit of its own) after the batch was decided, just before its transaction."""
+    real = env.store.transaction
+    pending = [change]
+
+    @contextmanager
+    def meddling() -> Iterator[Any]:
+        if pending:
+            pending.pop()()
+        with real() as conn:
+            yield conn
+
+    monkeypatch.setattr(env.store, "transaction", meddling)
+
+
+def test_results_and_commands_are_signed_outside_the_write_lock(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = env.pipeline()
+    pipeline.process([incoming(A, env.evidence(A))])  # the row is cached from here on
+    locked = [False]
+    signed_under_lock: list[bool] = []
+    real_transaction, real_sign = env.store.transaction, Signer.sign
+
+    @contextmanager
+    def flagged() -> Iterator[Any]:
+        with real_transaction() as conn:
+            locked[0] = True
+            try:
+                yield conn
+            finally:
+                locked[0] = False
+
+    def sign(self: Signer, payload: bytes) -> bytes:
+        signed_under_lock.append(locked[0])
+        return real_sign(self, payload)
+
+    monkeypatch.setattr(env.store, "transaction", flagged)
+    monkeypatch.setattr(Signer, "sign", sign)
+    claims = env.claims(A)
+    claims[wire.OEMBOOT] = False
+    outcome = pipeline.process([incoming(A, env.evidence(A, claims))])
+    assert only(outcome).action == "quarantine" and pipeline.conflicts == 0
+    assert signed_under_lock == [False, False]  # the result and the quarantine command
+
+
+def test_a_revocation_between_deciding_and_committing_is_decided_again_under_the_lock(
+        env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = env.pipeline()
+    pipeline.process([incoming(A, env.evidence(A))])
+    _meddle_before_commit(env, monkeypatch, lambda: revoke(env.store, A, "compromised", actor="test"))
+    decision = only(pipeline.process([incoming(A, env.evidence(A))]))
+    assert pipeline.conflicts == 1
+    assert decision.status == "rejected" and decision.reason == "revoked"
+    assert env.device(A).seq == 1 and [v["status"] for v in env.verdicts(A)] == ["affirming", "rejected"]
+
+
+def test_evidence_decided_by_another_worker_meanwhile_gets_no_second_verdict(
+        env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline, other = env.pipeline(), env.pipeline()
+    pipeline.process([incoming(A, env.evidence(A))])
+    message = incoming(A, env.evidence(A))
+    _meddle_before_commit(env, monkeypatch, lambda: other.process([message]) and None)
+    decision = only(pipeline.process([message]))
+    assert pipeline.conflicts == 1 and decision.status == "duplicate"
+    assert [v["status"] for v in env.verdicts(A)] == ["affirming", "affirming"]
+
+
+def test_a_challenge_nonce_used_meanwhile_is_refused(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = env.pipeline()
+    nonce = env.challenge(A)
+
+    def use() -> None:
+        with env.store.transaction() as conn:
+            assert env.store.use_nonce(conn, nonce, A, 0.0)
+
+    _meddle_before_commit(env, monkeypatch, use)
+    decision = only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, nonce=nonce)))]))
+    assert pipeline.conflicts == 1
+    assert decision.status == "rejected" and decision.reason == "nonce-reused"
+
+
+def test_one_challenge_nonce_twice_in_one_batch_is_used_once(env: HubEnv) -> None:
+    nonce = env.challenge(A)
+    batch = [incoming(A, env.evidence(A, env.claims(A, nonce=nonce))) for _ in range(2)]
+    pipeline = env.pipeline()
+    outcome = pipeline.process(batch)
+    assert [d.status for d in outcome.decisions] == ["affirming", "rejected"]
+    assert outcome.decisions[1].reason == "nonce-reused" and pipeline.conflicts == 0
