@@ -61,6 +61,15 @@ class Settings:
     anomaly_interval_s: float = 30.0
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
+    # Evidence loop pacing (hub/server/worker.py, docs/SCALING.md): a batch is cut so its processing takes
+    # about batch_budget_ms (its size follows the measured cost per evidence, at most batch_max); the
+    # broker's PUBACKs of a batch's results are awaited ack_wait_s plus ack_wait_per_message_ms for each
+    # message before the hub logs that the broker is late (it keeps waiting: never re-processes the batch);
+    # at most batches_in_flight committed batches wait for their PUBACKs while the next one is processed.
+    batch_budget_ms: float = 20.0
+    ack_wait_s: float = 10.0
+    ack_wait_per_message_ms: float = 5.0
+    batches_in_flight: int = 4
 
     @property
     def effective_database_url(self) -> str:
@@ -161,6 +170,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("batch_max: must be at least 1")
     if settings.workers < 1:
         raise ConfigError("workers: must be at least 1")
+    if settings.batch_budget_ms <= 0 or settings.batches_in_flight < 1:
+        raise ConfigError("batch_budget_ms must be positive and batches_in_flight at least 1")
     if settings.broker_enforcement not in ("none", "acl-file"):
         raise ConfigError("broker_enforcement: must be 'none' or 'acl-file'")
     if settings.broker_enforcement == "acl-file" and not (settings.broker_acl_file and settings.broker_pid_file):

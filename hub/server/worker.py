@@ -5,14 +5,28 @@ wait for the broker's PUBACKs, and only then acknowledge the batch. When the
 database cannot commit, the batch is retried with backoff and nothing is
 acknowledged, so the broker keeps the messages (the hub "stops acknowledging
 while it cannot commit"). Worker 0 also advances the epoch nonce.
+
+Pacing: a batch is cut to what the worker processes in ``batch_budget_ms``
+(its size follows the measured cost per evidence). Quarantine commands and
+their results are published first. While a committed batch waits for its
+PUBACKs, the next one is processed (at most ``batches_in_flight`` wait);
+batches are acknowledged in order, each only once all its messages are with
+the broker. A committed batch is never decided again: its messages stay with
+paho (re-sent on a resumed session) however long the broker takes, and
+evidence the broker redelivers after the hub committed it is acknowledged
+without a second decision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
 
 from hub import wire
 from hub.anomaly.watch import AnomalyWatch, detector_config, fleet_counts
@@ -22,6 +36,7 @@ from hub.appraisal.operations import OperationError, read_policy_announcement
 from hub.appraisal.pipeline import BatchOutcome, Pipeline
 from hub.appraisal.ratelimit import RateLimiter
 from hub.appraisal.transitions import QUARANTINED, REVOKED
+from hub.appraisal.verdicts import DUPLICATE
 from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
@@ -41,6 +56,10 @@ from hub.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "hub"
+RECEIPT_WINDOW_S = 5.0
+"""A copy of evidence (a device's re-send that crossed its receipt, a backlog after a freeze) gets its result
+again only if this worker has not published that result within this window: a device whose receipt was
+lost re-sends later (with backoff) and then gets it. Saves the broker a retained result and command per copy."""
 
 
 @dataclass(slots=True)
@@ -54,6 +73,27 @@ class Health:
     @property
     def ready(self) -> bool:
         return self.broker_connected and self.database_ok
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A committed batch whose results and commands wait for the broker's PUBACKs."""
+
+    batch: list[Incoming]
+    outcome: BatchOutcome
+    infos: list[mqtt.MQTTMessageInfo]
+    commit_s: float
+    classes: dict[str, str]  # device id -> class, for the metrics' labels
+    since: float = field(default_factory=time.monotonic)
+
+
+def urgent_first(outcome: BatchOutcome) -> list[Outgoing]:
+    """The batch's messages with the quarantines' (command and result) first, then the rest in order."""
+    urgent = [out for d in outcome.decisions if d.action == "quarantine" for out in d.publishes]
+    if not urgent:
+        return outcome.publishes
+    first = {id(out) for out in urgent}
+    return urgent + [out for out in outcome.publishes if id(out) not in first]
 
 
 class HubWorker:
@@ -99,6 +139,18 @@ class HubWorker:
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
+        self._in_flight: deque[_InFlight] = deque()
+        self._committed: OrderedDict[bytes, None] = OrderedDict()
+        """Digests of evidence this worker committed lately (bounded): a broker redelivery of one is acknowledged
+        without a second decision."""
+        self._committed_max = 4 * max(64, settings.batch_max * 4)
+        self._per_evidence_s = 0.0005  # measured cost per evidence (moving average), sets the batch size
+        self.redelivered = 0
+        self._receipts: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        """(device, scheme, evidence) -> when this worker last published its result (bounded, RECEIPT_WINDOW_S)."""
+        self.receipts_not_repeated = 0
+        """Copies of evidence whose result this worker had just published: not published again."""
+        """Evidence the broker redelivered after this worker had committed it (acknowledged, not re-decided)."""
 
     @property
     def is_leader(self) -> bool:
@@ -115,6 +167,7 @@ class HubWorker:
             while not stop.is_set():
                 self.step()
         finally:
+            self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
             self.transport.stop()
             self.store.close()
             if stop_http is not None:
@@ -135,7 +188,9 @@ class HubWorker:
             self._keep_watch()
         if not self._enforcement_synced:
             self._sync_enforcement()
-        batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
+        self._settle()
+        batch = self.transport.next_batch(self.batch_limit(), self.settings.batch_wait_ms / 1000.0,
+                                          idle_s=0.02 if self._in_flight else 0.2)
         if not batch:
             return
         control = [m for m in batch if m.topic.startswith(wire.HUB_ROOT + "/")]
@@ -143,8 +198,46 @@ class HubWorker:
         for message in control:
             self._on_announcement(message)
         self.transport.ack(control)
+        again = [m for m in evidence if m.redelivered and _digest(m) in self._committed]
+        if again:  # committed before: its results are with the broker or still with paho
+            self.redelivered += len(again)
+            log.info("%d redelivered evidence already committed: acknowledged, not decided again", len(again))
+            self.transport.ack(again)
+            evidence = [m for m in evidence if not (m.redelivered and _digest(m) in self._committed)]
         if evidence:
             self._process_until_committed(evidence)
+
+    def batch_limit(self) -> int:
+        """Evidence per batch: what takes about ``batch_budget_ms`` at the measured cost, within [8, batch_max]."""
+        fits = int(self.settings.batch_budget_ms / 1000.0 / max(self._per_evidence_s, 1e-6))
+        return max(min(8, self.settings.batch_max), min(self.settings.batch_max, fits))
+
+    def _settle(self, *, until: float | None = None) -> None:
+        """Acknowledge, in order, the committed batches whose messages all have their PUBACKs. Blocks while
+        ``batches_in_flight`` are waiting (or until ``until``); never gives a batch up: a late broker is
+        logged (after a wait that grows with what the batch publishes) and waited for."""
+        while self._in_flight:
+            head = self._in_flight[0]
+            if not self.transport.published(head.infos):
+                must_wait = until is not None or len(self._in_flight) > self.settings.batches_in_flight
+                if not must_wait:
+                    return
+                patience = self.settings.ack_wait_s + self.settings.ack_wait_per_message_ms / 1000.0 * len(head.infos)
+                limit = patience if until is None else min(patience, max(0.0, until - time.monotonic()))
+                if not self.transport.wait_published(head.infos, limit):
+                    if until is not None and time.monotonic() >= until:
+                        log.warning("stopping with %d committed batch(es) not acknowledged by the broker: "
+                                    "they are redelivered to this worker's session", len(self._in_flight))
+                        return
+                    log.error("the broker has not acknowledged %d result(s) of a committed batch after %.0f s; "
+                              "still waiting (the batch is not processed again)", len(head.infos),
+                              time.monotonic() - head.since)
+                    if self._stop.is_set():
+                        return
+                    continue
+            self._in_flight.popleft()
+            self.transport.ack(head.batch)
+            record_batch(self.metrics, head.batch, head.outcome, head.commit_s, head.classes)
 
     def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
         """Process and commit ``batch``, retrying while the database cannot commit; None if stopped
@@ -168,6 +261,7 @@ class HubWorker:
                 continue
             self.health.database_ok = True
             commit_s = time.monotonic() - started
+            self._per_evidence_s = 0.8 * self._per_evidence_s + 0.2 * commit_s / len(batch)
             break
         for topic, why in outcome.dropped:
             log.warning("dropped message on %s: %s", topic, why)
@@ -176,15 +270,40 @@ class HubWorker:
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
                             "trace_id": decision.trace_id, "problems": list(decision.problems)})
         self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
-        if self.transport.publish_all(outcome.publishes):
-            self.transport.ack(batch)
-            record_batch(self.metrics, batch, outcome, commit_s, self.pipeline.device_classes)
-        else:
-            # Not acknowledged: the broker redelivers; the duplicate path re-publishes without a second verdict.
-            log.error("results of a batch were not acknowledged by the broker; leaving the batch unacknowledged")
+        for message in batch:
+            self._committed[_digest(message)] = None
+        while len(self._committed) > self._committed_max:
+            self._committed.popitem(last=False)
+        self._in_flight.append(_InFlight(batch, outcome, self.transport.publish(self._not_repeated(outcome)),
+                                         commit_s, self.pipeline.device_classes))
+        self._settle()
         self.health.processed += len(batch)
         self.health.last_batch_at = time.time()
         return outcome
+
+    def _not_repeated(self, outcome: BatchOutcome) -> list[Outgoing]:
+        """``urgent_first`` of the outcome, without what duplicates would re-send of a result this worker
+        published within RECEIPT_WINDOW_S."""
+        now = time.monotonic()
+        skip: set[int] = set()
+        for decision in outcome.decisions:
+            key = (decision.device_id, decision.scheme, decision.evidence_ref)
+            if decision.status != DUPLICATE:
+                if decision.publishes:
+                    self._receipts[key] = now
+                    self._receipts.move_to_end(key)
+                continue
+            last = self._receipts.get(key)
+            if last is not None and now - last < RECEIPT_WINDOW_S:
+                skip.update(id(out) for out in decision.publishes)
+                self.receipts_not_repeated += 1
+            elif decision.publishes:
+                self._receipts[key] = now
+                self._receipts.move_to_end(key)
+        while len(self._receipts) > self._committed_max:
+            self._receipts.popitem(last=False)
+        messages = urgent_first(outcome)
+        return [out for out in messages if id(out) not in skip] if skip else messages
 
     def _enforce(self, outcome: BatchOutcome) -> None:
         """Committed quarantines and releases, applied at the broker (hub/broker/enforcement.py)."""
@@ -297,6 +416,10 @@ class HubWorker:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)
         signed = epoch_message(epoch, nonce, int(time.time()), self.keys.signing_key, self.keys.kid)
         self.transport.publish_all([Outgoing(wire.EPOCH_TOPIC, signed, retain=True)])
+
+
+def _digest(message: Incoming) -> bytes:
+    return hashlib.sha256(message.topic.encode() + b"\0" + message.payload).digest()[:16]
 
 
 def advance_epoch(store: Store, *, first: bool) -> int:
