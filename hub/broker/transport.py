@@ -197,6 +197,29 @@ class MqttTransport:
                         info._condition.wait(min(remaining, 0.1))
         return True
 
+    def end_session(self, timeout: float = 10.0) -> bool:
+        """Retire this identity: unsubscribe everything and disconnect with session expiry 0, so the broker
+        deletes the session and queues nothing more for it (MQTT 5 §3.14.2.2.2). False if the broker did not
+        confirm the unsubscribe in time (the session then still ends at the disconnect)."""
+        done = threading.Event()
+        result, mid = self.client.unsubscribe([topic for topic, _qos in self.subscriptions])
+        confirmed = False
+        if result == mqtt.MQTT_ERR_SUCCESS:
+            previous = self.client.on_unsubscribe
+
+            def on_unsubscribe(_c: mqtt.Client, _u: object, got: int, *_rest: object) -> None:
+                if got == mid:
+                    done.set()
+
+            self.client.on_unsubscribe = on_unsubscribe
+            confirmed = done.wait(timeout)
+            self.client.on_unsubscribe = previous
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
+        self.client.loop_stop()
+        return confirmed
+
     def ack(self, messages: Sequence[Incoming]) -> None:
         for message in messages:
             if message.qos > 0:

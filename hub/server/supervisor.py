@@ -2,7 +2,11 @@
 
 A dead worker is restarted under the same identity (``{hub_id}-w{index}``):
 Mosquitto hands a shared subscription's queued messages back only to the
-identity that held them. All shared state is in the database.
+identity that held them. All shared state is in the database. For the same
+reason, a start with fewer workers than before first drains the retired
+identities' sessions (``HubWorker.drain``) and ends them, so no evidence is
+stranded in a session nobody connects to again. Workers log at the
+supervisor's verbosity.
 
 Workers are stopped with SIGTERM, not a shared ``multiprocessing.Event``: a
 worker killed while waiting on such an event (SIGKILL, the OOM killer) leaves
@@ -34,7 +38,38 @@ def _worker_main(settings: Settings, index: int, verbosity: int) -> None:
     HubWorker(settings, index).run(stop)
 
 
-def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
+def _verbosity() -> int:
+    """The verbosity the process was configured with (``configure_logging``), for the worker processes."""
+    level = logging.getLogger().getEffectiveLevel()
+    return 0 if level > logging.INFO else 1 if level == logging.INFO else 2
+
+
+def retire_workers(settings: Settings, count: int, stop: threading.Event) -> int:
+    """Drain and end the sessions of worker identities at or above ``count``; returns the evidence drained."""
+    from hub.broker.transport import TransportError
+    from hub.server.worker import HubWorker, forget_identities, retired_identities
+    from hub.store import Store, StoreError
+
+    store = Store(settings.effective_database_url)
+    try:
+        retired = retired_identities(store, count)
+        drained = 0
+        for index in retired:
+            log.warning("worker identity %d is retired (now %d worker(s)): draining its session", index, count)
+            drained += HubWorker(settings, index).drain(stop)
+        if retired and not stop.is_set():
+            forget_identities(store, count)
+        return drained
+    except (StoreError, TransportError) as exc:  # retried at the next start; the workers start regardless
+        log.error("cannot drain retired worker identities: %s", exc)
+        return 0
+    finally:
+        store.close()
+
+
+def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int | None = None) -> None:
+    verbosity = _verbosity() if verbosity is None else verbosity
+    retire_workers(settings, count, stop)
     if count == 1:
         from hub.server.worker import HubWorker
 

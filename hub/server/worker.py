@@ -163,6 +163,7 @@ class HubWorker:
                                    self.metrics.registry, self.view)
         self._stop = stop
         self.transport.start()
+        record_identity(self.store, self.index)
         try:
             while not stop.is_set():
                 self.step()
@@ -172,6 +173,35 @@ class HubWorker:
             self.store.close()
             if stop_http is not None:
                 stop_http()
+
+    def drain(self, stop: threading.Event, *, quiet_s: float = 2.0, limit_s: float = 300.0) -> int:
+        """Retire this worker's identity (``serve`` with fewer workers than before): decide and acknowledge
+        what its persistent session holds, like any batch, until nothing has come for ``quiet_s``; then end
+        the session, so the broker queues nothing more for it. Returns the evidence processed."""
+        self._stop = stop
+        self.transport.start()
+        started = last = time.monotonic()
+        try:
+            while not stop.is_set() and time.monotonic() - started < limit_s:
+                before = self.health.processed + self.redelivered
+                self.step()
+                if self.health.processed + self.redelivered != before or self._in_flight:
+                    last = time.monotonic()
+                elif time.monotonic() - last >= quiet_s:
+                    break
+            self._settle(until=time.monotonic() + 10.0)
+            if not self._in_flight and not stop.is_set():
+                self.transport.end_session()
+                log.info("retired worker identity drained: %d evidence; session ended", self.health.processed,
+                         extra={"client_id": self.transport.address.client_id})
+                return self.health.processed
+        except BaseException:
+            self.transport.stop()
+            raise
+        finally:
+            self.store.close()
+        self.transport.stop()  # stopped or not settled: the session keeps the rest for the next start
+        return self.health.processed
 
     def step(self) -> None:
         """One turn of the loop: epoch upkeep, then one batch (if any arrived)."""
@@ -416,6 +446,33 @@ class HubWorker:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)
         signed = epoch_message(epoch, nonce, int(time.time()), self.keys.signing_key, self.keys.kid)
         self.transport.publish_all([Outgoing(wire.EPOCH_TOPIC, signed, retain=True)])
+
+
+IDENTITIES_KEY = "worker_identities"
+
+
+def record_identity(store: Store, index: int) -> None:
+    """Note that worker identity ``index`` has a persistent session (the high-water mark of worker
+    indices), so a later start with fewer workers drains and ends the retired sessions."""
+    try:
+        with store.transaction() as conn:
+            known = int(store.get_state(conn, IDENTITIES_KEY) or 0)
+            if index + 1 > known:
+                store.set_state(conn, IDENTITIES_KEY, str(index + 1))
+    except StoreError as exc:
+        log.error("cannot record worker identity %d: %s", index, exc)
+
+
+def retired_identities(store: Store, count: int) -> list[int]:
+    """Worker indices at or above ``count`` that held a persistent session before."""
+    with store.reading() as conn:
+        known = int(store.get_state(conn, IDENTITIES_KEY) or 0)
+    return list(range(count, known))
+
+
+def forget_identities(store: Store, count: int) -> None:
+    with store.transaction() as conn:
+        store.set_state(conn, IDENTITIES_KEY, str(count))
 
 
 def _digest(message: Incoming) -> bytes:
