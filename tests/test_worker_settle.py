@@ -83,7 +83,8 @@ def env(tmp_path: Path) -> Iterator[HubEnv]:
 
 
 def _worker(env: HubEnv, **settings: object) -> tuple[HubWorker, FakeTransport]:
-    worker = HubWorker(replace(env.settings, anomaly_interval_s=0, **settings), keys=env.keys)  # type: ignore[arg-type]
+    settings = {"anomaly_interval_s": 0, **settings}
+    worker = HubWorker(replace(env.settings, **settings), keys=env.keys)  # type: ignore[arg-type]
     fake = FakeTransport()
     worker.transport = fake  # type: ignore[assignment]
     worker._next_epoch_at = worker._next_watch_at = float("inf")  # no leader upkeep in these tests
@@ -163,3 +164,33 @@ def test_the_batch_size_follows_the_measured_cost(env: HubEnv) -> None:
     assert worker.batch_limit() == 256
     worker._per_evidence_s = 0.1
     assert worker.batch_limit() == 8
+
+
+def test_a_slow_anomaly_pass_does_not_hold_up_evidence(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.anomaly.watch import PassResult
+
+    worker, fake = _worker(env, anomaly_interval_s=30.0)
+    worker._next_watch_at = 0.0  # the leader's pass is due
+    release, started = threading.Event(), threading.Event()
+
+    def slow_pass() -> PassResult:
+        started.set()
+        release.wait(10)
+        return PassResult(0, devices_by_status={"trusted": 1})
+
+    monkeypatch.setattr(worker.watch, "run_pass", slow_pass)
+    fake.batches.append([incoming(A, env.evidence(A))])
+    worker.step()  # starts the pass on its own thread, then decides the batch while the pass is still running
+    assert started.wait(5) and not release.is_set()
+    assert _verdicts(env, A) == 1
+    release.set()
+    assert worker._watch_thread is not None
+    worker._watch_thread.join(5)
+    worker.step()  # the finished pass is applied between batches
+    assert 'attest_devices{status="trusted"} 1.0' in _metrics_text(worker)
+
+
+def _metrics_text(worker: HubWorker) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(worker.metrics.registry).decode()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 
 from hub import wire
-from hub.anomaly.watch import AnomalyWatch, detector_config, fleet_counts
+from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_counts
 from hub.appraisal.liveness import sweep_missed
 from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
@@ -138,6 +138,8 @@ class HubWorker:
         self.watch = AnomalyWatch(self.store, self.keys, self.references, detector_config(settings),
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
+        self._watch_thread: threading.Thread | None = None
+        self._watch_results: deque[PassResult] = deque()  # finished passes, applied by the evidence loop
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
         self._in_flight: deque[_InFlight] = deque()
         self._committed: OrderedDict[bytes, None] = OrderedDict()
@@ -169,6 +171,8 @@ class HubWorker:
                 self.step()
         finally:
             self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
+            if self._watch_thread is not None:
+                self._watch_thread.join(30)
             self.transport.stop()
             self.store.close()
             if stop_http is not None:
@@ -421,17 +425,30 @@ class HubWorker:
             self.transport.publish_all(missed)
 
     def _keep_watch(self) -> None:
-        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period."""
+        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period, on a
+        thread of their own: the evidence loop does not wait for a pass; it applies a finished pass's result
+        (metrics, broker enforcement, commands) between its batches."""
+        while self._watch_results:
+            self._apply_watch(self._watch_results.popleft())
         now = time.monotonic()
-        if now < self._next_watch_at:
+        if now < self._next_watch_at or (self._watch_thread is not None and self._watch_thread.is_alive()):
             return
-        period = self.settings.anomaly_interval_s
-        self._next_watch_at = now + (period or 30.0)
+        self._next_watch_at = now + (self.settings.anomaly_interval_s or 30.0)
+        self._watch_thread = threading.Thread(target=self._watch_pass, name=f"anomaly-w{self.index}", daemon=True)
+        self._watch_thread.start()
+
+    def _watch_pass(self) -> None:
         try:
-            result = self.watch.run_pass() if period else fleet_counts(self.store)
+            result = self.watch.run_pass() if self.settings.anomaly_interval_s else fleet_counts(self.store)
         except StoreError as exc:
             log.error("anomaly pass failed (retried next period): %s", exc)
             return
+        except Exception:  # a bug in the pass must not end the leader silently
+            log.exception("anomaly pass failed (retried next period)")
+            return
+        self._watch_results.append(result)
+
+    def _apply_watch(self, result: PassResult) -> None:
         export_anomalies(self.metrics, result)
         for device_id in result.quarantined:
             try:
