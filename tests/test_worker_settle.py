@@ -160,6 +160,7 @@ def test_the_batch_size_follows_the_measured_cost(env: HubEnv) -> None:
     worker, _fake = _worker(env, batch_budget_ms=20.0, batch_max=256)
     worker._per_evidence_s = 0.0002
     assert worker.batch_limit() == 100
+    assert worker.batch_limit(backlog=100) == 100 and worker.batch_limit(backlog=101) == 256  # a backlog: full batches
     worker._per_evidence_s = 0.00001
     assert worker.batch_limit() == 256
     worker._per_evidence_s = 0.1

@@ -223,7 +223,8 @@ class HubWorker:
         if not self._enforcement_synced:
             self._sync_enforcement()
         self._settle()
-        batch = self.transport.next_batch(self.batch_limit(), self.settings.batch_wait_ms / 1000.0,
+        batch = self.transport.next_batch(self.batch_limit(self.transport.inbox.qsize()),
+                                          self.settings.batch_wait_ms / 1000.0,
                                           idle_s=0.02 if self._in_flight else 0.2)
         if not batch:
             return
@@ -241,10 +242,13 @@ class HubWorker:
         if evidence:
             self._process_until_committed(evidence)
 
-    def batch_limit(self) -> int:
-        """Evidence per batch: what takes about ``batch_budget_ms`` at the measured cost, within [8, batch_max]."""
+    def batch_limit(self, backlog: int = 0) -> int:
+        """Evidence per batch: what takes about ``batch_budget_ms`` at the measured cost, within [8, batch_max];
+        ``batch_max`` when more than that is already waiting (``backlog``): then the evidence at the back
+        waits for every batch before it, and fewer, larger batches (fewer commits) get it through sooner."""
         fits = int(self.settings.batch_budget_ms / 1000.0 / max(self._per_evidence_s, 1e-6))
-        return max(min(8, self.settings.batch_max), min(self.settings.batch_max, fits))
+        limit = max(min(8, self.settings.batch_max), min(self.settings.batch_max, fits))
+        return self.settings.batch_max if backlog > limit else limit
 
     def _settle(self, *, until: float | None = None) -> None:
         """Acknowledge, in order, the committed batches whose messages all have their PUBACKs. Blocks while
