@@ -36,7 +36,6 @@ from hub.appraisal.operations import OperationError, read_policy_announcement
 from hub.appraisal.pipeline import BatchOutcome, Pipeline
 from hub.appraisal.ratelimit import RateLimiter
 from hub.appraisal.transitions import QUARANTINED, REVOKED
-from hub.appraisal.verdicts import DUPLICATE
 from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
@@ -56,12 +55,6 @@ from hub.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "hub"
-RECEIPT_WINDOW_S = 5.0
-"""A copy of evidence (a device's re-send that crossed its receipt, a backlog after a freeze) gets its result
-again only if this worker has not published that result within this window: a device whose receipt was
-lost re-sends later (with backoff) and then gets it. Saves the broker a retained result and command per copy."""
-
-
 @dataclass(slots=True)
 class Health:
     broker_connected: bool = False
@@ -148,10 +141,6 @@ class HubWorker:
         self._committed_max = 4 * max(64, settings.batch_max * 4)
         self._per_evidence_s = 0.0005  # measured cost per evidence (moving average), sets the batch size
         self.redelivered = 0
-        self._receipts: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-        """(device, scheme, evidence) -> when this worker last published its result (bounded, RECEIPT_WINDOW_S)."""
-        self.receipts_not_repeated = 0
-        """Copies of evidence whose result this worker had just published: not published again."""
         """Evidence the broker redelivered after this worker had committed it (acknowledged, not re-decided)."""
 
     @property
@@ -312,36 +301,12 @@ class HubWorker:
             self._committed[_digest(message)] = None
         while len(self._committed) > self._committed_max:
             self._committed.popitem(last=False)
-        self._in_flight.append(_InFlight(batch, outcome, self.transport.publish(self._not_repeated(outcome)),
+        self._in_flight.append(_InFlight(batch, outcome, self.transport.publish(urgent_first(outcome)),
                                          commit_s, self.pipeline.device_classes))
         self._settle()
         self.health.processed += len(batch)
         self.health.last_batch_at = time.time()
         return outcome
-
-    def _not_repeated(self, outcome: BatchOutcome) -> list[Outgoing]:
-        """``urgent_first`` of the outcome, without what duplicates would re-send of a result this worker
-        published within RECEIPT_WINDOW_S."""
-        now = time.monotonic()
-        skip: set[int] = set()
-        for decision in outcome.decisions:
-            key = (decision.device_id, decision.scheme, decision.evidence_ref)
-            if decision.status != DUPLICATE:
-                if decision.publishes:
-                    self._receipts[key] = now
-                    self._receipts.move_to_end(key)
-                continue
-            last = self._receipts.get(key)
-            if last is not None and now - last < RECEIPT_WINDOW_S:
-                skip.update(id(out) for out in decision.publishes)
-                self.receipts_not_repeated += 1
-            elif decision.publishes:
-                self._receipts[key] = now
-                self._receipts.move_to_end(key)
-        while len(self._receipts) > self._committed_max:
-            self._receipts.popitem(last=False)
-        messages = urgent_first(outcome)
-        return [out for out in messages if id(out) not in skip] if skip else messages
 
     def _enforce(self, outcome: BatchOutcome) -> None:
         """Committed quarantines and releases, applied at the broker (hub/broker/enforcement.py)."""
