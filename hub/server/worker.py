@@ -116,7 +116,9 @@ class HubWorker:
         self.transport = MqttTransport(
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
-                settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
+                settings.session_expiry_s,
+                # room for the batches waiting for PUBACKs, the one being processed and the next
+                receive_maximum=min(65535, max(64, settings.batch_max * (settings.batches_in_flight + 2))),
                 tls_ca=settings.broker_tls_ca, tls_cert=settings.broker_tls_cert, tls_key=settings.broker_tls_key,
             ),
             subscriptions,
@@ -138,7 +140,7 @@ class HubWorker:
         self._committed: OrderedDict[bytes, None] = OrderedDict()
         """Digests of evidence this worker committed lately (bounded): a broker redelivery of one is acknowledged
         without a second decision."""
-        self._committed_max = 4 * max(64, settings.batch_max * 4)
+        self._committed_max = 4 * self.transport.address.receive_maximum
         self._per_evidence_s = 0.0005  # measured cost per evidence (moving average), sets the batch size
         self.redelivered = 0
         """Evidence the broker redelivered after this worker had committed it (acknowledged, not re-decided)."""
