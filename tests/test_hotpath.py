@@ -301,3 +301,15 @@ def test_one_challenge_nonce_twice_in_one_batch_is_used_once(env: HubEnv) -> Non
     outcome = pipeline.process(batch)
     assert [d.status for d in outcome.decisions] == ["affirming", "rejected"]
     assert outcome.decisions[1].reason == "nonce-reused" and pipeline.conflicts == 0
+
+
+def test_rows_are_written_by_column_name_whatever_their_order(env: HubEnv) -> None:
+    row = {**_verdict_row(A), "dedup_key": "9:9", "trace_id": "t-1"}
+    reordered = dict(reversed(list(row.items())))
+    with env.store.transaction() as conn:
+        env.store.insert_verdicts(conn, [reordered])
+    with env.store.reading() as conn:
+        stored = env.store.verdict_for(conn, A, "firmware", "9:9")
+        history = env.store.verdict_history(conn, A)
+    assert stored is not None and stored["policy_ref"] == "p" and stored["action"] == "affirm"
+    assert history[0]["trace_id"] == "t-1" and bytes(history[0]["evidence"]) == b"\x01"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from functools import cached_property
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
@@ -214,8 +214,7 @@ class Store:
 
     def insert_verdicts(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            pick = itemgetter(*self.hot.verdict_columns)
-            self.hot.executemany(conn, self.hot.insert_verdicts, [pick(r) for r in rows])
+            self.hot.insert_rows(conn, "verdict", rows)
 
     def verdict_for(self, conn: Connection, device_id: str, scheme: str, dedup_key: str) -> dict[str, Any] | None:
         """The stored verdict of one evidence: its appraisal columns (not the evidence bytes), or None."""
@@ -241,8 +240,7 @@ class Store:
 
     def insert_commands(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            pick = itemgetter(*self.hot.command_columns)
-            self.hot.executemany(conn, self.hot.insert_commands, [pick(r) for r in rows])
+            self.hot.insert_rows(conn, "command", rows)
 
     def latest_state_command(self, conn: Connection, device_id: str) -> dict[str, Any] | None:
         """The device's latest quarantine, release or remediate command: device_id, seq, kind, signed."""
@@ -333,8 +331,7 @@ class Store:
 
     def insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            pick = itemgetter(*self.hot.audit_columns)
-            self.hot.executemany(conn, self.hot.insert_audit, [pick(r) for r in rows])
+            self.hot.insert_rows(conn, "audit", rows)
 
     def lock_audit_head(self, conn: Connection) -> str:
         """The last entry hash, locked for this transaction (PostgreSQL row lock; SQLite holds the write lock)."""

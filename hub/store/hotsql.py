@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
@@ -49,15 +50,7 @@ class HotSql:
         self.set_state = self._text(
             "INSERT INTO hub_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         self.insert_state = self._text("INSERT INTO hub_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-        self.verdict_columns = ("device_id", "scheme", "dedup_key", "received_at", "authenticated", "tier", "status",
-                                "trust_vector", "problems", "action", "firmware_version", "manifest_ref",
-                                "policy_ref", "trace_id", "evidence")
-        self.insert_verdicts = self._insert("verdict", self.verdict_columns,
-                                            " ON CONFLICT (device_id, scheme, dedup_key) DO NOTHING")
-        self.command_columns = ("device_id", "seq", "kind", "reason", "issued_at", "expires_at", "signed")
-        self.insert_commands = self._insert("command", self.command_columns, "")
-        self.audit_columns = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
-        self.insert_audit = self._insert("audit", self.audit_columns, "")
+        self._inserts: dict[tuple[str, tuple[str, ...]], str] = {}
         self.use_nonce = self._text(
             "INSERT INTO used_nonce (nonce, device_id, used_at) VALUES (?, ?, ?) ON CONFLICT (nonce) DO NOTHING")
         self.verdict_for = self._text(
@@ -74,6 +67,26 @@ class HotSql:
     def _insert(self, table: str, columns: Sequence[str], tail: str) -> str:
         marks = ", ".join("?" for _ in map(_ident, columns))
         return self._text(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}){tail}")  # noqa: S608 (identifiers are code constants, checked by _ident)
+
+    def insert(self, table: str, columns: tuple[str, ...]) -> str:
+        """``INSERT INTO table (columns) VALUES (...)``, for the columns the caller's rows carry (so a column
+        added to a table and to its rows needs no change here); verdicts ignore a second copy of one evidence
+        (the unique evidence key). Kept per (table, columns): a table's rows have one shape."""
+        key = (table, columns)
+        text = self._inserts.get(key)
+        if text is None:
+            tail = " ON CONFLICT (device_id, scheme, dedup_key) DO NOTHING" if table == "verdict" else ""
+            text = self._inserts[key] = self._insert(_ident(table), columns, tail)
+        return text
+
+    def insert_rows(self, conn: Connection, table: str, rows: Sequence[Mapping[str, object]]) -> int:
+        """One executemany of ``rows`` (dicts of one shape, column -> value) into ``table``."""
+        if not rows:
+            return 0
+        columns = tuple(rows[0])
+        pick = itemgetter(*columns)
+        values = [pick(r) if len(columns) > 1 else (pick(r),) for r in rows]
+        return self.executemany(conn, self.insert(table, columns), values)
 
     def update_devices(self, names: tuple[str, ...]) -> str:
         """``UPDATE device SET <names> WHERE device_id = ?`` (few distinct column sets: kept)."""
