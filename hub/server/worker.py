@@ -228,7 +228,11 @@ class HubWorker:
         if again:  # committed before: its results are with the broker or still with paho
             self.redelivered += len(again)
             log.info("%d redelivered evidence already committed: acknowledged, not decided again", len(again))
-            self.transport.ack(again)
+            # A resumed session redelivers with the original packet id (MQTT 5 §4.4): while the original's
+            # batch waits for its PUBACKs, its acknowledgement covers the copy; acknowledging the copy now
+            # would free the id for a new message that the original's later acknowledgement would then cover.
+            waiting = {m.token for flight in self._in_flight for m in flight.batch}
+            self.transport.ack([m for m in again if m.token not in waiting])
             evidence = [m for m in evidence if not (m.redelivered and _digest(m) in self._committed)]
         if evidence:
             self._process_until_committed(evidence)
