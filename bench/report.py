@@ -74,7 +74,8 @@ def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[st
             "quarantine_latency_low_rate_p99_ms": _met(q_low, q_low is not None and q_low < 20),
             "worker_scaling": _met(ratio, ratio is not None and ratio >= 1.6),
             "rss_per_active_device": {"value": None, "met": None},
-            "flat_scaling": {"value": None, "latency_met": flat_latency, "memory_met": flat_memory,
+            "flat_scaling": {"value": [row["p99_latency_ms"] for row in scale],
+                             "latency_met": flat_latency, "memory_met": flat_memory,
                              "met": None if flat_latency is None else bool(flat_latency and flat_memory)},
             "anomaly_pass": {"value": "separate thread", "met": True},
         }
