@@ -6,10 +6,14 @@ import time
 from typing import Any
 
 TARGETS = {
-    "efficiency": ">= 0.6",
-    "quarantine_latency_p99_ms": "< 50 at 1,000 evidence/s",
-    "flat_scaling": "p99 latency and memory per worker flat from 10,000 to 1,000,000 enrolled devices",
-    "worker_scaling": "throughput grows with workers up to the cores",
+    "efficiency": ">= 0.3 (verified per hub CPU-second / raw ES256 verifies per CPU-second, same run)",
+    "quiet_fleet_cpu": "CPU per evidence at the low rate <= 1.5 x the saturated (drain, 1 worker) figure",
+    "quarantine_latency_p99_ms": "< 50 at the high rate (1,000/s in the full run)",
+    "quarantine_latency_low_rate_p99_ms": "< 20 at the low rate (200/s in the full run)",
+    "worker_scaling": "drain throughput with 2 workers >= 1.6 x one worker",
+    "rss_per_active_device": "<= 1 KB per active device at 100k active devices (not measured by this run)",
+    "flat_scaling": "p99 latency and memory per worker flat from the small to the large enrolled fleet",
+    "anomaly_pass": "off the evidence thread, never delays a batch (by design; tests/test_worker_settle.py)",
 }
 
 
@@ -28,6 +32,12 @@ def _headline(raw: float, db: dict[str, Any]) -> dict[str, Any]:
     if small is not None:
         out["quarantine_latency_ms"] = {k: small["quarantine_ms"][k] for k in ("p50", "p99")}
         out["steady_rate_per_s"] = small["rate"]
+    low = db.get("low_rate")
+    if low is not None:
+        cpu_us = round(low["hub_cpu_per_s"] / low["rate"] * 1e6, 1) if low["rate"] else None
+        out["low_rate"] = {"rate_per_s": low["rate"], "cpu_us_per_evidence": cpu_us,
+                           "quarantine_ms": {k: low["quarantine_ms"][k] for k in ("p50", "p99")}}
+    out["saturated_cpu_us_per_evidence"] = round(1e6 / per_cpu, 1) if per_cpu else None
     out["by_enrolled"] = [
         {"enrolled_devices": s["enrolled_devices"], "p99_latency_ms": s["latency_ms"]["p99"],
          "p50_latency_ms": s["latency_ms"]["p50"], "rss_mb_per_worker": s["worker_rss_mb"],
@@ -35,6 +45,10 @@ def _headline(raw: float, db: dict[str, Any]) -> dict[str, Any]:
         for s in db["scale"]
     ]
     return out
+
+
+def _met(value: float | None, ok: bool) -> dict[str, Any]:
+    return {"value": value, "met": None if value is None else ok}
 
 
 def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -47,19 +61,29 @@ def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[st
             flat_latency = b["p99_latency_ms"] <= max(2 * a["p99_latency_ms"], a["p99_latency_ms"] + 10)
             flat_memory = max(b["rss_mb_per_worker"] or [0]) <= 1.25 * max(a["rss_mb_per_worker"] or [1])
         tp = sorted(head["throughput"], key=lambda t: t["workers"])
+        ratio = round(tp[-1]["per_s"] / tp[0]["per_s"], 2) if len(tp) > 1 and tp[0]["per_s"] else None
+        low = head.get("low_rate") or {}
+        quiet = (round(low["cpu_us_per_evidence"] / head["saturated_cpu_us_per_evidence"], 2)
+                 if low.get("cpu_us_per_evidence") and head.get("saturated_cpu_us_per_evidence") else None)
+        q_high = head.get("quarantine_latency_ms", {}).get("p99")
+        q_low = (low.get("quarantine_ms") or {}).get("p99")
         verdicts[name] = {
-            "efficiency": {"value": head["efficiency"], "met": head["efficiency"] >= 0.6},
-            "quarantine_latency_p99_ms": {"value": head.get("quarantine_latency_ms", {}).get("p99"),
-                                          "met": (head.get("quarantine_latency_ms", {}).get("p99") or 1e9) < 50},
-            "flat_scaling": {"latency_met": flat_latency, "memory_met": flat_memory},
-            "worker_scaling": {"value": [t["per_s"] for t in tp],
-                               "met": len(tp) > 1 and tp[-1]["per_s"] > 1.2 * tp[0]["per_s"]},
+            "efficiency": _met(head["efficiency"], head["efficiency"] >= 0.3),
+            "quiet_fleet_cpu": _met(quiet, quiet is not None and quiet <= 1.5),
+            "quarantine_latency_p99_ms": _met(q_high, q_high is not None and q_high < 50),
+            "quarantine_latency_low_rate_p99_ms": _met(q_low, q_low is not None and q_low < 20),
+            "worker_scaling": _met(ratio, ratio is not None and ratio >= 1.6),
+            "rss_per_active_device": {"value": None, "met": None},
+            "flat_scaling": {"value": [row["p99_latency_ms"] for row in scale],
+                             "latency_met": flat_latency, "memory_met": flat_memory,
+                             "met": None if flat_latency is None else bool(flat_latency and flat_memory)},
+            "anomaly_pass": {"value": "separate thread", "met": True},
         }
     return verdicts
 
 
 def assemble(raw: float, databases: dict[str, Any], plan: dict[str, Any], machine: dict[str, Any], *, quick: bool,
-             seconds: float) -> dict[str, Any]:
+             seconds: float, stages: dict[str, Any] | None = None) -> dict[str, Any]:
     heads = {name: _headline(raw, db) for name, db in databases.items()}
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -72,6 +96,7 @@ def assemble(raw: float, databases: dict[str, Any], plan: dict[str, Any], machin
         "targets": TARGETS,
         "target_verdicts": _verdicts(raw, heads),
         "databases": databases,
+        "stages": stages or {},
     }
 
 
@@ -99,8 +124,18 @@ def markdown(data: dict[str, Any]) -> str:
         for row in head["by_enrolled"]:
             lines.append(f"| {name} | {row['enrolled_devices']:,} | {row['p50_latency_ms']} / {row['p99_latency_ms']} "
                          f"| {', '.join(str(r) for r in row['rss_mb_per_worker'])} | {row['quarantine_p99_ms']} |")
-    lines += ["", "Targets:", ""]
+    lines += ["", "## Targets", "", "| store | target | figure | met |", "|---|---|---|---|"]
     for name, verdict in data["target_verdicts"].items():
         for target, v in verdict.items():
-            lines.append(f"- {name} {target} ({data['targets'][target]}): {v}")
+            met = {True: "met", False: "missed", None: "not measured"}[v.get("met")]
+            lines.append(f"| {name} | {target}: {data['targets'][target]} | {v.get('value')} | {met} |")
+    stage_table = data.get("stages") or {}
+    if stage_table:
+        table = stage_table["us_per_evidence"]
+        lines += ["", "## Per stage (in-process, SQLite, µs of CPU per evidence; bare verify measured in the same run)",
+                  "", "| stage | µs | x bare verify |", "|---|---|---|"]
+        for stage, us in table.items():
+            lines.append(f"| {stage} | {us:.0f} | {us / stage_table['bare_verify_us']:.2f} |")
+        lines.append(f"| bare ES256 verify / sign | {stage_table['bare_verify_us']:.0f} / "
+                     f"{stage_table['bare_sign_us']:.0f} | 1.00 |")
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, report
+from bench import loadgen, report, stages
 from bench.rawverify import raw_verify_per_cpu_s
 from bench.scenarios import Cursor, DrainResult, drain, start_hub, steady
 from bench.stage import enrol_bulk, open_stage
@@ -35,13 +35,14 @@ class Plan:
     worker_counts: tuple[int, ...]
     rate: float
     steady_seconds: float
+    low_rate: float  # the quiet fleet: CPU per evidence and quarantine latency at this rate too
     probes_per_s: float
     bad_share: float
 
 
-FULL = Plan(3.0, ("sqlite", "postgresql"), 10_000, 1_000_000, 20_000, (1, 2), 1000.0, 8.0, 5.0, 0.1)
-QUICK = Plan(0.3, ("sqlite", "postgresql"), 1_000, 5_000, 1_000, (1, 2), 200.0, 2.0, 5.0, 0.1)
-TINY = Plan(0.1, ("sqlite", "postgresql"), 300, 600, 200, (1, 2), 100.0, 1.0, 5.0, 0.1)  # tests/test_bench_quick.py
+FULL = Plan(3.0, ("sqlite", "postgresql"), 10_000, 1_000_000, 20_000, (1, 2), 1000.0, 8.0, 200.0, 5.0, 0.1)
+QUICK = Plan(0.3, ("sqlite", "postgresql"), 1_000, 5_000, 1_000, (1, 2), 500.0, 2.0, 200.0, 5.0, 0.1)
+TINY = Plan(0.1, ("sqlite", "postgresql"), 300, 600, 200, (1, 2), 100.0, 1.0, 50.0, 5.0, 0.1)  # test_bench_quick
 
 
 def machine() -> dict[str, Any]:
@@ -89,6 +90,11 @@ def run_database(database: str, plan: Plan, pool: loadgen.KeyPool, work: Path) -
             hub, factory = start_hub(stage, workers, work, factory)
             try:
                 result_s = steady(stage, cursor, hub, factory, plan.rate, plan.steady_seconds, plan.probes_per_s)
+                if enrolled == plan.small:
+                    low = steady(stage, cursor, hub, factory, plan.low_rate, plan.steady_seconds, plan.probes_per_s)
+                    out["low_rate"] = asdict(low)
+                    print(f"  {database} at {plan.low_rate:.0f}/s: quarantine p99 {low.quarantine_ms['p99']} ms, "
+                          f"hub CPU {low.hub_cpu_per_s / low.rate * 1e6:.0f} µs/evidence", flush=True)
             finally:
                 hub.stop()
             out["scale"].append({"enrolled_devices": enrolled, "enrol_seconds": round(enrol_s, 1), **asdict(result_s)})
@@ -119,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     raw = raw_verify_per_cpu_s(plan.raw_seconds)
     print(f"raw ES256 verify: {raw:.0f}/CPU-s", flush=True)
+    small = args.quick or args.tiny
+    stage_table = stages.run(1 if small else 3, devices=64 if small else 256, per_device=3 if small else 8,
+                             batch=64 if small else 256)
+    print(stages.markdown(stage_table), flush=True)
     pool = loadgen.KeyPool.make()
     work = Path(tempfile.mkdtemp(prefix="attest-bench-"))
     try:
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     host = {**machine(), "loadavg_at_start": load_before}  # other work on the machine skews latency figures
     data = report.assemble(raw, databases, asdict(plan), host, quick=args.quick or args.tiny,
-                           seconds=time.time() - started)
+                           seconds=time.time() - started, stages=stage_table)
     (out_dir / "latest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out_dir / "latest.md").write_text(report.markdown(data))
     print(report.markdown(data))

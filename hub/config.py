@@ -80,6 +80,15 @@ class Settings:
     retention_dir: str = ""
     retention_interval_s: float = 3600.0
     sampled_log_interval_s: float = 60.0
+    # Evidence loop pacing (hub/server/worker.py, docs/SCALING.md): a batch is cut so its processing takes
+    # about batch_budget_ms (its size follows the measured cost per evidence, at most batch_max); the
+    # broker's PUBACKs of a batch's results are awaited ack_wait_s plus ack_wait_per_message_ms for each
+    # message before the hub logs that the broker is late (it keeps waiting: never re-processes the batch);
+    # at most batches_in_flight committed batches wait for their PUBACKs while the next one is processed.
+    batch_budget_ms: float = 20.0
+    ack_wait_s: float = 10.0
+    ack_wait_per_message_ms: float = 5.0
+    batches_in_flight: int = 4
 
     @property
     def effective_database_url(self) -> str:
@@ -210,6 +219,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("broker_enforcement: must be 'none', 'acl-file', 'dynsec', 'emqx' or 'hivemq'")
     if settings.broker_enforcement in ("emqx", "hivemq") and not settings.broker_api_url:
         raise ConfigError(f"broker_enforcement = {settings.broker_enforcement!r} needs broker_api_url")
+    if settings.batch_budget_ms <= 0 or settings.batches_in_flight < 1:
+        raise ConfigError("batch_budget_ms must be positive and batches_in_flight at least 1")
     if settings.broker_enforcement == "acl-file" and not (settings.broker_acl_file and settings.broker_pid_file):
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:

@@ -14,6 +14,7 @@ class Incoming:
     token: int = 0  # the transport's acknowledgement handle (MQTT packet id)
     qos: int = 1
     received_at: float = 0.0  # time.monotonic() when the transport received it
+    redelivered: bool = False  # MQTT DUP: the broker sent it before and got no acknowledgement
 
 
 @dataclass(frozen=True, slots=True)

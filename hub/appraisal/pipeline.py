@@ -6,12 +6,21 @@ Stages, in order, for a batch:
    the per-device rate limit drops a flood before any cryptography;
 2. verify (no lock held): the trust anchor comes from the registry by the
    topic's device id, never from the message; the scheme authenticates;
-3. decide (one transaction): the device rows are re-read under lock, so a
-   key revoked or rotated since step 2 turns the verdict negative
-   (time-of-check/time-of-use); duplicates, replay and freshness are checked,
-   the scheme appraises, policy picks the action, and verdicts, device state,
-   commands and audit entries are written and committed together;
-4. the caller publishes the returned messages, then acknowledges the batch.
+3. decide (no lock held): the batch's device rows, the epoch and the evidence
+   already decided are read once; duplicates, replay and freshness are
+   checked, the scheme appraises, policy picks the action, and the results
+   and commands are built and signed;
+4. commit (one transaction, the only work under the write lock): the device
+   rows, the epoch and the evidence already decided are read again under
+   lock and must equal what step 3 decided on, challenge nonces are claimed,
+   then verdicts, device state, commands and audit entries are written and
+   committed together. If anything differs (another worker or an operator
+   changed one of the devices in between: time-of-check/time-of-use), the
+   transaction is rolled back and the whole batch is decided again under the
+   lock, as if step 3 had run there; so a key revoked or rotated since step 2
+   still turns the verdict negative;
+5. the caller publishes the returned messages, then acknowledges the batch:
+   nothing is acknowledged before its verdict is committed and its result signed.
 
 Evidence errors become negative verdicts; only ``StoreError`` (an
 infrastructure fault) escapes, and then nothing of the batch is acknowledged.
@@ -44,6 +53,10 @@ from hub.schemes.base import Claims, EvidenceError, EvidenceScheme, TrustAnchor
 from hub.store.db import DeviceRecord, Store
 
 log = logging.getLogger(__name__)
+
+
+class _Conflict(Exception):
+    """Under the lock, the state a batch was decided on is no longer the state in the database."""
 
 _ANCHOR_CACHE_MAX = 100_000
 
@@ -109,10 +122,16 @@ class Pipeline:
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
         self.decider.platform_schemes = registry.platform_schemes
         self._key_cache: dict[str, PublicKey] = {}
-        self._anchor_rows: dict[str, _AnchorRow] = {}
-        """device id -> its anchor fields as this worker last committed them (bounded: _ANCHOR_CACHE_MAX)."""
+        self._committed: dict[str, tuple[object, ...]] = {}
+        """device id -> its row (``DeviceRecord.snapshot``) as this worker last committed it (bounded:
+        _ANCHOR_CACHE_MAX). Verification and the unlocked decision start from it; the commit checks it
+        against the row locked in the database."""
         self.device_classes: dict[str, str] = {}
         """device id -> class of the devices seen in the last batch (for metrics labels)."""
+        self._nonces: list[tuple[bytes, str]] | None = None
+        """While deciding outside the lock: the challenge nonces to claim under it (None: claim at once)."""
+        self.conflicts = 0
+        """Batches decided again under the lock because their state changed meanwhile (for the bench)."""
 
     def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -120,12 +139,61 @@ class Pipeline:
         if not routed:
             return outcome
         ids = {r.device_id for r in routed}
-        anchors, revoked, from_cache = self._anchors(ids)
-        for item in routed:
-            item.anchor_revoked = item.device_id in revoked
-            item.cached_row = from_cache.get(item.device_id)
-            self._verify(item, anchors.get(item.device_id))
+        rows, cached = self._rows(ids)
         now = self.clock()
+        anchors = {i: (row, self._anchor(row, now)) for i, row in ((i, _AnchorRow.of(d)) for i, d in rows.items())}
+        for item in routed:
+            row, anchor = anchors.get(item.device_id, (None, None))
+            item.anchor_revoked = row is not None and row.revoked
+            item.cached_row = row if item.device_id in cached else None
+            self._verify(item, anchor)
+        try:
+            devices = self._decide_unlocked(routed, rows, now, outcome)
+        except _Conflict:
+            self.conflicts += 1
+            outcome.decisions.clear()
+            devices = self._decide_locked(routed, ids, now, outcome)
+        self._remember(devices.values())
+        for decision in outcome.decisions:
+            outcome.publishes.extend(decision.publishes)
+        return outcome
+
+    def _decide_unlocked(self, routed: Sequence[_Routed], devices: dict[str, DeviceRecord], now: float,
+                         outcome: BatchOutcome) -> dict[str, DeviceRecord]:
+        """Decide, build and sign with no lock held on ``devices`` (as verified with), then commit if the
+        locked state is the state decided on; ``_Conflict`` (nothing written) if it is not."""
+        self.decider.reset()
+        ids = {r.device_id for r in routed}
+        before = {i: d.snapshot() for i, d in devices.items()}
+        with self.store.reading() as conn:
+            epoch = int(self.store.get_state(conn, "epoch") or 0)
+            keys = self._evidence_keys(routed)
+            seen = self.store.existing_evidence(conn, keys)
+            known = frozenset(seen)
+            self.device_classes = {d.device_id: d.device_class for d in devices.values()}
+            self.decider.epoch = epoch
+            self._nonces = []
+            try:
+                for item in routed:
+                    outcome.decisions.append(self._decide(conn, item, devices.get(item.device_id), epoch, seen, now))
+            finally:
+                nonces, self._nonces = self._nonces, None
+        try:
+            with self.store.transaction() as conn:
+                locked = self.store.devices(conn, ids, lock=True)
+                if ({i: d.snapshot() for i, d in locked.items()} != before
+                        or int(self.store.get_state(conn, "epoch") or 0) != epoch
+                        or self.store.existing_evidence(conn, keys) != known
+                        or not all(self.store.use_nonce(conn, n, d, now) for n, d in nonces)):
+                    raise _Conflict
+                self.decider.flush(conn, devices, before)
+        finally:
+            self.decider.reset()
+        return devices
+
+    def _decide_locked(self, routed: Sequence[_Routed], ids: set[str], now: float,
+                       outcome: BatchOutcome) -> dict[str, DeviceRecord]:
+        """Decide the whole batch inside one transaction, on the rows as locked."""
         self.decider.reset()
         with self.store.transaction() as conn:
             devices = self.store.devices(conn, ids, lock=True)
@@ -134,19 +202,16 @@ class Pipeline:
             self.device_classes = {d.device_id: d.device_class for d in devices.values()}
             epoch = int(self.store.get_state(conn, "epoch") or 0)
             self.decider.epoch = epoch
-            seen = self.store.existing_evidence(
-                conn, [(r.device_id, r.claims.scheme, r.claims.dedup_key) if r.claims is not None
-                       else (r.device_id, r.scheme.name if r.scheme else "unknown", _unparsed_key(r))
-                       for r in routed]
-            )
+            seen = self.store.existing_evidence(conn, self._evidence_keys(routed))
             for item in routed:
-                decision = self._decide(conn, item, devices.get(item.device_id), epoch, seen, now)
-                outcome.decisions.append(decision)
+                outcome.decisions.append(self._decide(conn, item, devices.get(item.device_id), epoch, seen, now))
             self.decider.flush(conn, devices, before)
-        self._remember(devices.values())
-        for decision in outcome.decisions:
-            outcome.publishes.extend(decision.publishes)
-        return outcome
+        return devices
+
+    @staticmethod
+    def _evidence_keys(routed: Sequence[_Routed]) -> list[tuple[str, str, str]]:
+        return [(r.device_id, r.claims.scheme, r.claims.dedup_key) if r.claims is not None
+                else (r.device_id, r.scheme.name if r.scheme else "unknown", _unparsed_key(r)) for r in routed]
 
     # --- stages ------------------------------------------------------------------
 
@@ -163,19 +228,17 @@ class Pipeline:
         trace_id = message.trace_id or uuid.uuid4().hex[:16]
         return _Routed(message, device_id, scheme, trace_id)
 
-    def _anchors(self, ids: set[str]) -> tuple[dict[str, TrustAnchor], set[str], dict[str, _AnchorRow]]:
-        """Trust anchors for verification (no lock held): from the worker's cache of device rows as last
-        committed, and from the database for devices not in it. Either may be stale; the locked read in
-        ``process`` decides (``_recheck_cached`` and the key_version/revoked checks in ``_decide``)."""
-        cached = {i: self._anchor_rows[i] for i in ids if i in self._anchor_rows}
-        rows = dict(cached)
-        missing = ids - rows.keys()
+    def _rows(self, ids: set[str]) -> tuple[dict[str, DeviceRecord], set[str]]:
+        """The batch's device rows (no lock held): from the worker's cache of rows as it last committed them,
+        and one read for the others; and the ids that came from the cache. Either may be stale; the commit
+        compares them with the rows locked in the database (and ``_recheck_cached`` verifies again)."""
+        devices = {i: DeviceRecord(*self._committed[i]) for i in ids if i in self._committed}  # type: ignore[arg-type]
+        cached = set(devices)
+        missing = ids - cached
         if missing:
             with self.store.reading() as conn:
-                rows.update({i: _AnchorRow.of(d) for i, d in self.store.devices(conn, missing).items()})
-        now = self.clock()
-        anchors = {i: self._anchor(row, now) for i, row in rows.items()}
-        return anchors, {i for i, row in rows.items() if row.revoked}, cached
+                devices.update(self.store.devices(conn, missing))
+        return devices, cached
 
     def _recheck_cached(self, routed: Sequence[_Routed], devices: dict[str, DeviceRecord]) -> None:
         """Under the lock: evidence verified with a cached anchor that no longer matches the device row (the
@@ -189,20 +252,20 @@ class Pipeline:
                 continue
             device = devices.get(item.device_id)
             if device is None:  # no longer enrolled: _decide rejects it
-                self._anchor_rows.pop(item.device_id, None)
+                self._committed.pop(item.device_id, None)
                 continue
             row = _AnchorRow.of(device)
             if row != item.cached_row:  # compared with the row this item was verified with
-                self._anchor_rows[item.device_id] = row
+                self._committed[item.device_id] = device.snapshot()
                 item.claims, item.error, item.anchor_revoked, item.cached_row = None, None, row.revoked, None
                 self._verify(item, self._anchor(row, now))
 
     def _remember(self, devices: Iterable[DeviceRecord]) -> None:
         """After a commit: the anchors of the batch's devices as committed (bounded)."""
-        if len(self._anchor_rows) > _ANCHOR_CACHE_MAX:
-            self._anchor_rows.clear()
+        if len(self._committed) > _ANCHOR_CACHE_MAX:
+            self._committed.clear()
         for device in devices:
-            self._anchor_rows[device.device_id] = _AnchorRow.of(device)
+            self._committed[device.device_id] = device.snapshot()
 
     def _anchor(self, row: _AnchorRow, now: float) -> TrustAnchor:
         key = None
@@ -286,12 +349,23 @@ class Pipeline:
             reason = "stale-nonce" if "stale" in fresh.problem else "bad-nonce"
             return self.decider.reject(conn, ctx, claims.dedup_key,
                                        EvidenceError(reason, fresh.problem, authenticated=True), seen, device=device)
-        if fresh.kind == "challenge" and not self.store.use_nonce(conn, claims.nonce or b"", item.device_id, now):
+        if fresh.kind == "challenge" and not self._use_nonce(conn, claims.nonce or b"", item.device_id, now):
             return self.decider.reject(conn, ctx, claims.dedup_key,
                                        EvidenceError("nonce-reused", "challenge nonce was already used",
                                                      authenticated=True), seen, device=device)
         assert item.scheme is not None
         return self.decider.appraise(conn, ctx, device, item.scheme, claims)
+
+
+    def _use_nonce(self, conn: Connection, nonce: bytes, device_id: str, now: float) -> bool:
+        """Claim a challenge nonce: at once under the lock, or (deciding outside it) noted for the commit,
+        which claims it under the lock and decides the batch again there if it was used meanwhile."""
+        if self._nonces is None:
+            return self.store.use_nonce(conn, nonce, device_id, now)
+        if any(nonce == n for n, _ in self._nonces):
+            return False
+        self._nonces.append((nonce, device_id))
+        return True
 
 
 def _unparsed_key(item: _Routed) -> str:

@@ -16,10 +16,11 @@ from sqlalchemy import Connection
 from hub import wire
 from hub.appraisal import transitions
 from hub.appraisal.liveness import deadline_epoch
-from hub.appraisal.messages import Command, ResultClaims, result_from_verdict, sign_result
+from hub.appraisal.messages import Command, ResultClaims, result_from_verdict
 from hub.appraisal.remediation import plan_remediation
 from hub.appraisal.storage import RejectionTally, StorageRules, evidence_columns, kept_bytes
 from hub.audit import AuditDraft, append
+from hub.crypto.cose import Signer
 from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
 from hub.reference import trust
@@ -68,6 +69,10 @@ class Decider:
         self.epoch_period_s = epoch_period_s
         self.keys = keys
         self.kid = keys.kid  # a SHA-256 of the public key: computed once, not per signature
+        # Protected headers encoded once, key and algorithm objects reused: the same bytes as
+        # messages.sign_result and Command.sign make (tests/test_hotpath.py compares them).
+        self._result_signer = Signer(keys.signing_key, kid=self.kid, content_type=wire.EAR_MEDIA_TYPE.split(";")[0])
+        self._command_signer = Signer(keys.signing_key, kid=self.kid)
         self.references = references
         self.command_ttl_s = command_ttl_s
         self.remediation = False  # send a remediate command when quarantining for firmware (Settings.remediation)
@@ -278,7 +283,7 @@ class Decider:
         self._touched.add(device.device_id)
         command = Command(device.device_id, kind, device.command_seq, int(now), int(now) + self.command_ttl_s,
                           reason[:500], release_name=release_name)
-        signed = command.sign(self.keys.signing_key, self.kid)
+        signed = self._command_signer.sign(command.payload())
         self._commands.append({"device_id": device.device_id, "seq": command.seq, "kind": kind, "reason": reason[:500],
                                "issued_at": now, "expires_at": float(command.expires_at), "signed": signed})
         return _publish(wire.device_topic(device.device_id, wire.COMMAND), signed, True, trace_id)
@@ -309,7 +314,7 @@ class Decider:
         decision.publishes.insert(0, self._result_message(result, ctx, retain))
 
     def _result_message(self, result: ResultClaims, ctx: Context, retain: bool) -> Outgoing:
-        signed = sign_result(result, self.keys.signing_key, self.kid)
+        signed = self._result_signer.sign(result.payload())
         return _publish(wire.device_topic(ctx.device_id, wire.RESULT), signed, retain, ctx.trace_id,
                         content_type=wire.EAR_MEDIA_TYPE)
 

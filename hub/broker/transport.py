@@ -57,6 +57,16 @@ class _PublishProperties(Properties):
         return packed if isinstance(packed, bytes) else bytes(super().pack())  # type: ignore[no-untyped-call]
 
 
+def _has_puback(info: mqtt.MQTTMessageInfo) -> bool:
+    """paho's own record of the PUBACK. ``is_published`` raises for a message published while the
+    connection was down (rc NO_CONN), yet paho keeps that message queued, sends it on the resumed
+    session and marks it published when its PUBACK comes; so the record is read directly."""
+    if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+        return False  # never queued (the queue is unbounded here: max_queued_messages 0)
+    with info._condition:
+        return bool(info._published)
+
+
 def _utf8(text: str) -> bytes:
     data = text.encode("utf-8")
     if len(data) > 0xFFFF:
@@ -166,22 +176,57 @@ class MqttTransport:
 
     def publish_all(self, messages: Sequence[Outgoing], timeout: float = 10.0) -> bool:
         """Publish at QoS 1 and wait for every PUBACK; False if any did not arrive in time."""
+        return self.wait_published(self.publish(messages), timeout)
+
+    def publish(self, messages: Sequence[Outgoing]) -> list[mqtt.MQTTMessageInfo]:
+        """Publish at QoS 1 without waiting; ``published``/``wait_published`` tell when the broker has them.
+        paho keeps each message until its PUBACK, and sends it again on a resumed session."""
         infos = []
         for out in messages:
             props = publish_properties(self._publish_prototype, out.content_type, out.trace_id)
             infos.append(self.client.publish(out.topic, out.payload, qos=1, retain=out.retain, properties=props))
+        return infos
+
+    @staticmethod
+    def published(infos: Sequence[mqtt.MQTTMessageInfo]) -> bool:
+        """Every message has its PUBACK (no waiting)."""
+        return all(_has_puback(info) for info in infos)
+
+    def wait_published(self, infos: Sequence[mqtt.MQTTMessageInfo], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every PUBACK; False if any is still missing."""
         deadline = time.monotonic() + timeout
         for info in infos:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                info.wait_for_publish(remaining)
-            except (RuntimeError, ValueError):
-                return False
-            if not info.is_published():
-                return False
+            while not _has_puback(info):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with info._condition:  # paho notifies this condition when the PUBACK arrives
+                    if not info._published:
+                        info._condition.wait(min(remaining, 0.1))
         return True
+
+    def end_session(self, timeout: float = 10.0) -> bool:
+        """Retire this identity: unsubscribe everything and disconnect with session expiry 0, so the broker
+        deletes the session and queues nothing more for it (MQTT 5 §3.14.2.2.2). False if the broker did not
+        confirm the unsubscribe in time (the session then still ends at the disconnect)."""
+        done = threading.Event()
+        result, mid = self.client.unsubscribe([topic for topic, _qos in self.subscriptions])
+        confirmed = False
+        if result == mqtt.MQTT_ERR_SUCCESS:
+            previous = self.client.on_unsubscribe
+
+            def on_unsubscribe(_c: mqtt.Client, _u: object, got: int, *_rest: object) -> None:
+                if got == mid:
+                    done.set()
+
+            self.client.on_unsubscribe = on_unsubscribe
+            confirmed = done.wait(timeout)
+            self.client.on_unsubscribe = previous
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
+        self.client.loop_stop()
+        return confirmed
 
     def ack(self, messages: Sequence[Incoming]) -> None:
         for message in messages:
@@ -239,4 +284,4 @@ class MqttTransport:
             if key == "trace-id" and isinstance(value, str) and len(value) <= 64:
                 trace_id = value
         self.inbox.put(Incoming(message.topic, bytes(message.payload), content_type, trace_id, message.mid,
-                                message.qos, time.monotonic()))
+                                message.qos, time.monotonic(), redelivered=bool(message.dup)))

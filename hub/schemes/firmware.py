@@ -28,6 +28,7 @@ from hub.schemes.claims import optional, require, require_nonce, text_list, type
 
 MAX_EVIDENCE_BYTES = 16 * 1024
 MAX_COMPONENTS = 32
+COMPONENT_MEMO_MAX = 4096  # distinct measured-component encodings kept per scheme instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +111,17 @@ class FirmwareScheme:
     topic_leaf = wire.EVIDENCE
     attests_platform = True
 
+    def __init__(self) -> None:
+        self._components: dict[bytes, MeasuredComponent] = {}
+        """encoded measured-component -> its decoded, checked value. A fleet reports few distinct
+        components (one per firmware image), so each is decoded once, not once per evidence; the key is
+        the exact bytes, so only an identical encoding is taken from here (bounded: COMPONENT_MEMO_MAX)."""
+
     def verify(self, raw: bytes, anchor: TrustAnchor) -> Claims:
         claims = verify_cose_evidence(raw, anchor, MAX_EVIDENCE_BYTES)
         if claims.get(wire.EAT_PROFILE) != wire.FIRMWARE_PROFILE:
             raise EvidenceError("wrong-profile", "eat_profile is not the firmware evidence profile", authenticated=True)
-        body = _firmware_claims(claims)
+        body = _firmware_claims(claims, self._components)
         if anchor.ueid is not None and not hmac.compare_digest(body.ueid, anchor.ueid):
             raise EvidenceError("ueid-mismatch", "ueid differs from the one bound at enrolment", authenticated=True)
         nonce = require_nonce(claims, wire.NONCE)
@@ -135,7 +142,8 @@ class FirmwareScheme:
         return appraise_firmware(body, inputs)
 
 
-def _firmware_claims(claims: Mapping[object, object]) -> FirmwareClaims:
+def _firmware_claims(claims: Mapping[object, object],
+                     memo: dict[bytes, MeasuredComponent] | None = None) -> FirmwareClaims:
     ueid = require(claims, wire.UEID, bytes, "ueid")
     if not 7 <= len(ueid) <= 33:
         raise EvidenceError("bad-claim", "ueid must be 7..33 bytes", authenticated=True)
@@ -159,16 +167,28 @@ def _firmware_claims(claims: Mapping[object, object]) -> FirmwareClaims:
         bootcount=uint(claims, wire.BOOTCOUNT, "bootcount"),
         seq=uint(claims, wire.EVIDENCE_SEQ, "evidence sequence"),
         swversion=typed(swversion[0], str, "swversion"),
-        components=tuple(_component(entry) for entry in measurements),
+        components=tuple(_component(entry, memo) for entry in measurements),
         processes=None if processes is None else text_list(processes, "processes"),
         endpoints=None if endpoints is None else text_list(endpoints, "endpoints"),
     )
 
 
-def _component(entry: object) -> MeasuredComponent:
+def _component(entry: object, memo: dict[bytes, MeasuredComponent] | None = None) -> MeasuredComponent:
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] != wire.MC_CONTENT_FORMAT:
         raise EvidenceError("bad-claim", "a measurement must be [10000, bstr measured-component]", authenticated=True)
     encoded = typed(entry[1], bytes, "measured-component")
+    if memo is not None:
+        known = memo.get(encoded)
+        if known is None:
+            known = _decode_component(encoded)  # a bad encoding raises and is not kept
+            if len(memo) >= COMPONENT_MEMO_MAX:
+                memo.clear()
+            memo[encoded] = known
+        return known
+    return _decode_component(encoded)
+
+
+def _decode_component(encoded: bytes) -> MeasuredComponent:
     try:
         component = loads_strict(encoded, max_bytes=1024, max_depth=4)
     except CborError as exc:

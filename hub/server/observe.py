@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from hub.anomaly.stats import KINDS
@@ -27,28 +28,55 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
         if message.received_at:
             metrics.processing.observe(now - message.received_at)
     first = min((m.received_at for m in batch if m.received_at), default=now)
-    for _topic, why in outcome.dropped:
-        metrics.dropped.labels(why=why).inc()
+    # Counted per batch, then one labelled increment per distinct label (a labels() lookup costs more
+    # than the increment; a batch has few distinct labels).
+    dropped = Counter(why for _topic, why in outcome.dropped)
+    received: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    verified: Counter[str] = Counter()
+    verdicts: Counter[tuple[str, str]] = Counter()
+    commands: Counter[str] = Counter()
+    duplicates = quarantines = releases = unknown = 0
     for decision in outcome.decisions:
-        metrics.received.labels(scheme=decision.scheme).inc()
+        received[decision.scheme] += 1
         if decision.status == DUPLICATE:
-            metrics.duplicates.inc()
+            duplicates += 1
             continue
         if decision.status == REJECTED:
-            metrics.rejected.labels(reason=decision.reason or "rejected").inc()
+            rejected[decision.reason or "rejected"] += 1
             if decision.reason == UNKNOWN_DEVICE:
-                metrics.unknown_devices.inc()
+                unknown += 1
             continue
-        metrics.verified.labels(scheme=decision.scheme).inc()
-        metrics.verdicts.labels(tier=decision.status, device_class=classes.get(decision.device_id, "?")).inc()
+        verified[decision.scheme] += 1
+        verdicts[(decision.status, classes.get(decision.device_id, "?"))] += 1
         if decision.action == "quarantine":
-            metrics.quarantines.inc()
+            quarantines += 1
             metrics.time_to_quarantine.observe(now - first)
         elif decision.action == "release":
-            metrics.releases.inc()
+            releases += 1
         for out in decision.publishes:
             if out.topic.endswith("/cmd"):
-                metrics.commands.labels(kind=decision.action).inc()
+                commands[decision.action] += 1
+    for why, count in dropped.items():
+        metrics.dropped.labels(why=why).inc(count)
+    for scheme, count in received.items():
+        metrics.received.labels(scheme=scheme).inc(count)
+    for reason, count in rejected.items():
+        metrics.rejected.labels(reason=reason).inc(count)
+    for scheme, count in verified.items():
+        metrics.verified.labels(scheme=scheme).inc(count)
+    for (tier, device_class), count in verdicts.items():
+        metrics.verdicts.labels(tier=tier, device_class=device_class).inc(count)
+    for kind, count in commands.items():
+        metrics.commands.labels(kind=kind).inc(count)
+    if duplicates:
+        metrics.duplicates.inc(duplicates)
+    if quarantines:
+        metrics.quarantines.inc(quarantines)
+    if releases:
+        metrics.releases.inc(releases)
+    if unknown:
+        metrics.unknown_devices.inc(unknown)
 
 
 def export_anomalies(metrics: HubMetrics, result: PassResult) -> None:

@@ -2,7 +2,11 @@
 
 A dead worker is restarted under the same identity (``{hub_id}-w{index}``):
 Mosquitto hands a shared subscription's queued messages back only to the
-identity that held them. All shared state is in the database.
+identity that held them. All shared state is in the database. For the same
+reason, a start with fewer workers than before first drains the retired
+identities' sessions (``HubWorker.drain``) and ends them, so no evidence is
+stranded in a session nobody connects to again. Workers log at the
+supervisor's verbosity.
 
 Restarts back off exponentially per worker (:class:`RestartPolicy`: 0.5 s,
 1 s, 2 s ... capped at 30 s; a worker that ran for ``stable_s`` starts again
@@ -87,13 +91,43 @@ class _Slot:
     restart_at: float = 0.0  # > 0: dead, to be started again at this monotonic time
 
 
+def retire_workers(settings: Settings, count: int, stop: threading.Event) -> int:
+    """Drain and end the sessions of worker identities at or above ``count``; returns the evidence drained."""
+    from hub.broker.transport import TransportError
+    from hub.crypto.hubstate import open_store
+    from hub.server.worker import HubWorker, forget_identities, retired_identities
+    from hub.store import StoreError
+
+    try:
+        store = open_store(settings)
+    except StoreError as exc:
+        log.error("cannot drain retired worker identities: %s", exc)
+        return 0
+    try:
+        retired = retired_identities(store, count)
+        drained = 0
+        for index in retired:
+            log.warning("worker identity %d is retired (now %d worker(s)): draining its session", index, count)
+            drained += HubWorker(settings, index).drain(stop)
+        if retired and not stop.is_set():
+            forget_identities(store, count)
+        return drained
+    except (StoreError, TransportError) as exc:  # retried at the next start; the workers start regardless
+        log.error("cannot drain retired worker identities: %s", exc)
+        return 0
+    finally:
+        store.close()
+
+
 def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1, *,
                 policy: RestartPolicy | None = None, target: WorkerTarget = _worker_main) -> None:
     """Run ``count`` workers until ``stop`` is set; restart dead ones with backoff.
 
     ``count == 1`` runs the worker in this process (its exceptions propagate). Raises :class:`CrashLoopError`
-    when a worker is in a crash loop (all workers are stopped first).
+    when a worker is in a crash loop (all workers are stopped first). Worker identities at or above ``count``
+    that held a persistent session are drained and ended first (``retire_workers``).
     """
+    retire_workers(settings, count, stop)
     if count == 1:
         from hub.server.worker import HubWorker
 

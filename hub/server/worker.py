@@ -5,17 +5,31 @@ wait for the broker's PUBACKs, and only then acknowledge the batch. When the
 database cannot commit, the batch is retried with backoff and nothing is
 acknowledged, so the broker keeps the messages (the hub "stops acknowledging
 while it cannot commit"). Worker 0 also advances the epoch nonce.
+
+Pacing: a batch is cut to what the worker processes in ``batch_budget_ms``
+(its size follows the measured cost per evidence). Quarantine commands and
+their results are published first. While a committed batch waits for its
+PUBACKs, the next one is processed (at most ``batches_in_flight`` wait);
+batches are acknowledged in order, each only once all its messages are with
+the broker. A committed batch is never decided again: its messages stay with
+paho (re-sent on a resumed session) however long the broker takes, and
+evidence the broker redelivers after the hub committed it is acknowledged
+without a second decision.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
 
 from hub import wire
-from hub.anomaly.watch import AnomalyWatch, detector_config, fleet_counts
+from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_counts
 from hub.appraisal.liveness import sweep_missed
 from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
@@ -46,8 +60,6 @@ from hub.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "hub"
-
-
 @dataclass(slots=True)
 class Health:
     broker_connected: bool = False
@@ -59,6 +71,27 @@ class Health:
     @property
     def ready(self) -> bool:
         return self.broker_connected and self.database_ok
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A committed batch whose results and commands wait for the broker's PUBACKs."""
+
+    batch: list[Incoming]
+    outcome: BatchOutcome
+    infos: list[mqtt.MQTTMessageInfo]
+    commit_s: float
+    classes: dict[str, str]  # device id -> class, for the metrics' labels
+    since: float = field(default_factory=time.monotonic)
+
+
+def urgent_first(outcome: BatchOutcome) -> list[Outgoing]:
+    """The batch's messages with the quarantines' (command and result) first, then the rest in order."""
+    urgent = [out for d in outcome.decisions if d.action == "quarantine" for out in d.publishes]
+    if not urgent:
+        return outcome.publishes
+    first = {id(out) for out in urgent}
+    return urgent + [out for out in outcome.publishes if id(out) not in first]
 
 
 class HubWorker:
@@ -88,7 +121,9 @@ class HubWorker:
         self.transport = MqttTransport(
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
-                settings.session_expiry_s, receive_maximum=max(64, settings.batch_max * 4),
+                settings.session_expiry_s,
+                # room for the batches waiting for PUBACKs, the one being processed and the next
+                receive_maximum=min(65535, max(64, settings.batch_max * (settings.batches_in_flight + 2))),
                 tls_ca=settings.broker_tls_ca, tls_cert=settings.worker_tls(index)[0],
                 tls_key=settings.worker_tls(index)[1],
             ),
@@ -111,7 +146,17 @@ class HubWorker:
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
         self._next_prune_at = 0.0
+        self._watch_thread: threading.Thread | None = None
+        self._watch_results: deque[PassResult] = deque()  # finished passes, applied by the evidence loop
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
+        self._in_flight: deque[_InFlight] = deque()
+        self._committed: OrderedDict[bytes, None] = OrderedDict()
+        """Digests of evidence this worker committed lately (bounded): a broker redelivery of one is acknowledged
+        without a second decision."""
+        self._committed_max = 4 * self.transport.address.receive_maximum
+        self._per_evidence_s = 0.0005  # measured cost per evidence (moving average), sets the batch size
+        self.redelivered = 0
+        """Evidence the broker redelivered after this worker had committed it (acknowledged, not re-decided)."""
 
     @property
     def is_leader(self) -> bool:
@@ -124,16 +169,49 @@ class HubWorker:
                                    self.metrics.registry, self.view)
         self._stop = stop
         self.transport.start()
+        record_identity(self.store, self.index)
         try:
             while not stop.is_set():
                 self.step()
         finally:
+            self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
+            if self._watch_thread is not None:
+                self._watch_thread.join(30)
             self.transport.stop()
             if self.is_leader:
                 self._step_generation()  # a clean stop: a copy taken before it is behind from now on
             self.store.close()
             if stop_http is not None:
                 stop_http()
+
+    def drain(self, stop: threading.Event, *, quiet_s: float = 2.0, limit_s: float = 300.0) -> int:
+        """Retire this worker's identity (``serve`` with fewer workers than before): decide and acknowledge
+        what its persistent session holds, like any batch, until nothing has come for ``quiet_s``; then end
+        the session, so the broker queues nothing more for it. Returns the evidence processed."""
+        self._stop = stop
+        self.transport.start()
+        started = last = time.monotonic()
+        try:
+            while not stop.is_set() and time.monotonic() - started < limit_s:
+                before = self.health.processed + self.redelivered
+                self.step()
+                if self.health.processed + self.redelivered != before or self._in_flight:
+                    last = time.monotonic()
+                elif time.monotonic() - last >= quiet_s:
+                    break
+            self._settle(until=time.monotonic() + 10.0)
+            if not self._in_flight and not stop.is_set():
+                self.transport.end_session()
+                log.info("retired worker identity drained: %d evidence; session ended", self.health.processed,
+                         extra={"client_id": self.transport.address.client_id})
+                return self.health.processed
+        except BaseException:
+            self.transport.stop()
+            raise
+        finally:
+            self.store.close()
+        self.transport.stop()  # stopped or not settled: the session keeps the rest for the next start
+        return self.health.processed
 
     def step(self) -> None:
         """One turn of the loop: epoch upkeep, then one batch (if any arrived)."""
@@ -151,7 +229,10 @@ class HubWorker:
             self._keep_retention()
         if not self._enforcement_synced:
             self._sync_enforcement()
-        batch = self.transport.next_batch(self.settings.batch_max, self.settings.batch_wait_ms / 1000.0)
+        self._settle()
+        batch = self.transport.next_batch(self.batch_limit(self.transport.inbox.qsize()),
+                                          self.settings.batch_wait_ms / 1000.0,
+                                          idle_s=0.02 if self._in_flight else 0.2)
         if not batch:
             return
         control = [m for m in batch if m.topic.startswith(wire.HUB_ROOT + "/")]
@@ -159,8 +240,53 @@ class HubWorker:
         for message in control:
             self._on_announcement(message)
         self.transport.ack(control)
+        again = [m for m in evidence if m.redelivered and _digest(m) in self._committed]
+        if again:  # committed before: its results are with the broker or still with paho
+            self.redelivered += len(again)
+            log.info("%d redelivered evidence already committed: acknowledged, not decided again", len(again))
+            # A resumed session redelivers with the original packet id (MQTT 5 §4.4): while the original's
+            # batch waits for its PUBACKs, its acknowledgement covers the copy; acknowledging the copy now
+            # would free the id for a new message that the original's later acknowledgement would then cover.
+            waiting = {m.token for flight in self._in_flight for m in flight.batch}
+            self.transport.ack([m for m in again if m.token not in waiting])
+            evidence = [m for m in evidence if not (m.redelivered and _digest(m) in self._committed)]
         if evidence:
             self._process_until_committed(evidence)
+
+    def batch_limit(self, backlog: int = 0) -> int:
+        """Evidence per batch: what takes about ``batch_budget_ms`` at the measured cost, within [8, batch_max];
+        ``batch_max`` when more than that is already waiting (``backlog``): then the evidence at the back
+        waits for every batch before it, and fewer, larger batches (fewer commits) get it through sooner."""
+        fits = int(self.settings.batch_budget_ms / 1000.0 / max(self._per_evidence_s, 1e-6))
+        limit = max(min(8, self.settings.batch_max), min(self.settings.batch_max, fits))
+        return self.settings.batch_max if backlog > limit else limit
+
+    def _settle(self, *, until: float | None = None) -> None:
+        """Acknowledge, in order, the committed batches whose messages all have their PUBACKs. Blocks while
+        ``batches_in_flight`` are waiting (or until ``until``); never gives a batch up: a late broker is
+        logged (after a wait that grows with what the batch publishes) and waited for."""
+        while self._in_flight:
+            head = self._in_flight[0]
+            if not self.transport.published(head.infos):
+                must_wait = until is not None or len(self._in_flight) > self.settings.batches_in_flight
+                if not must_wait:
+                    return
+                patience = self.settings.ack_wait_s + self.settings.ack_wait_per_message_ms / 1000.0 * len(head.infos)
+                limit = patience if until is None else min(patience, max(0.0, until - time.monotonic()))
+                if not self.transport.wait_published(head.infos, limit):
+                    if until is not None and time.monotonic() >= until:
+                        log.warning("stopping with %d committed batch(es) not acknowledged by the broker: "
+                                    "they are redelivered to this worker's session", len(self._in_flight))
+                        return
+                    log.error("the broker has not acknowledged %d result(s) of a committed batch after %.0f s; "
+                              "still waiting (the batch is not processed again)", len(head.infos),
+                              time.monotonic() - head.since)
+                    if self._stop.is_set():
+                        return
+                    continue
+            self._in_flight.popleft()
+            self.transport.ack(head.batch)
+            record_batch(self.metrics, head.batch, head.outcome, head.commit_s, head.classes)
 
     def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
         """Process and commit ``batch``, retrying while the database cannot commit; None if stopped
@@ -184,6 +310,7 @@ class HubWorker:
                 continue
             self.health.database_ok = True
             commit_s = time.monotonic() - started
+            self._per_evidence_s = 0.8 * self._per_evidence_s + 0.2 * commit_s / len(batch)
             break
         self.dropped.add((f"{topic}: {why}" for topic, why in outcome.dropped), time.monotonic())  # not per message
         self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
@@ -196,12 +323,13 @@ class HubWorker:
                             "action": decision.action, "trace_id": decision.trace_id,
                             "problems": list(decision.problems)})
         self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
-        if self.transport.publish_all(outcome.publishes):
-            self.transport.ack(batch)
-            record_batch(self.metrics, batch, outcome, commit_s, self.pipeline.device_classes)
-        else:
-            # Not acknowledged: the broker redelivers; the duplicate path re-publishes without a second verdict.
-            log.error("results of a batch were not acknowledged by the broker; leaving the batch unacknowledged")
+        for message in batch:
+            self._committed[_digest(message)] = None
+        while len(self._committed) > self._committed_max:
+            self._committed.popitem(last=False)
+        self._in_flight.append(_InFlight(batch, outcome, self.transport.publish(urgent_first(outcome)),
+                                         commit_s, self.pipeline.device_classes))
+        self._settle()
         self.health.processed += len(batch)
         self.health.last_batch_at = time.time()
         return outcome
@@ -300,17 +428,30 @@ class HubWorker:
             log.error("cannot step the generation (retried at the next epoch): %s", exc)
 
     def _keep_watch(self) -> None:
-        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period."""
+        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period, on a
+        thread of their own: the evidence loop does not wait for a pass; it applies a finished pass's result
+        (metrics, broker enforcement, commands) between its batches."""
+        while self._watch_results:
+            self._apply_watch(self._watch_results.popleft())
         now = time.monotonic()
-        if now < self._next_watch_at:
+        if now < self._next_watch_at or (self._watch_thread is not None and self._watch_thread.is_alive()):
             return
-        period = self.settings.anomaly_interval_s
-        self._next_watch_at = now + (period or 30.0)
+        self._next_watch_at = now + (self.settings.anomaly_interval_s or 30.0)
+        self._watch_thread = threading.Thread(target=self._watch_pass, name=f"anomaly-w{self.index}", daemon=True)
+        self._watch_thread.start()
+
+    def _watch_pass(self) -> None:
         try:
-            result = self.watch.run_pass() if period else fleet_counts(self.store)
+            result = self.watch.run_pass() if self.settings.anomaly_interval_s else fleet_counts(self.store)
         except StoreError as exc:
             log.error("anomaly pass failed (retried next period): %s", exc)
             return
+        except Exception:  # a bug in the pass must not end the leader silently
+            log.exception("anomaly pass failed (retried next period)")
+            return
+        self._watch_results.append(result)
+
+    def _apply_watch(self, result: PassResult) -> None:
         export_anomalies(self.metrics, result)
         for device_id in result.quarantined:
             try:
@@ -346,6 +487,37 @@ class HubWorker:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)
         signed = epoch_message(epoch, nonce, int(time.time()), self.keys.signing_key, self.keys.kid)
         self.transport.publish_all([Outgoing(wire.EPOCH_TOPIC, signed, retain=True)])
+
+
+IDENTITIES_KEY = "worker_identities"
+
+
+def record_identity(store: Store, index: int) -> None:
+    """Note that worker identity ``index`` has a persistent session (the high-water mark of worker
+    indices), so a later start with fewer workers drains and ends the retired sessions."""
+    try:
+        with store.transaction() as conn:
+            known = int(store.get_state(conn, IDENTITIES_KEY) or 0)
+            if index + 1 > known:
+                store.set_state(conn, IDENTITIES_KEY, str(index + 1))
+    except StoreError as exc:
+        log.error("cannot record worker identity %d: %s", index, exc)
+
+
+def retired_identities(store: Store, count: int) -> list[int]:
+    """Worker indices at or above ``count`` that held a persistent session before."""
+    with store.reading() as conn:
+        known = int(store.get_state(conn, IDENTITIES_KEY) or 0)
+    return list(range(count, known))
+
+
+def forget_identities(store: Store, count: int) -> None:
+    with store.transaction() as conn:
+        store.set_state(conn, IDENTITIES_KEY, str(count))
+
+
+def _digest(message: Incoming) -> bytes:
+    return hashlib.sha256(message.topic.encode() + b"\0" + message.payload).digest()[:16]
 
 
 def advance_epoch(store: Store, *, first: bool) -> int:

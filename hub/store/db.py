@@ -1,8 +1,11 @@
 """The store: one SQLAlchemy engine for SQLite (embedded default) or PostgreSQL.
 
-The hot path uses SQLAlchemy Core on the SQLModel tables with executemany
-batches (about 10x cheaper than per-row ORM objects); the operator commands
-use the same functions. Every write the pipeline makes for one batch of
+The evidence hot path (device reads and writes, verdicts, commands, audit
+rows, hub state, nonces) runs fixed SQL on the DB-API cursor of the caller's
+SQLAlchemy transaction (``hub/store/hotsql.py``): one query per table for a
+batch's reads, one executemany per table for its writes, no statement
+building per batch. The operator views use SQLAlchemy Core on the SQLModel
+tables. Every write the pipeline makes for one batch of
 evidence happens in one transaction, and the MQTT messages of that batch are
 acknowledged only after it commits. Infrastructure faults are translated to
 ``StoreError`` here, at the one boundary.
@@ -15,13 +18,15 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from hub.store.hotsql import HotSql, as_bytes
 from hub.store.models import (
     AuditEntry,
     CommandRecord,
@@ -98,6 +103,16 @@ class SchemaError(StoreError):
         self.kind = kind
 
 
+def _device_row(row: Sequence[Any]) -> DeviceRecord:
+    """A device record from a raw driver row in field order, typed as SQLAlchemy would type it (SQLite
+    returns booleans as 0/1, psycopg2 binary columns as memoryview)."""
+    record = DeviceRecord(*row)
+    record.revoked, record.quarantine_hold = bool(record.revoked), bool(record.quarantine_hold)
+    record.anomaly_hold = bool(record.anomaly_hold)
+    record.ueid, record.chain_head = as_bytes(record.ueid), as_bytes(record.chain_head)
+    return record
+
+
 class Store:
     """The hub's database. Opening it never changes its schema: ``schema=True`` (the default) checks that it
     is a hub database at this release's revision and raises ``SchemaError`` if not (the schema is created
@@ -133,6 +148,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    @cached_property
+    def hot(self) -> HotSql:
+        """The hot path's fixed SQL for this dialect (hub/store/hotsql.py)."""
+        return HotSql(self.dialect, _DEVICE_FIELDS, StoreError)
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One transaction; SQLite takes the write lock at BEGIN (IMMEDIATE)."""
@@ -164,36 +184,37 @@ class Store:
         wanted = sorted(set(ids))
         if not wanted:
             return {}
-        query = select(*[DEVICES.c[name] for name in _DEVICE_FIELDS]).where(DEVICES.c.device_id.in_(wanted))
-        if lock and self.dialect == "postgresql":
-            # Rows are locked in scan order: ORDER BY makes every worker lock in the same (id) order, no deadlock.
-            query = query.order_by(DEVICES.c.device_id).with_for_update()
+        sql = self.hot.devices_locked if lock else self.hot.devices  # PostgreSQL: FOR UPDATE, in id order
         # Columns are selected in field order, so a row constructs its record positionally.
-        return {row[0]: DeviceRecord(*row) for row in conn.execute(query)}
+        rows = self.hot.query(conn, sql, (self.hot.ids(wanted),))
+        return {row[0]: _device_row(row) for row in rows}
 
     def save_devices(self, conn: Connection, records: Sequence[DeviceRecord],
                      before: Mapping[str, tuple[object, ...]] | None = None) -> None:
-        """Write device rows (locked by the caller). With ``before`` (``DeviceRecord.snapshot`` of each as
-        read), only the columns that differ are written, one executemany per set of changed columns."""
+        """Write device rows (locked by the caller) with one executemany. With ``before``
+        (``DeviceRecord.snapshot`` of each as read), only the columns that changed in some row of the batch
+        are written (a row whose value did not change gets the value it has, read under the same lock)."""
         if not records:
             return
-        groups: dict[tuple[str, ...], list[DeviceRecord]] = {}
+        changed: set[str] = set()
+        written: list[DeviceRecord] = []
         for record in records:
             old = before.get(record.device_id) if before is not None else None
             if old is None:
-                names = _DEVICE_FIELDS[1:]
-            else:
-                names = tuple(n for n, was, now in zip(_DEVICE_FIELDS, old, record.snapshot(), strict=True)
-                              if was != now or type(was) is not type(now))
-            if names:
-                groups.setdefault(names, []).append(record)
-        for names, group in groups.items():
-            stmt = (
-                update(DEVICES)
-                .where(DEVICES.c.device_id == bindparam("_id"))
-                .values({name: bindparam(name) for name in names})
-            )
-            conn.execute(stmt, [{"_id": r.device_id, **{n: getattr(r, n) for n in names}} for r in group])
+                changed.update(_DEVICE_FIELDS[1:])
+                written.append(record)
+                continue
+            differ = [n for n, was, now in zip(_DEVICE_FIELDS, old, record.snapshot(), strict=True)
+                      if was != now or type(was) is not type(now)]
+            if differ:
+                changed.update(differ)
+                written.append(record)
+        if not written:
+            return
+        names = tuple(n for n in _DEVICE_FIELDS[1:] if n in changed)
+        pick = attrgetter(*names, "device_id")
+        rows = [pick(r) for r in written]
+        self.hot.executemany(conn, self.hot.update_devices(names), rows)
 
     def insert_device(self, conn: Connection, record: DeviceRecord) -> None:
         conn.execute(DEVICES.insert(), [record.values()])
@@ -213,23 +234,23 @@ class Store:
         wanted = set(keys)
         if not wanted:
             return set()
-        devices = {k[0] for k in wanted}
-        query = select(VERDICTS.c.device_id, VERDICTS.c.scheme, VERDICTS.c.dedup_key).where(
-            VERDICTS.c.device_id.in_(devices), VERDICTS.c.dedup_key.in_({k[2] for k in wanted})
-        )
-        return {(r.device_id, r.scheme, r.dedup_key) for r in conn.execute(query)} & wanted
+        params = (self.hot.ids(sorted({k[0] for k in wanted})), self.hot.ids(sorted({k[2] for k in wanted})))
+        return {(r[0], r[1], r[2]) for r in self.hot.query(conn, self.hot.existing, params)} & wanted
 
     def insert_verdicts(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            conn.execute(self._insert_ignore(VERDICTS, ("device_id", "scheme", "dedup_key")), list(rows))
+            self.hot.insert_rows(conn, "verdict", rows)
 
     def verdict_for(self, conn: Connection, device_id: str, scheme: str, dedup_key: str) -> dict[str, Any] | None:
-        row = conn.execute(
-            select(VERDICTS).where(
-                VERDICTS.c.device_id == device_id, VERDICTS.c.scheme == scheme, VERDICTS.c.dedup_key == dedup_key
-            )
-        ).first()
-        return dict(row._mapping) if row else None
+        """The stored verdict of one evidence: its appraisal columns and receive time (not the evidence bytes), or None."""
+        rows = self.hot.query(conn, self.hot.verdict_for, (device_id, scheme, dedup_key))
+        if not rows:
+            return None
+        names = ("device_id", "scheme", "dedup_key", "authenticated", "tier", "status", "trust_vector", "problems",
+                 "action", "manifest_ref", "policy_ref", "received_at")
+        found = dict(zip(names, rows[0], strict=True))
+        found["authenticated"] = bool(found["authenticated"])
+        return found
 
     def standing_verdict(self, conn: Connection, device_id: str, schemes: Iterable[str]) -> dict[str, Any] | None:
         """The device's newest verdict of one of ``schemes`` that was not a rejection: the one whose result
@@ -256,32 +277,28 @@ class Store:
 
     def insert_commands(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            conn.execute(COMMANDS.insert(), list(rows))
+            self.hot.insert_rows(conn, "command", rows)
 
     def latest_state_command(self, conn: Connection, device_id: str) -> dict[str, Any] | None:
-        row = conn.execute(
-            select(COMMANDS)
-            .where(COMMANDS.c.device_id == device_id, COMMANDS.c.kind.in_(("quarantine", "release", "remediate")))
-            .order_by(COMMANDS.c.seq.desc())
-            .limit(1)
-        ).first()
-        return dict(row._mapping) if row else None
+        """The device's latest quarantine, release or remediate command: device_id, seq, kind, signed."""
+        rows = self.hot.query(conn, self.hot.latest_state_command, (device_id,))
+        if not rows:
+            return None
+        device, seq, kind, signed = rows[0]
+        return {"device_id": device, "seq": seq, "kind": kind, "signed": bytes(signed)}
 
     # --- hub state, nonces -----------------------------------------------------
 
     def get_state(self, conn: Connection, key: str) -> str | None:
-        row = conn.execute(select(STATE.c.value).where(STATE.c.key == key)).first()
-        return None if row is None else str(row.value)
+        rows = self.hot.query(conn, self.hot.state, (key,))
+        return None if not rows else str(rows[0][0])
 
     def set_state(self, conn: Connection, key: str, value: str) -> None:
-        conn.execute(self._upsert(STATE, ("key",), {"key": key, "value": value}))
+        self.hot.execute(conn, self.hot.set_state, (key, value))
 
     def use_nonce(self, conn: Connection, nonce: bytes, device_id: str, at: float) -> bool:
         """Record a challenge nonce as used; False if it already was (exactly one use wins)."""
-        result = conn.execute(
-            self._insert_ignore(NONCES, ("nonce",)), [{"nonce": nonce, "device_id": device_id, "used_at": at}]
-        )
-        return bool(result.rowcount == 1)
+        return self.hot.execute(conn, self.hot.use_nonce, (nonce, device_id, at)) == 1
 
     # --- manifests and policies ------------------------------------------------
 
@@ -351,19 +368,15 @@ class Store:
 
     def insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            conn.execute(AUDIT.insert(), list(rows))
+            self.hot.insert_rows(conn, "audit", rows)
 
     def lock_audit_head(self, conn: Connection) -> str:
         """The last entry hash, locked for this transaction (PostgreSQL row lock; SQLite holds the write lock)."""
-        query = select(STATE.c.value).where(STATE.c.key == "audit_head")
-        if self.dialect == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            conn.execute(self._insert_ignore(STATE, ("key",)), [{"key": "audit_head", "value": "0" * 64}])
-            row = conn.execute(query).first()
-        assert row is not None
-        return str(row.value)
+        rows = self.hot.query(conn, self.hot.state_for_update, ("audit_head",))
+        if not rows:
+            self.hot.execute(conn, self.hot.insert_state, ("audit_head", "0" * 64))
+            rows = self.hot.query(conn, self.hot.state_for_update, ("audit_head",))
+        return str(rows[0][0])
 
     # --- operator views (report, what-if, policy history, bulk enrolment) --------
 

@@ -1,0 +1,205 @@
+"""The worker's pacing and its acknowledgement rules, with a stand-in transport (no broker).
+
+Nothing is acknowledged before its batch is committed and every message it publishes has the broker's
+PUBACK; a batch waiting for PUBACKs is never decided again, however long the broker takes; evidence the
+broker redelivers after the worker committed it is acknowledged without a second decision; quarantines
+are published first; the batch size follows the measured cost per evidence.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from helpers import HubEnv, build_env, incoming
+
+from hub import wire
+from hub.envelope import Incoming, Outgoing
+from hub.server.worker import HubWorker
+
+A, B = "smart-meter-0001", "smart-meter-0002"
+
+
+@dataclass
+class Info:
+    message: Outgoing
+    done: bool = False
+
+
+@dataclass
+class FakeTransport:
+    """What HubWorker uses of MqttTransport; PUBACKs arrive only when the test says so."""
+
+    batches: list[list[Incoming]] = field(default_factory=list)
+    sent: list[Info] = field(default_factory=list)
+    acked: list[Incoming] = field(default_factory=list)
+    connected: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        import queue
+
+        self.inbox: queue.Queue[Incoming] = queue.Queue()
+
+    def next_batch(self, max_items: int, wait_s: float, idle_s: float = 0.2) -> list[Incoming]:
+        return self.batches.pop(0)[:max_items] if self.batches else []
+
+    def publish(self, messages: Sequence[Outgoing]) -> list[Info]:
+        infos = [Info(m) for m in messages]
+        self.sent.extend(infos)
+        return infos
+
+    @staticmethod
+    def published(infos: Sequence[Info]) -> bool:
+        return all(i.done for i in infos)
+
+    def wait_published(self, infos: Sequence[Info], timeout: float) -> bool:
+        return self.published(infos)
+
+    def publish_all(self, messages: Sequence[Outgoing], timeout: float = 10.0) -> bool:
+        for info in self.publish(messages):
+            info.done = True
+        return True
+
+    def ack(self, messages: Sequence[Incoming]) -> None:
+        self.acked.extend(messages)
+
+    def puback_all(self) -> None:
+        for info in self.sent:
+            info.done = True
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[HubEnv]:
+    hub = build_env(tmp_path)
+    hub.add_device(A)
+    hub.add_device(B)
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+def _worker(env: HubEnv, **settings: object) -> tuple[HubWorker, FakeTransport]:
+    settings = {"anomaly_interval_s": 0, **settings}
+    worker = HubWorker(replace(env.settings, **settings), keys=env.keys)  # type: ignore[arg-type]
+    fake = FakeTransport()
+    worker.transport = fake  # type: ignore[assignment]
+    worker._next_epoch_at = worker._next_watch_at = float("inf")  # no leader upkeep in these tests
+    worker._enforcement_synced = True
+    return worker, fake
+
+
+def _verdicts(env: HubEnv, device_id: str) -> int:
+    return len(env.verdicts(device_id))
+
+
+def test_a_batch_is_acknowledged_only_after_every_puback(env: HubEnv) -> None:
+    worker, fake = _worker(env)
+    batch = [incoming(A, env.evidence(A)), incoming(B, env.evidence(B))]
+    fake.batches.append(batch)
+    worker.step()
+    assert _verdicts(env, A) == 1 and fake.sent and fake.acked == []  # committed, published, not acknowledged
+    worker.step()  # nothing new; the broker still has not acknowledged
+    assert fake.acked == []
+    fake.puback_all()
+    worker.step()
+    assert fake.acked == batch
+
+
+def test_a_late_broker_never_makes_a_committed_batch_be_decided_again(env: HubEnv) -> None:
+    worker, fake = _worker(env, batches_in_flight=1, ack_wait_s=0.0, ack_wait_per_message_ms=0.0)
+    first = replace(incoming(A, env.evidence(A)), token=1)
+    fake.batches += [[first], [replace(incoming(B, env.evidence(B)), token=2)]]
+    worker.step()
+    stop = threading.Event()
+    worker._stop = stop
+    timer = threading.Timer(0.3, stop.set)  # the worker waits for the broker until stopped, and gives nothing up
+    timer.start()
+    worker.step()  # a second batch in flight exceeds batches_in_flight: the worker waits for the first
+    timer.join()
+    assert fake.acked == [] and _verdicts(env, A) == 1 and _verdicts(env, B) == 1
+    published_before = len(fake.sent)
+    # The broker sends it again (MQTT DUP, same packet id) while its batch still waits for PUBACKs:
+    # not decided again, and acknowledged once, by the original batch's acknowledgement.
+    same_id = replace(first, redelivered=True)
+    fake.batches.append([same_id])
+    worker.step()
+    assert fake.acked == [] and worker.redelivered == 1
+    fake.puback_all()
+    worker.step()
+    assert [m.token for m in fake.acked].count(first.token) == 1
+    # After the batch was acknowledged (that PUBACK lost in a disconnect), a copy is acknowledged itself.
+    later = replace(first, redelivered=True, token=99)
+    fake.batches.append([later])
+    worker.step()
+    assert fake.acked[-1] is later and worker.redelivered == 2
+    assert _verdicts(env, A) == 1 and len(fake.sent) == published_before  # not decided, nothing re-published
+
+
+def test_a_device_resend_is_decided_again_and_gets_its_receipt_again(env: HubEnv) -> None:
+    worker, fake = _worker(env)
+    message = incoming(A, env.evidence(A))
+    fake.batches += [[message], [replace(message, token=7)]]  # the device's own re-send: not a redelivery
+    worker.step()
+    results = len(fake.sent)
+    worker.step()
+    assert worker.redelivered == 0 and len(fake.sent) == 2 * results  # the stored result, published again
+    assert _verdicts(env, A) == 1
+    fake.puback_all()
+    worker.step()
+    assert len(fake.acked) == 2
+
+
+def test_quarantines_are_published_before_the_rest_of_their_batch(env: HubEnv) -> None:
+    worker, fake = _worker(env)
+    claims = env.claims(B)
+    claims[wire.OEMBOOT] = False
+    fake.batches.append([incoming(A, env.evidence(A)), incoming(B, env.evidence(B, claims))])
+    worker.step()
+    topics = [i.message.topic for i in fake.sent]
+    assert topics[:2] == [wire.device_topic(B, wire.RESULT), wire.device_topic(B, wire.COMMAND)]
+    assert topics[2] == wire.device_topic(A, wire.RESULT)
+
+
+def test_the_batch_size_follows_the_measured_cost(env: HubEnv) -> None:
+    worker, _fake = _worker(env, batch_budget_ms=20.0, batch_max=256)
+    worker._per_evidence_s = 0.0002
+    assert worker.batch_limit() == 100
+    assert worker.batch_limit(backlog=100) == 100 and worker.batch_limit(backlog=101) == 256  # a backlog: full batches
+    worker._per_evidence_s = 0.00001
+    assert worker.batch_limit() == 256
+    worker._per_evidence_s = 0.1
+    assert worker.batch_limit() == 8
+
+
+def test_a_slow_anomaly_pass_does_not_hold_up_evidence(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.anomaly.watch import PassResult
+
+    worker, fake = _worker(env, anomaly_interval_s=30.0)
+    worker._next_watch_at = 0.0  # the leader's pass is due
+    release, started = threading.Event(), threading.Event()
+
+    def slow_pass() -> PassResult:
+        started.set()
+        release.wait(10)
+        return PassResult(0, devices_by_status={"trusted": 1})
+
+    monkeypatch.setattr(worker.watch, "run_pass", slow_pass)
+    fake.batches.append([incoming(A, env.evidence(A))])
+    worker.step()  # starts the pass on its own thread, then decides the batch while the pass is still running
+    assert started.wait(5) and not release.is_set()
+    assert _verdicts(env, A) == 1
+    release.set()
+    assert worker._watch_thread is not None
+    worker._watch_thread.join(5)
+    worker.step()  # the finished pass is applied between batches
+    assert 'attest_devices{status="trusted"} 1.0' in _metrics_text(worker)
+
+
+def _metrics_text(worker: HubWorker) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(worker.metrics.registry).decode()
