@@ -242,7 +242,7 @@ class Store:
             self.hot.insert_rows(conn, "verdict", rows)
 
     def verdict_for(self, conn: Connection, device_id: str, scheme: str, dedup_key: str) -> dict[str, Any] | None:
-        """The stored verdict of one evidence: its appraisal columns and receive time (not the evidence bytes), or None."""
+        """The stored verdict of one evidence: its appraisal columns and receive time (not its bytes), or None."""
         rows = self.hot.query(conn, self.hot.verdict_for, (device_id, scheme, dedup_key))
         if not rows:
             return None
