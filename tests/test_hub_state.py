@@ -89,7 +89,8 @@ def test_init_creates_the_schema_at_head_and_opening_a_store_creates_nothing(tmp
 
 def test_a_truncated_database_is_refused_by_every_command(tmp_path: Path) -> None:
     state = initialised(tmp_path)
-    assert invoke(state, "device", "enroll", "--file", str(commands(tmp_path)[6][-1])).exit_code == 0
+    assert invoke(state, "device", "enroll", "--file", str(commands(tmp_path)[6][-1]),
+                  "--allow-unknown-class").exit_code == 0
     (state / "hub.db").write_bytes(b"")  # truncated to zero bytes
     for suffix in ("-wal", "-shm"):
         Path(f"{state / 'hub.db'}{suffix}").unlink(missing_ok=True)
@@ -223,7 +224,7 @@ def test_a_hub_from_before_generations_and_seals_is_adopted_by_init(tmp_path: Pa
     state = initialised(tmp_path)
     enrol = tmp_path / "enrol.json"
     enrol.write_text(ENROL)
-    assert invoke(state, "device", "enroll", "--file", str(enrol)).exit_code == 0
+    assert invoke(state, "device", "enroll", "--file", str(enrol), "--allow-unknown-class").exit_code == 0
     (state / "generation.json").unlink()
     (state / "audit-key.bin").unlink()
     conn = sqlite3.connect(state / "hub.db")

@@ -32,26 +32,30 @@ class ServeError(RuntimeError):
 
 def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
     """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
-    directory's) and is not behind the epoch this hub announced on the broker; the broker accepts TCP; else
-    ServeError, one line (refused here once, not in each worker)."""
+    directory's); the broker accepts TCP; the database is not behind the epoch this hub announced on the
+    broker; else ServeError, one line (refused here once, not in each worker)."""
     try:
         keys = load_hub_keys(settings)
         store = open_store(settings)
+    except (HubKeyError, KeyFileError, StoreError) as exc:
+        raise ServeError(str(exc)) from exc
+    try:
+        address = (settings.broker_host, settings.broker_port)
+        try:
+            with socket.create_connection(address, timeout=timeout_s):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ServeError(f"broker unreachable at {settings.broker_host}:{settings.broker_port}: {reason}") \
+                from exc
         try:
             check_announced(store, announced_epoch(settings, keys.public_key))
         except BrokerUnreachable as exc:
             log.warning("the epoch announced on the broker was not checked: %s", exc)
-        finally:
-            store.close()
-    except (HubKeyError, KeyFileError, StoreError) as exc:
-        raise ServeError(str(exc)) from exc
-    address = (settings.broker_host, settings.broker_port)
-    try:
-        with socket.create_connection(address, timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise ServeError(f"broker unreachable at {settings.broker_host}:{settings.broker_port}: {reason}") from exc
+        except StoreError as exc:
+            raise ServeError(str(exc)) from exc
+    finally:
+        store.close()
 
 
 def listening(settings: Settings, count: int) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-_IDENT = re.compile(r"[a-z_]{1,63}")
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 PAGE_SIZE = 1000  # PostgreSQL: rows per round trip of an executemany
 
 
@@ -150,7 +150,7 @@ def as_bytes(value: object) -> bytes | None:
 
 
 def _ident(name: str) -> str:
-    """A column or table name of this code, never data: lower-case letters and underscores only."""
+    """A column or table name of this code, never data: lower-case letters, digits and underscores."""
     if not _IDENT.fullmatch(name):
         raise ValueError(f"not an SQL identifier of the schema: {name!r}")
     return name
