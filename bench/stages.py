@@ -33,11 +33,11 @@ from hub.appraisal.pipeline import Pipeline
 from hub.config import load_settings
 from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.envelope import Incoming
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.server.localhub import enrol_all, prepare_state
-from hub.store import Store
 
 STAGES = ("route", "verify", "decide", "sign", "commit")
 
@@ -91,7 +91,7 @@ def measure(devices: int = 256, per_device: int = 8, batch: int = 256) -> dict[s
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet])
         keys = load_hub_keys(settings)
-        store = Store(settings.effective_database_url)
+        store = open_store(settings)
         try:
             with store.transaction() as conn:
                 store.set_state(conn, "epoch", "1")

@@ -21,8 +21,8 @@ from hub.cli.main import cli
 from hub.config import Settings
 from hub.crypto import pki
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.server.localhub import LocalHub
-from hub.store import Store
 from tests.dynsec_env import dynsec_broker, make_dynsec_env
 from tests.enforcement_env import NOT_AUTHORIZED, SecureEnv, wait_for
 from tests.test_broker_prod import TlsClient
@@ -175,7 +175,7 @@ def test_worker_start_syncs_the_roles_with_the_database(tmp_path: Path) -> None:
         env = make_dynsec_env(broker, tmp_path, "honest:2", 2)
         held, stale = (d.device_id for d in env.devices)
         enforcer_from_settings(env.cli_settings).quarantine(stale)  # the broker says quarantined...
-        store = Store(env.settings.effective_database_url)
+        store = open_store(env.settings)
         try:  # ...the database says the other one is
             set_quarantine(store, load_hub_keys(env.settings), held, True, "committed before a crash", 3600)
         finally:

@@ -29,7 +29,7 @@ from hub.crypto.cose import Signer
 from hub.reference.trust import Tier, TrustVector
 from hub.schemes.base import EvidenceError
 from hub.schemes.firmware import COMPONENT_MEMO_MAX, FirmwareScheme, MeasuredComponent, _component
-from hub.store import Store, StoreError
+from hub.store import StoreError
 from hub.store.db import DEVICES
 
 A = "smart-meter-0001"
@@ -178,10 +178,11 @@ def test_a_driver_error_on_the_hot_path_is_a_store_error(env: HubEnv) -> None:
 
 
 @pytest.mark.postgres
-def test_device_rows_on_postgresql_are_typed_like_sqlite(env: HubEnv) -> None:
+def test_device_rows_on_postgresql_are_typed_like_sqlite(env: HubEnv, tmp_path: Path) -> None:
     from tests.e2e import fresh_pg_database
+    from tests.helpers import new_store
 
-    store = Store(fresh_pg_database())
+    store = new_store(tmp_path / "pg-hub", fresh_pg_database())
     try:
         with env.store.reading() as conn:
             record = env.store.devices(conn, [A])[A]

@@ -3,7 +3,6 @@ evidence is stranded in a session nobody connects to again; the workers log at t
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import replace
@@ -14,8 +13,7 @@ import pytest
 from device_sim.fleet import Fleet
 from hub.broker.process import MosquittoProcess
 from hub.server.localhub import LocalHub
-from hub.server.logs import configure_logging
-from hub.server.supervisor import _verbosity, run_workers
+from hub.server.supervisor import run_workers
 from hub.server.worker import IDENTITIES_KEY
 from hub.store import Store
 from tests.e2e import make_env
@@ -54,15 +52,3 @@ def test_a_start_with_fewer_workers_drains_the_retired_session(broker: Mosquitto
             supervisor.join(30)
     finally:
         store.close()
-
-
-@pytest.mark.parametrize("verbosity", [0, 1, 2])
-def test_worker_processes_log_at_the_supervisors_verbosity(verbosity: int) -> None:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        configure_logging(verbosity)
-        assert _verbosity() == verbosity
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
