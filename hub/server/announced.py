@@ -15,6 +15,8 @@ import uuid
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from hub import wire
 from hub.config import Settings
@@ -47,11 +49,20 @@ def announced_epoch(settings: Settings, hub_key: PublicKey, timeout: float = 5.0
     found: list[int | None] = []
     subscribed = threading.Event()
     done = threading.Event()
+    tls = bool(settings.broker_tls_ca)
+    # Under mutual TLS the broker takes the client id from the certificate (prod.conf), so this check
+    # connects as worker 0's identity: it must neither wipe nor acknowledge that identity's queued
+    # evidence, so it resumes the session (clean start off, the workers' expiry) and acknowledges nothing.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.hub_id}-check-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    if settings.broker_tls_ca:
-        client.tls_set(ca_certs=settings.broker_tls_ca, certfile=settings.broker_tls_cert or None,
-                       keyfile=settings.broker_tls_key or None)
+                         protocol=mqtt.MQTTv5, manual_ack=True)
+    connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if tls:
+        cert, key = settings.worker_tls(0)
+        connect_props.SessionExpiryInterval = settings.session_expiry_s
+        try:
+            client.tls_set(ca_certs=settings.broker_tls_ca, certfile=cert or None, keyfile=key or None)
+        except (OSError, ValueError) as exc:
+            raise BrokerUnreachable(f"cannot load the TLS material for the broker: {exc}") from exc
 
     def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:
@@ -62,7 +73,7 @@ def announced_epoch(settings: Settings, hub_key: PublicKey, timeout: float = 5.0
     client.on_subscribe = lambda *_args: subscribed.set()
     client.on_connect = lambda c, *_args: c.subscribe(wire.EPOCH_TOPIC, qos=1)
     try:
-        client.connect(settings.broker_host, settings.broker_port)
+        client.connect(settings.broker_host, settings.broker_port, clean_start=not tls, properties=connect_props)
     except OSError as exc:
         raise BrokerUnreachable(f"cannot reach the broker: {exc}") from exc
     client.loop_start()
