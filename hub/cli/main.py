@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from hub.cli.anomalies import anomalies
+from hub.cli.api import api, result, token
 from hub.cli.audit import audit, report
 from hub.cli.common import HubContext, emit, fail, pass_hub
 from hub.cli.db import db
@@ -144,6 +145,9 @@ cli.add_command(audit)
 cli.add_command(report)
 cli.add_command(whatif)
 cli.add_command(db)
+cli.add_command(api)
+cli.add_command(token)
+cli.add_command(result)
 
 
 def main() -> Any:

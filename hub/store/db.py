@@ -27,6 +27,7 @@ from hub.store.models import (
     AuditEntry,
     CommandRecord,
     Device,
+    DeviceResult,
     HubState,
     ManifestRecord,
     PolicyRecord,
@@ -42,6 +43,7 @@ COMMANDS = CommandRecord.__table__  # type: ignore[attr-defined]
 STATE = HubState.__table__  # type: ignore[attr-defined]
 NONCES = UsedNonce.__table__  # type: ignore[attr-defined]
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+RESULTS = DeviceResult.__table__  # type: ignore[attr-defined]
 
 
 class StoreError(RuntimeError):
@@ -229,6 +231,16 @@ class Store:
             .limit(1)
         ).first()
         return dict(row._mapping) if row else None
+
+    def save_results(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Each device's latest retained signed result (device_id, scheme, issued_at, signed), replaced."""
+        if not rows:
+            return
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        stmt = dialect.insert(RESULTS)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["device_id"], set_={
+            "scheme": stmt.excluded.scheme, "issued_at": stmt.excluded.issued_at, "signed": stmt.excluded.signed}),
+            list(rows))
 
     # --- hub state, nonces -----------------------------------------------------
 
