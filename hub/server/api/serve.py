@@ -22,6 +22,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,14 +46,21 @@ class _WithClientCert:
 
 
 def protocol_class(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:
+    refused = [0, 0.0]  # connections refused since the last log line, when that line was written (per server)
+
     class BoundedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             if len(self.connections) > max_connections:
-                log.warning("HTTP connection cap (%d) reached; closing a new connection", max_connections)
                 transport.close()
+                refused[0] += 1
+                now = time.monotonic()
+                if now - refused[1] >= 10.0:  # one line per 10 s, however many are refused
+                    log.warning("HTTP connection cap (%d) reached: %d connection(s) closed on arrival",
+                                max_connections, refused[0])
+                    refused[0], refused[1] = 0, now
                 return
             ssl_object = transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -99,7 +107,7 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
     return uvicorn.Config(
         app, host=host, port=port, http=protocol_class(settings.api_max_connections, settings.api_header_timeout_s),
         ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
-        limit_concurrency=settings.api_max_connections, timeout_keep_alive=settings.api_keepalive_s,
+        limit_concurrency=settings.api_max_connections + 1, timeout_keep_alive=settings.api_keepalive_s,
         timeout_graceful_shutdown=5, h11_max_incomplete_event_size=16 * 1024, **tls,
     )
 
