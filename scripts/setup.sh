@@ -5,7 +5,8 @@
 # Safe to run repeatedly: does nothing (and needs no network) when all are present.
 set -euo pipefail
 
-PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config)
+# chromium and chromium-driver: the console's browser tests (Selenium drives the system browser headless).
+PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config chromium chromium-driver)
 
 # `python3 -m venv` needs Debian's python3-venv when python3 is Debian's own and .venv is missing.
 if [[ ! -x .venv/bin/python ]] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

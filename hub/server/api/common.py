@@ -86,7 +86,7 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         status, detail = 500, "internal error (logged)"
-    if status == 401 and request.url.path.startswith("/console/"):
+    if status == 401 and (request.url.path + "/").startswith("/console/"):
         return Response("", status_code=303, headers={"Location": "/console/login"})
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
             "instance": request.url.path}
