@@ -81,6 +81,9 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
         console.print(f"mutual-TLS broker on {broker.host}:{broker.port} (prod.conf); enrolled "
                       f"{len(fleet_devices)} devices (software-signed, TPM-backed on swtpm, PSA); starting the hub")
         hub = LocalHub(settings).start()
+        console_token = _console_token(settings)
+        console.print(f"[bold]console[/]: http://{settings.metrics_host}:{settings.metrics_port}/console/ "
+                      f"(sign in with {console_token}; API document at /v1/schema)")
         console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
                       f"docs/grafana-dashboard.json); findings: attest-hub --state-dir {work / 'hub'} anomalies "
                       "(with --keep)")
@@ -112,6 +115,17 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
     if keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _console_token(settings: Any) -> str:
+    """An operate-scope token for the demo's console (the demo's database is thrown away afterwards)."""
+    from hub.server.api.tokens import create_token
+
+    store = Store(settings.effective_database_url)
+    try:
+        return create_token(store, "demo-operator", "operate", ttl_s=24 * 3600, actor="demo")[0]
+    finally:
+        store.close()
 
 
 def _hardware_devices() -> list[Any]:
