@@ -223,3 +223,39 @@ def test_console_needs_sign_in_and_its_forms_need_the_csrf_token(
     forged = client.post(f"/console/devices/{device}/release", data={"reason": "r", "csrf": csrf_token(env.read)},
                          follow_redirects=False)
     assert_problem(forged, 403)
+
+
+def test_token_commands_create_list_and_revoke(env: ApiEnv) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+
+    base = ["--state-dir", str(env.settings.state_dir)]
+    made = CliRunner().invoke(cli, [*base, "token", "create", "--name", "grafana", "--scope", "read",
+                                    "--expires-in", "90d", "--json"])
+    assert made.exit_code == 0, made.output
+    created = json.loads(made.output)
+    assert created["scope"] == "read" and created["expires_at"] - created["created_at"] == 90 * 86400
+    principal = check_token(env.store, created["token"])
+    assert principal is not None and principal.actor == "token:grafana" and not principal.may("operate")
+    listed = CliRunner().invoke(cli, [*base, "token", "list", "--json"])
+    rows = json.loads(listed.output)
+    assert {r["name"] for r in rows} == {"viewer", "ops", "grafana"}
+    assert created["token"].rsplit("_", 1)[1] not in listed.output and "secret_sha256" not in listed.output
+    assert CliRunner().invoke(cli, [*base, "token", "revoke", created["token_id"]]).exit_code == 0
+    assert check_token(env.store, created["token"]) is None
+    again = CliRunner().invoke(cli, [*base, "token", "revoke", created["token_id"]])
+    assert again.exit_code == 1 and "no active token" in again.output
+    for bad in (["--scope", "admin"], ["--scope", "read", "--expires-in", "soon"]):
+        refused = CliRunner().invoke(cli, [*base, "token", "create", "--name", "x", *bad])
+        assert refused.exit_code in (1, 2)
+    assert CliRunner().invoke(cli, [*base, "token", "create", "--name", "a b", "--scope", "read"]).exit_code == 1
+
+
+@pytest.mark.parametrize("settings", [{"api_client_cert_scope": "admin"}, {"api_client_ca": "ca.pem"},
+                                      {"api_tls_cert": "server.pem"}])
+def test_api_settings_are_checked_at_load(settings: dict[str, str]) -> None:
+    from hub.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="api_"):
+        load_settings(None, environ={}, **settings)
