@@ -259,3 +259,28 @@ def test_api_settings_are_checked_at_load(settings: dict[str, str]) -> None:
 
     with pytest.raises(ConfigError, match="api_"):
         load_settings(None, environ={}, **settings)
+
+
+def test_api_reads_do_not_wait_for_the_hubs_writer(client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]
+    """SQLite: a reader begins a deferred transaction, so the API answers while a batch holds the write lock
+    (before, every read began BEGIN IMMEDIATE and failed with 'database is locked' after the busy timeout)."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with env.store.transaction():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(5)
+        started = time.monotonic()
+        response = client.get(f"/v1/devices/{env.device_ids[0]}", headers=env.auth(env.read))
+        assert response.status_code == 200, response.text
+        assert time.monotonic() - started < 4.0  # well under the 5 s busy timeout it used to wait out
+    finally:
+        release.set()
+        thread.join()

@@ -125,9 +125,15 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
+        """A read-only connection (rolled back at the end). On SQLite it begins a deferred transaction, so a
+        reader (the HTTP API, the CLI's views) never waits for, or blocks, the hub's writer (WAL)."""
         try:
             with self.engine.connect() as conn:
-                yield conn
+                conn.info["reading"] = True
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop("reading", None)
         except SQLAlchemyError as exc:
             raise StoreError(_short(exc)) from exc
 
@@ -398,6 +404,9 @@ def _make_engine(url: str, dialect: str, store: Store | None = None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
+            if conn.info.get("reading"):  # Store.reading: a deferred read transaction, no write lock
+                conn.exec_driver_sql("BEGIN")
+                return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             if store is not None and store.max_pages > 0:  # a size limit: reaching it is a full disk
                 conn.exec_driver_sql(f"PRAGMA max_page_count = {int(store.max_pages)}")

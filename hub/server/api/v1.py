@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,7 +270,8 @@ def _deliver(ctx: ApiContext, message: Outgoing) -> bool:
     if not ctx.publish:
         return False
     try:
-        publish_once(ctx.settings, [message], f"{ctx.settings.hub_id}-api")
+        # A client id of its own per action: two concurrent actions must not take over each other's session.
+        publish_once(ctx.settings, [message], f"{ctx.settings.hub_id}-api-{secrets.token_hex(4)}")
     except TransportError:
         return False
     return True
