@@ -122,8 +122,7 @@ def measure(database: str, enrolled: int, seconds: float, rate: float, requests:
     print(f"  {database} {enrolled}: {line}; evidence loop p99 {loop.get('latency_ms', {}).get('p99')} ms",
           flush=True)
     return {"database": database, "enrolled": enrolled, "enrol_seconds": round(enrol_s, 1), "http": figures,
-            "evidence_rate": rate, "evidence_latency_ms": loop.get("latency_ms"),
-            "evidence_processed": loop.get("processed")}
+            "evidence_rate": rate, "evidence_latency_ms": loop.get("latency_ms")}
 
 
 def main(argv: list[str] | None = None) -> int:
