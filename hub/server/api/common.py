@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -46,8 +47,8 @@ def who(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
 
 
 def _guard(scope: str) -> Any:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-        caller = who(connection)
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        caller = await asyncio.to_thread(who, connection)  # a token lookup is a database read: off the loop
         if caller is None:
             raise NotAuthorizedException("a bearer token or an operator client certificate is required",
                                          headers={"WWW-Authenticate": 'Bearer realm="attest-hub"'})

@@ -164,7 +164,7 @@ def device_action(request: Request[Any, Any, Any], device_id: FromPath[str], act
 async def events(request: Request[Any, Any, Any]) -> ServerSentEvent:
     """Status changes and verdicts as they are committed (polled from the audit log once a second, so it
     works whichever process or machine wrote them)."""
-    _signed_in(request)
+    await asyncio.to_thread(_signed_in, request)
     ctx = ctx_of(request)
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
