@@ -17,6 +17,7 @@ Targets (docs/SCALING.md): lookup p99 < 20 ms, list page p99 < 100 ms at 1,000,0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import random
@@ -125,6 +126,88 @@ def measure(database: str, enrolled: int, seconds: float, rate: float, requests:
             "evidence_rate": rate, "evidence_latency_ms": loop.get("latency_ms")}
 
 
+def _close_times(socks: list[tuple[Any, float]], limit_s: float) -> list[float]:
+    """Seconds from each socket's connect until the server closed it (sockets still open are left out)."""
+    import selectors
+
+    out: list[float] = []
+    pending = {sock.fileno(): (sock, at) for sock, at in socks}
+    deadline = time.monotonic() + limit_s
+    with selectors.DefaultSelector() as selector:
+        for sock, _ in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.05):
+                sock, at = pending[key.fd]
+                try:
+                    data = sock.recv(1024)
+                except OSError:
+                    data = b""
+                if not data:
+                    out.append(time.monotonic() - at)
+                    selector.unregister(sock)
+                    del pending[key.fd]
+    return out
+
+
+def slow_clients(count: int, work: Path, header_timeout_s: float = 10.0, cap: int = 200) -> dict[str, Any]:
+    """``count`` slowloris connections (a partial request head each, never finished) against the default
+    bounds; while they hold on, an ordinary client retries /healthz. Reports the server's thread count, how
+    many were closed on arrival, when the rest were closed, and how long the ordinary client waited."""
+    import socket
+
+    from hub.config import load_settings
+    from hub.server.localhub import prepare_state
+
+    settings = prepare_state(load_settings(None, environ={}, state_dir=work / "slow", api_max_connections=cap,
+                                           api_header_timeout_s=header_timeout_s))
+    store = Store(settings.effective_database_url)
+    ctx = ApiContext(settings, store, load_hub_keys(settings), publish=False)
+    port = free_port()
+    threads_before = threading.active_count()
+    stop_api = serve_in_thread(uvicorn_config(build_app(ctx), settings, "127.0.0.1", port))
+    socks: list[tuple[socket.socket, float]] = []
+    started = time.monotonic()
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            socks.append((sock, time.monotonic()))
+            with contextlib.suppress(OSError):  # closed on arrival by the cap
+                sock.sendall(b"GET /v1/devices HTTP/1.1\r\nHost: x\r\n")
+        threads_during = threading.active_count()
+        closed: list[float] = []
+        watcher = threading.Thread(target=lambda: closed.extend(_close_times(socks, header_timeout_s + 10)))
+        watcher.start()
+        waited = None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < header_timeout_s + 10:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    waited = time.monotonic() - t0
+                    conn.close()
+                    break
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.05)
+        watcher.join()
+    finally:
+        for sock, _ in socks:
+            sock.close()
+        stop_api()
+        store.close()
+    on_arrival = sum(1 for c in closed if c < 1.0)
+    rest = sorted(c for c in closed if c >= 1.0)
+    figures = {"connections": count, "cap": cap, "header_timeout_s": header_timeout_s,
+               "server_threads_before": threads_before, "server_threads_during": threads_during,
+               "closed_on_arrival": on_arrival, "closed_at_deadline": len(rest),
+               "deadline_closes_s": [round(rest[0], 2), round(rest[-1], 2)] if rest else None,
+               "still_open": count - len(closed), "all_closed_after_s": round(time.monotonic() - started, 2),
+               "ordinary_client_waited_s": None if waited is None else round(waited, 2)}
+    print(f"  slow clients: {figures}", flush=True)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1_000_000)
@@ -133,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="honest evidence per second")
     parser.add_argument("--requests", type=int, default=2000, help="HTTP requests, four kinds in turn")
     parser.add_argument("--out", default=str(RESULTS / "api-latest"))
+    parser.add_argument("--slow-clients", type=int, default=0,
+                        help="only the slow-client figure: this many slowloris connections, default bounds")
     args = parser.parse_args(argv)
+    if args.slow_clients:
+        with tempfile.TemporaryDirectory(prefix="attest-bench-slow-") as tmp:
+            figures = slow_clients(args.slow_clients, Path(tmp))
+        Path(args.out).with_suffix(".slow.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
     pool = loadgen.KeyPool.make()
     with tempfile.TemporaryDirectory(prefix="attest-bench-api-") as tmp:
         runs = [measure(db, args.devices, args.seconds, args.rate, args.requests, Path(tmp), pool)

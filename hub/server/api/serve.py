@@ -4,8 +4,10 @@ uvicorn bounds idle keep-alive connections and, with ``limit_concurrency``,
 answers 503 beyond a number of requests in flight. Two bounds it lacks are
 added by ``BoundedProtocol`` (its h11 protocol, subclassed):
 
-* a connection cap: a connection beyond ``api_max_connections`` is closed on
-  arrival, so slow clients cannot pile up sockets and buffers;
+* a connection cap: beyond ``api_max_connections`` the connection that has waited
+  longest without sending a request head (slow or idle) is shed to make room (or,
+  if every connection is inside a request, the newcomer is refused), so slow
+  clients can neither pile up sockets nor lock ordinary clients out;
 * a request-header deadline: a connection must deliver a complete request head
   within ``api_header_timeout_s`` of arriving (or of its previous response),
   else it is closed: a client sending one byte a second holds nothing for long.
@@ -46,39 +48,57 @@ class _WithClientCert:
 
 
 def protocol_class(max_connections: int, header_timeout_s: float) -> type[H11Protocol]:
-    refused = [0, 0.0]  # connections refused since the last log line, when that line was written (per server)
+    # Per server: connections waiting for a request head, oldest first (insertion order), and the count of
+    # connections shed since the last log line with when that line was written.
+    waiting: dict[Any, None] = {}  # BoundedProtocol instances
+    shed = [0, 0.0]
+
+    def note_shed() -> None:
+        shed[0] += 1
+        now = time.monotonic()
+        if now - shed[1] >= 10.0:  # one line per 10 s, however many
+            log.warning("HTTP connection cap (%d) reached: %d connection(s) shed", max_connections, shed[0])
+            shed[0], shed[1] = 0, now
 
     class BoundedProtocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                transport.close()
-                refused[0] += 1
-                now = time.monotonic()
-                if now - refused[1] >= 10.0:  # one line per 10 s, however many are refused
-                    log.warning("HTTP connection cap (%d) reached: %d connection(s) closed on arrival",
-                                max_connections, refused[0])
-                    refused[0], refused[1] = 0, now
-                return
+            if len(self.connections) - len(self._closing()) > max_connections:
+                if not waiting:  # every connection is inside a request: refuse the newcomer
+                    transport.close()
+                    note_shed()
+                    return
+                # Shed the connection that has waited longest without sending a request head (a slow or
+                # idle client), so a slowloris at the cap cannot lock ordinary clients out.
+                oldest = next(iter(waiting))
+                oldest._disarm()
+                oldest.transport.close()
+                note_shed()
             ssl_object = transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             if der:
                 self.app = _WithClientCert(self.app, ssl.DER_cert_to_PEM_cert(der))
             self._arm()
 
+        def _closing(self) -> list[Any]:
+            return [c for c in self.connections if c.transport.is_closing()]
+
         def _arm(self) -> None:
             self._disarm()
             self._deadline = self.loop.call_later(header_timeout_s, self._head_timeout)
+            waiting[self] = None
 
         def _disarm(self) -> None:
+            waiting.pop(self, None)
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
         def _head_timeout(self) -> None:
             self._deadline = None
+            waiting.pop(self, None)
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.close()  # no complete request head in time
 
