@@ -284,3 +284,20 @@ def test_api_reads_do_not_wait_for_the_hubs_writer(client: TestClient, env: ApiE
     finally:
         release.set()
         thread.join()
+
+
+def test_manifests_policies_and_report_are_served(client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]
+    import base64
+
+    import cbor2
+
+    manifests = client.get("/v1/manifests", headers=env.auth(env.read)).json()
+    assert {m["device_class"] for m in manifests} >= {"env-sensor", "smart-meter"}
+    signed = cbor2.loads(base64.b64decode(manifests[0]["signed"]))
+    assert isinstance(signed, cbor2.CBORTag) and signed.tag == 18  # COSE_Sign1 (RFC 9052 §4.2)
+    meters = client.get("/v1/policies", params={"class": "smart-meter"}, headers=env.auth(env.read)).json()
+    assert meters and all(p["device_class"] == "smart-meter" and "version" in p["source"] for p in meters)
+    report = client.get("/v1/report", headers=env.auth(env.read)).json()
+    assert report["total"] == len(env.device_ids) and report["by_status"] == {"enrolled": len(env.device_ids)}
+    schema = client.get("/v1/schema/openapi.json").json()["components"]["schemas"]
+    assert {"DeviceDetail", "DevicePage", "ManifestView", "PolicyView", "ActionResult"} <= set(schema)

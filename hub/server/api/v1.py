@@ -110,6 +110,25 @@ class DeviceDetail:
 
 
 @dataclass
+class ManifestView:
+    device_class: str
+    sequence: int
+    signer: str
+    received_at: float
+    signed: str
+    """The signed manifest (COSE_Sign1, docs/PROTOCOL.md), base64."""
+
+
+@dataclass
+class PolicyView:
+    device_class: str
+    version: int
+    received_at: float
+    source: str
+    """The policy's TOML text."""
+
+
+@dataclass
 class ActionRequest:
     reason: str
 
@@ -223,22 +242,21 @@ def get_result(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Res
 
 @get("/manifests", guards=[read_scope], sync_to_thread=True, summary="Manifest history (signed bytes in base64)")
 def list_manifests(request: Request[Any, Any, Any],
-                   device_class: Annotated[str | None, QueryParameter(name="class")] = None) -> list[dict[str, Any]]:
+                   device_class: Annotated[str | None, QueryParameter(name="class")] = None) -> list[ManifestView]:
     ctx = ctx_of(request)
     with ctx.store.reading() as conn:
         rows = ctx.store.manifest_history(conn, device_class)
-    return [{"device_class": r["device_class"], "sequence": r["sequence"], "signer": r["signer"],
-             "received_at": r["received_at"], "signed": base64.b64encode(bytes(r["signed"])).decode()} for r in rows]
+    return [ManifestView(r["device_class"], r["sequence"], r["signer"], r["received_at"],
+                         base64.b64encode(bytes(r["signed"])).decode()) for r in rows]
 
 
 @get("/policies", guards=[read_scope], sync_to_thread=True, summary="Policy history (TOML sources)")
 def list_policies(request: Request[Any, Any, Any],
-                  device_class: Annotated[str | None, QueryParameter(name="class")] = None) -> list[dict[str, Any]]:
+                  device_class: Annotated[str | None, QueryParameter(name="class")] = None) -> list[PolicyView]:
     ctx = ctx_of(request)
     with ctx.store.reading() as conn:
         rows = ctx.store.policy_history(conn, device_class)
-    return [{"device_class": r["device_class"], "version": r["version"], "received_at": r["received_at"],
-             "source": r["source"]} for r in rows]
+    return [PolicyView(r["device_class"], r["version"], r["received_at"], r["source"]) for r in rows]
 
 
 @get("/report", guards=[read_scope], sync_to_thread=True, summary="Fleet compliance report")
