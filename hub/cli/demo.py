@@ -13,6 +13,7 @@ coming back. Everything started is stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -56,7 +57,7 @@ EXPECTED = {
 }
 
 
-def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
+def run_demo(devices: int, seconds: float, keep: Path | None, linger: float = 0.0) -> int:
     from device_sim.fleet import Fleet
     from device_sim.profiles import build_fleet
 
@@ -100,6 +101,11 @@ def run_demo(devices: int, seconds: float, keep: Path | None) -> int:
             fleet.stop_publishing()
             fleet.flush(5)
             time.sleep(1.0)
+            if linger > 0:
+                console.print(f"the fleet has stopped; the console stays up for {linger:.0f}s "
+                              f"(Ctrl-C ends it): http://{settings.metrics_host}:{settings.metrics_port}/console/")
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(linger)
         finally:
             fleet.stop()
             hub.stop()

@@ -128,12 +128,14 @@ def config_show(hub: HubContext) -> None:
               help="How long the fleet runs before the table is printed.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep the demo's state (database, keys) in this directory.")
-def demo(devices: int, seconds: float, keep: Path | None) -> None:
-    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything."""
+@click.option("--linger", type=click.FloatRange(0, 86400), default=0.0, show_default=True,
+              help="Seconds to keep the hub and its web console up after the fleet stops.")
+def demo(devices: int, seconds: float, keep: Path | None, linger: float) -> None:
+    """Start a broker, the hub and a simulated fleet; serve the web console; print every device's verdict."""
     from hub.cli.demo import run_demo
 
     configure_logging(0)
-    sys.exit(run_demo(devices, seconds, keep))
+    sys.exit(run_demo(devices, seconds, keep, linger))
 
 
 cli.add_command(device)
