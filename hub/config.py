@@ -70,7 +70,7 @@ class Settings:
     api_tls_key: str = ""
     api_client_ca: str = ""
     api_client_cert_scope: str = "read"
-    api_max_connections: int = 200  # connections beyond this are closed at once
+    api_max_connections: int = 200  # beyond this the longest-waiting connection without a request is shed
     api_header_timeout_s: float = 10.0  # a request's headers must arrive within this, or the connection closes
     api_keepalive_s: int = 5
     api_page_max: int = 500  # the largest device page a client may ask for
