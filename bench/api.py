@@ -2,7 +2,7 @@
 
 ``python -m bench.api [--devices N] [--databases sqlite,postgresql] [--seconds S]`` enrols N devices in
 bulk (bench/stage.py; 0.1% of them quarantined), starts the hub (one worker process) on the stage's broker
-and the API in this process (uvicorn on loopback, a bearer token checked on every request), then, while
+and ``attest-hub api`` (its own process, a bearer token checked on every request), then, while
 honest evidence flows at ``--rate`` per second, times over HTTP/1.1 keep-alive:
 
 * ``lookup``: ``GET /v1/devices/{id}`` for random ids (device, verdicts, commands, findings, result);
@@ -20,8 +20,11 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -64,6 +67,21 @@ def _quarantine_some(url: str, enrolled: int, share: float) -> None:
         store.close()
 
 
+def _wait_ready(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API on port {port} did not become ready")
+
+
 def _timed(conn: http.client.HTTPConnection, path: str, token: str) -> float:
     started = time.perf_counter()
     conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
@@ -84,9 +102,14 @@ def measure(database: str, enrolled: int, seconds: float, rate: float, requests:
     print(f"  {database}: {enrolled} devices enrolled in {enrol_s:.0f}s", flush=True)
     store = Store(stage.settings.effective_database_url)
     token, _ = create_token(store, "bench", "read", ttl_s=None)
-    ctx = ApiContext(stage.settings, store, load_hub_keys(stage.settings), publish=False)
     port = free_port()
-    stop_api = serve_in_thread(uvicorn_config(build_app(ctx), stage.settings, "127.0.0.1", port))
+    # The API in a process of its own (as `attest-hub api` runs it): the load generator's threads in this
+    # process must not share its interpreter lock.
+    api = subprocess.Popen([str(Path(sys.executable).parent / "attest-hub"), "--state-dir",
+                            str(stage.settings.state_dir), "--database-url", stage.settings.effective_database_url,
+                            "api", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={k: v for k, v in os.environ.items() if not k.startswith("ATTEST_HUB_")})
+    _wait_ready(port)
     hub, factory = start_hub(stage, 1, work)
     cursor = Cursor(enrolled, probes=100)
     loop: dict[str, Any] = {}
@@ -115,7 +138,8 @@ def measure(database: str, enrolled: int, seconds: float, rate: float, requests:
         evidence.join(seconds + 120)
     finally:
         hub.stop()
-        stop_api()
+        api.terminate()
+        api.wait(10)
         store.close()
         stage.close()
     figures = {kind: _percentiles(values) for kind, values in samples.items()}
