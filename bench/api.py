@@ -10,7 +10,8 @@ honest evidence flows at ``--rate`` per second, times over HTTP/1.1 keep-alive:
 * ``page_status``: ``GET /v1/devices?status=quarantined&limit=50`` (a rare status, its index);
 * ``page_class``: ``GET /v1/devices?class=...&limit=50`` from a random cursor.
 
-Figures are reported (p50, p99, max in ms), never asserted; written to bench/results/api-latest.json and .md.
+Figures are reported (p50, p99, max in ms), never asserted; written to bench/results/api-latest-DATABASES.json
+and .md (``--slow-clients N``: the slow-client figure alone, to api-latest.slow.json).
 Targets (docs/SCALING.md): lookup p99 < 20 ms, list page p99 < 100 ms at 1,000,000 devices.
 """
 
@@ -239,21 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="evidence loop duration")
     parser.add_argument("--rate", type=float, default=200.0, help="honest evidence per second")
     parser.add_argument("--requests", type=int, default=2000, help="HTTP requests, four kinds in turn")
-    parser.add_argument("--out", default=str(RESULTS / "api-latest"))
+    parser.add_argument("--out", default=None, help="results file stem (default bench/results/api-latest-DATABASES)")
     parser.add_argument("--slow-clients", type=int, default=0,
                         help="only the slow-client figure: this many slowloris connections, default bounds")
     args = parser.parse_args(argv)
     if args.slow_clients:
         with tempfile.TemporaryDirectory(prefix="attest-bench-slow-") as tmp:
             figures = slow_clients(args.slow_clients, Path(tmp))
-        Path(args.out).with_suffix(".slow.json").write_text(json.dumps(figures, indent=2) + "\n")
+        slow_out = Path(args.out or RESULTS / "api-latest").with_suffix(".slow.json")
+        slow_out.write_text(json.dumps(figures, indent=2) + "\n")
         return 0
     pool = loadgen.KeyPool.make()
     with tempfile.TemporaryDirectory(prefix="attest-bench-api-") as tmp:
         runs = [measure(db, args.devices, args.seconds, args.rate, args.requests, Path(tmp), pool)
                 for db in args.databases.split(",")]
     result = {"machine": machine(), "runs": runs}
-    out = Path(args.out)
+    out = Path(args.out or RESULTS / f"api-latest-{args.databases.replace(',', '-')}")
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| database | devices | request | n | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
     for run in runs:
