@@ -7,6 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup system-deps test demo lint bench bench-quick bench-storage clean-venv postgres-up
 
@@ -41,8 +42,9 @@ postgres-up:
 		&& pg_isready -q -h 127.0.0.1 \
 		|| { echo "error: PostgreSQL is not running at 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 
+## demo: DEMO_ARGS="--linger 600" keeps the web console up for 10 minutes after the fleet stops
 demo: setup
-	$(VENV)/bin/attest-hub demo
+	$(VENV)/bin/attest-hub demo $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -24,6 +24,7 @@ setup(
         "device_sim": ["py.typed"],
         "hub.store": ["alembic.ini"],
         "hub.store.migrations": ["script.py.mako"],
+        "hub.server.api": ["templates/*.html", "static/*"],
         "hub._data.broker_config": ["*.conf", "acl", "README.md"],
         "hub._data.firmware_manifests": ["*/*.toml", "*/*.cose", "keys/*.pem"],
         "hub._data.docs": ["grafana-dashboard.json"],

@@ -89,6 +89,19 @@ class Settings:
     ack_wait_s: float = 10.0
     ack_wait_per_message_ms: float = 5.0
     batches_in_flight: int = 4
+    # HTTP API and web console (hub/server/api/, docs/OPERATIONS.md). ``serve`` serves them with /metrics on
+    # metrics_port + N; ``attest-hub api`` alone on api_port. TLS when api_tls_cert is set; client
+    # certificates issued by api_client_ca authenticate operators with api_client_cert_scope.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
+    api_client_ca: str = ""
+    api_client_cert_scope: str = "read"
+    api_max_connections: int = 200  # beyond this the longest-waiting connection without a request is shed
+    api_header_timeout_s: float = 10.0  # a request's headers must arrive within this, or the connection closes
+    api_keepalive_s: int = 5
+    api_page_max: int = 500  # the largest device page a client may ask for
 
     @property
     def effective_database_url(self) -> str:
@@ -228,6 +241,11 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     if settings.retention_days and settings.retention_interval_s <= 0:
         raise ConfigError("retention_interval_s: must be above 0 when retention_days is set")
     _check_ports(settings)
+    if settings.api_client_cert_scope not in ("read", "operate"):  # HTTP API
+        raise ConfigError("api_client_cert_scope: must be 'read' or 'operate'")
+    tls = settings.api_tls_cert
+    if bool(tls) != bool(settings.api_tls_key) or (settings.api_client_ca and not tls):
+        raise ConfigError("api_tls_cert and api_tls_key go together; api_client_ca needs them")
     return settings
 
 

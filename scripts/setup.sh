@@ -7,8 +7,9 @@
 set -euo pipefail
 
 # systemd: systemd-analyze and systemd-sysusers check deploy/systemd/; docker-compose validates deploy/compose.yaml
-# (tests/test_deploy.py; no container runtime is needed for that).
-PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config iproute2 systemd docker-compose)
+# (tests/test_deploy.py; no container runtime is needed for that). chromium and chromium-driver: the console's
+# browser tests (Selenium drives the system browser headless).
+PACKAGES=(mosquitto mosquitto-clients swtpm swtpm-tools libtss2-dev pkg-config iproute2 systemd docker-compose chromium chromium-driver)
 
 # `python3 -m venv` needs Debian's python3-venv when python3 is Debian's own and .venv is missing.
 if [[ ! -x .venv/bin/python ]] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then

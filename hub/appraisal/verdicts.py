@@ -80,6 +80,7 @@ class Decider:
         self._commands: list[dict[str, Any]] = []
         self._audit: list[AuditDraft] = []
         self._touched: set[str] = set()
+        self._results: dict[str, dict[str, Any]] = {}  # each device's latest retained result (HTTP API reads it)
         self._vector_texts: dict[TrustVector, str] = {}  # a vector's JSON: few distinct vectors, encoded once
         self.platform_schemes: frozenset[str] = frozenset({"firmware", "tpm", "psa"})
         """Schemes whose results are retained (set by the pipeline from its registry)."""
@@ -311,7 +312,11 @@ class Decider:
         result = ResultClaims(ctx.device_id, ctx.scheme, decision.trust_vector, decision.tier, int(ctx.now),
                               decision.problems, decision.evidence_ref, manifest_ref, policy.ref, decision.action,
                               ctx.nonce)
-        decision.publishes.insert(0, self._result_message(result, ctx, retain))
+        message = self._result_message(result, ctx, retain)
+        decision.publishes.insert(0, message)
+        if retain:
+            self._results[ctx.device_id] = {"device_id": ctx.device_id, "scheme": ctx.scheme, "issued_at": ctx.now,
+                                            "signed": message.payload}
 
     def _result_message(self, result: ResultClaims, ctx: Context, retain: bool) -> Outgoing:
         signed = self._result_signer.sign(result.payload())
@@ -333,6 +338,7 @@ class Decider:
     def reset(self) -> None:
         self._verdicts, self._commands, self._audit, self._touched = [], [], [], set()
         self.rejections.discard()
+        self._results = {}
 
     def flush(self, conn: Connection, devices: dict[str, DeviceRecord],
               before: dict[str, tuple[object, ...]] | None = None) -> None:
@@ -341,6 +347,7 @@ class Decider:
             self.store.insert_verdicts(conn, self._verdicts)
             self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices], before)
             self.store.insert_commands(conn, self._commands)
+            self.store.save_results(conn, list(self._results.values()))
             append(self.store, conn, self._audit)
             add_rejections(self.store, conn, self.rejections.drain())
         finally:

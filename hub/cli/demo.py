@@ -14,6 +14,7 @@ coming back. Everything started is stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -34,6 +35,7 @@ from hub.broker.process import MosquittoProcess, find_dynsec_plugin, free_port, 
 from hub.cli.anomalies import findings_table
 from hub.config import load_settings
 from hub.crypto import pki
+from hub.crypto.hubstate import open_store
 from hub.crypto.keys import public_pem
 from hub.resources import data_path_or_default
 from hub.server.localhub import LocalHub, enrol_all, prepare_state
@@ -59,9 +61,11 @@ EXPECTED = {
 }
 
 
-def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str = "acl-file") -> int:
+def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str = "acl-file",
+             linger: float = 0.0) -> int:
     """``enforcement``: ``acl-file`` (prod.conf, the ACL file and SIGHUP: the hub on the broker's host) or
-    ``dynsec`` (prod-dynsec.conf, the dynamic-security plugin over MQTT: as from any other host)."""
+    ``dynsec`` (prod-dynsec.conf, the dynamic-security plugin over MQTT: as from any other host); ``linger``:
+    seconds the hub and its console stay up after the fleet stops."""
     from device_sim.fleet import Fleet
     from device_sim.profiles import build_fleet
 
@@ -101,6 +105,9 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
                       f"enrolled {len(fleet_devices)} devices ({kinds}); starting the hub")
         hub = LocalHub(settings).start()
         dashboard = data_path_or_default("dashboard")
+        console_token = _console_token(settings)
+        console.print(f"[bold]console[/]: http://{settings.metrics_host}:{settings.metrics_port}/console/ "
+                      f"(sign in with {console_token}; API document at /v1/schema)")
         console.print(f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics (Grafana: "
                       f"{dashboard}); findings: attest-hub --state-dir {work / 'hub'} anomalies (with --keep)")
         hub_key = public_pem(hub.workers[0].keys.public_key).encode()
@@ -116,6 +123,11 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
             fleet.stop_publishing()
             fleet.flush(5)
             time.sleep(1.0)
+            if linger > 0:
+                console.print(f"the fleet has stopped; the console stays up for {linger:.0f}s "
+                              f"(Ctrl-C ends it): http://{settings.metrics_host}:{settings.metrics_port}/console/")
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(linger)
         finally:
             fleet.stop()
             hub.stop()
@@ -131,6 +143,17 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
     if keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _console_token(settings: Any) -> str:
+    """An operate-scope token for the demo's console (the demo's database is thrown away afterwards)."""
+    from hub.server.api.tokens import create_token
+
+    store = open_store(settings)
+    try:
+        return create_token(store, "demo-operator", "operate", ttl_s=24 * 3600, actor="demo")[0]
+    finally:
+        store.close()
 
 
 def _hardware_devices() -> tuple[list[Any], str]:

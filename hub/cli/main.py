@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from hub.cli.anomalies import anomalies
+from hub.cli.api import api, token
 from hub.cli.audit import audit, report
 from hub.cli.broker import broker
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
@@ -171,8 +172,10 @@ def config_reference() -> None:
               help="Keep the demo's state (database, keys) in this directory.")
 @click.option("--enforcement", type=click.Choice(["acl-file", "dynsec"]), default="acl-file", show_default=True,
               help="acl-file: the broker's ACL file and SIGHUP (same host); dynsec: its control topic over MQTT.")
-def demo(devices: int, seconds: float, keep: Path | None, enforcement: str) -> None:
-    """Start a broker, the hub and a simulated fleet; print every device's verdict; stop everything.
+@click.option("--linger", type=click.FloatRange(0, 86400), default=0.0, show_default=True,
+              help="Seconds to keep the hub and its web console up after the fleet stops.")
+def demo(devices: int, seconds: float, keep: Path | None, enforcement: str, linger: float) -> None:
+    """Start a broker, the hub and a simulated fleet; serve the web console; print every device's verdict.
 
     TPM-backed gateways need the tpm extra and swtpm; without them they are left out (one line says why).
 
@@ -180,12 +183,12 @@ def demo(devices: int, seconds: float, keep: Path | None, enforcement: str) -> N
     Examples:
       attest-hub demo
       attest-hub demo --devices 10 --seconds 5 --keep demo-state
-      attest-hub demo --enforcement dynsec
+      attest-hub demo --enforcement dynsec --linger 600
     """
     from hub.cli.demo import run_demo
 
     configure_logging(0)
-    sys.exit(run_demo(devices, seconds, keep, enforcement))
+    sys.exit(run_demo(devices, seconds, keep, enforcement, linger))
 
 
 cli.add_command(device)
@@ -200,6 +203,8 @@ cli.add_command(db)
 cli.add_command(result)
 cli.add_command(broker)
 cli.add_command(files)
+cli.add_command(api)
+cli.add_command(token)
 
 
 def main() -> Any:

@@ -1,16 +1,22 @@
-"""``attest-hub result show``: a device's standing attestation result as a CWT or JWT EAR."""
+"""``attest-hub result show`` (a device's standing attestation result as a CWT or JWT EAR) and
+``attest-hub result verify`` (check a signed result with the hub key and print its claims)."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import click
 
 from hub import wire
 from hub.appraisal.messages import result_from_verdict, sign_result, sign_result_jwt
+from hub.appraisal.results import ResultError, verify_result
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.schemes import SchemeRegistry, default_schemes
 from hub.store import StoreError
+from hub.store.views import latest_result
 
 
 @click.group()
@@ -66,3 +72,51 @@ def show(hub: HubContext, device_id: str, fmt: str, scheme: str | None, out: Pat
     emit(hub, {"device_id": device_id, "scheme": claims.scheme, "format": fmt, "media_type": media_type,
                "token": text, "claims": claims.json_claims()},
          lambda d: click.echo(d["token"]))
+
+
+@result.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+                required=False)
+@click.option("--device", "device_id", default=None, help="Verify the device's latest stored result instead.")
+@json_option
+@pass_hub
+def result_verify(hub: HubContext, file: Path | None, device_id: str | None) -> None:
+    """Check a result's signature with the hub key and print its claims (exit 1 if it does not verify).
+
+    \b
+    Examples:
+      curl -H "Authorization: Bearer $T" http://127.0.0.1:8080/v1/devices/env-sensor-0001/result > r.cbor
+      attest-hub result verify r.cbor
+      attest-hub result verify --device env-sensor-0001 --json
+    """
+    if (file is None) == (device_id is None):
+        fail("give a FILE or --device ID", code=2)
+    if file is not None:
+        raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    else:
+        try:
+            with hub.store().reading() as conn:
+                row = latest_result(conn, str(device_id))
+        except StoreError as exc:
+            fail(str(exc), code=3)
+        if row is None:
+            fail(f"no stored result for {device_id!r}")
+        raw = bytes(row["signed"])
+    try:
+        view = verify_result(raw, hub.keys().public_key)
+    except ResultError as exc:
+        fail(str(exc))
+    emit(hub, view.to_json(), _print_result)
+
+
+def _print_result(d: dict[str, object]) -> None:
+    click.echo(f"signature: verified with the hub key\ndevice: {d['device_id']}\n"
+               f"issued: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(float(str(d['issued_at']))))}")
+    submods = d["submods"]
+    assert isinstance(submods, dict)
+    for name, appraisal in submods.items():
+        click.echo(f"{name}: {appraisal['status']}  trust vector {json.dumps(appraisal['trust_vector'])}")
+    problems = d["problems"]
+    click.echo(f"problems: {'; '.join(problems) if isinstance(problems, list) and problems else '-'}")
+    click.echo(f"evidence {d['evidence_ref']}  manifest {d['manifest_ref'] or '-'}  policy {d['policy_ref']}  "
+               f"action {d['action']}" + (f"  nonce {d['nonce']}" if d.get("nonce") else ""))

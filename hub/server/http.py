@@ -1,4 +1,5 @@
-"""The worker's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (ready).
+"""The worker's HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz`` (alive), ``/readyz`` (ready), served
+with the ``/v1`` API and the web console by one ASGI application (hub/server/api/) under uvicorn.
 
 Liveness fails when the worker loop has not turned for ``stall_s`` seconds;
 readiness fails while the broker is disconnected or the last commit failed
@@ -7,13 +8,13 @@ readiness fails while the broker is disconnected or the last commit failed
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+
+from hub.config import Settings
+from hub.crypto.hubkeys import HubKeys
 
 
 class HealthView:
@@ -37,35 +38,28 @@ class HealthView:
                 "database_ok": self.database_ok, "last_error": self.last_error}
 
 
-def serve_http(host: str, port: int, registry: CollectorRegistry, health: HealthView) -> Callable[[], None]:
-    """Start the endpoint on a daemon thread; returns a function that stops it."""
+def serve_http(host: str, port: int, registry: CollectorRegistry, health: HealthView, settings: Settings,
+               keys: HubKeys | None = None) -> Callable[[], None]:
+    """Serve the hub's ASGI application (hub/server/api/: these endpoints, the /v1 API and the console) with
+    uvicorn on a daemon thread; returns a function that stops it. OSError if the port cannot be bound."""
+    from hub.broker.enforcement import enforcer_from_settings
+    from hub.crypto.hubkeys import load_hub_keys
+    from hub.server.api.app import build_app
+    from hub.server.api.context import ApiContext
+    from hub.server.api.serve import serve_in_thread, uvicorn_config
+    from hub.store import Store
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif self.path in ("/healthz", "/readyz"):
-                ok = health.alive() if self.path == "/healthz" else health.ready()
-                self._send(200 if ok else 503, json.dumps(health.as_json()).encode(), "application/json")
-            else:
-                self._send(404, b"not found\n", "text/plain")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    thread = threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True)
-    thread.start()
+    store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages)
+    ctx = ApiContext(settings, store, keys or load_hub_keys(settings), health, registry,
+                     enforcer_from_settings(settings))
+    try:
+        stop_server = serve_in_thread(uvicorn_config(build_app(ctx), settings, host, port))
+    except OSError:
+        store.close()
+        raise
 
     def stop() -> None:
-        server.shutdown()
-        server.server_close()
+        stop_server()
+        store.close()
 
     return stop

@@ -166,7 +166,7 @@ class HubWorker:
         stop_http = None
         if self.settings.metrics_port:
             stop_http = serve_http(self.settings.metrics_host, self.settings.metrics_port + self.index,
-                                   self.metrics.registry, self.view)
+                                   self.metrics.registry, self.view, self.settings, self.keys)
         self._stop = stop
         self.transport.start()
         record_identity(self.store, self.index)

@@ -31,6 +31,7 @@ from hub.store.models import (
     AuditEntry,
     CommandRecord,
     Device,
+    DeviceResult,
     HubState,
     ManifestRecord,
     PolicyRecord,
@@ -46,6 +47,7 @@ COMMANDS = CommandRecord.__table__  # type: ignore[attr-defined]
 STATE = HubState.__table__  # type: ignore[attr-defined]
 NONCES = UsedNonce.__table__  # type: ignore[attr-defined]
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
+RESULTS = DeviceResult.__table__  # type: ignore[attr-defined]
 
 
 class StoreError(RuntimeError):
@@ -166,11 +168,15 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A read-only view; on SQLite a deferred transaction, so readers never wait for a writer's lock."""
+        """A read-only connection (rolled back at the end). On SQLite it begins a deferred transaction, so a
+        reader (the HTTP API, the CLI's views) never waits for, or blocks, the hub's writer (WAL)."""
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(hub_reader=True)
-                yield conn
+                conn.info["reading"] = True
+                try:
+                    yield conn
+                finally:
+                    conn.info.pop("reading", None)
         except SQLAlchemyError as exc:
             raise StoreError(_short(exc)) from exc
 
@@ -286,6 +292,16 @@ class Store:
             return None
         device, seq, kind, signed = rows[0]
         return {"device_id": device, "seq": seq, "kind": kind, "signed": bytes(signed)}
+
+    def save_results(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Each device's latest retained signed result (device_id, scheme, issued_at, signed), replaced."""
+        if not rows:
+            return
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        stmt = dialect.insert(RESULTS)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["device_id"], set_={
+            "scheme": stmt.excluded.scheme, "issued_at": stmt.excluded.issued_at, "signed": stmt.excluded.signed}),
+            list(rows))
 
     # --- hub state, nonces -----------------------------------------------------
 
@@ -437,8 +453,8 @@ def _make_engine(url: str, dialect: str, store: Store | None = None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            if conn.get_execution_options().get("hub_reader"):
-                conn.exec_driver_sql("BEGIN")  # deferred: a WAL reader takes no lock a writer holds
+            if conn.info.get("reading"):  # Store.reading: a deferred read transaction, no write lock
+                conn.exec_driver_sql("BEGIN")
                 return
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             if store is not None and store.max_pages > 0:  # a size limit: reaching it is a full disk

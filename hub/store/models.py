@@ -9,6 +9,11 @@ from sqlmodel import Field, SQLModel
 
 
 class Device(SQLModel, table=True):
+    # HTTP API (hub/server/api/): a filtered device page is read in id order from one index at any fleet size.
+    __table_args__ = (
+        Index("ix_device_status_id", "status", "device_id"),
+        Index("ix_device_class_id", "device_class", "device_id"),
+    )
     device_id: str = Field(primary_key=True, max_length=64)
     device_class: str = Field(index=True, max_length=64)
     public_key_pem: str | None = None
@@ -170,3 +175,31 @@ class RejectionCount(SQLModel, table=True):
     authenticated: int = 0
     """Of ``rejected``, how many the device had signed (replayed, stale, ...)."""
     bytes_received: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+# --- HTTP API (hub/server/api/): bearer tokens and each device's latest signed result ---------------------
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the HTTP API. Only the SHA-256 of its secret is stored (the secret is 32 random
+    bytes, so a slow hash adds nothing); revoked tokens stay as history."""
+
+    __tablename__ = "api_token"
+    token_id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=64)
+    scope: str = Field(max_length=16)
+    secret_sha256: str = Field(max_length=64)
+    created_at: float
+    created_by: str = Field(max_length=64)
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class DeviceResult(SQLModel, table=True):
+    """A device's latest retained attestation result, exactly as signed and published (COSE_Sign1 EAR)."""
+
+    __tablename__ = "device_result"
+    device_id: str = Field(primary_key=True, max_length=64)
+    scheme: str = Field(max_length=32)
+    issued_at: float
+    signed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
