@@ -40,6 +40,7 @@ from bench.scenarios import Cursor, start_hub, steady
 from bench.stage import enrol_bulk, open_stage
 from hub.broker.process import free_port
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.server.api.app import build_app
 from hub.server.api.context import ApiContext
 from hub.server.api.serve import serve_in_thread, uvicorn_config
@@ -101,7 +102,7 @@ def measure(database: str, enrolled: int, seconds: float, rate: float, requests:
     enrol_s = enrol_bulk(stage.settings.effective_database_url, enrolled, pool)
     _quarantine_some(stage.settings.effective_database_url, enrolled, 0.001)
     print(f"  {database}: {enrolled} devices enrolled in {enrol_s:.0f}s", flush=True)
-    store = Store(stage.settings.effective_database_url)
+    store = open_store(stage.settings)
     token, _ = create_token(store, "bench", "read", ttl_s=None)
     port = free_port()
     # The API in a process of its own (as `attest-hub api` runs it): the load generator's threads in this
@@ -186,7 +187,7 @@ def slow_clients(count: int, work: Path, header_timeout_s: float = 10.0, cap: in
 
     settings = prepare_state(load_settings(None, environ={}, state_dir=work / "slow", api_max_connections=cap,
                                            api_header_timeout_s=header_timeout_s))
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     ctx = ApiContext(settings, store, load_hub_keys(settings), publish=False)
     port = free_port()
     threads_before = threading.active_count()

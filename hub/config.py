@@ -314,6 +314,24 @@ SETTING_HELP: dict[str, str] = {
                       "pruned (`db prune`, and the leader on a schedule); 0: kept forever.",
     "retention_dir": "Folder of the exported JSON Lines files; empty: `state_dir/archive`.",
     "retention_interval_s": "How often the leader prunes, in seconds, when `retention_days` is set.",
+    "batch_budget_ms": "While the queue is short, a batch is cut so its processing takes about this many "
+                       "milliseconds (its size follows the measured cost per evidence, at most `batch_max`).",
+    "ack_wait_s": "How long the broker's PUBACKs of a batch's results are awaited before the hub logs a late "
+                  "broker (it keeps waiting: a committed batch is never re-processed), in seconds.",
+    "ack_wait_per_message_ms": "Added to `ack_wait_s` for each message a batch publishes, in milliseconds.",
+    "batches_in_flight": "At most this many committed batches wait for their PUBACKs while the next is processed.",
+    "api_host": "`attest-hub api`: the address the HTTP API and console listen on.",
+    "api_port": "`attest-hub api`: the TCP port of the HTTP API and console (`serve` uses `metrics_port` + N).",
+    "api_tls_cert": "HTTP API over TLS: the server certificate (PEM); empty: plain HTTP.",
+    "api_tls_key": "HTTP API over TLS: the server certificate's private key (PEM, owner-only).",
+    "api_client_ca": "Operators authenticate with TLS client certificates issued by this CA (PEM); needs "
+                     "`api_tls_cert`.",
+    "api_client_cert_scope": "Scope of a client certificate from `api_client_ca`: `read` or `operate`.",
+    "api_max_connections": "Connection cap of the HTTP server; beyond it the longest-waiting connection without a "
+                           "request is shed.",
+    "api_header_timeout_s": "A request's headers must arrive within this many seconds, or the connection closes.",
+    "api_keepalive_s": "Idle keep-alive connections are closed after this many seconds.",
+    "api_page_max": "The largest device page a client may ask for (`limit`).",
     "sampled_log_interval_s": "Unknown device ids and messages not appraised (rate limit) are logged with a sample "
                               "once per this many seconds, never per message.",
     "broker_acl_file": "With `acl-file`: the ACL file the broker reads (the hub rewrites it).",

@@ -10,6 +10,7 @@ from device_sim.profiles import build_fleet
 from hub.appraisal.operations import Enrolment
 from hub.config import Settings, load_settings
 from hub.crypto.hubkeys import load_hub_keys
+from hub.crypto.hubstate import open_store
 from hub.server.api.app import build_app
 from hub.server.api.context import ApiContext
 from hub.server.api.tokens import create_token
@@ -37,7 +38,7 @@ def make_api_env(tmp_path: Path, n: int = 6, **overrides: Any) -> ApiEnv:
     devices = build_fleet(n, "honest", seed="api")
     enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                          for d in devices])
-    store = Store(settings.effective_database_url)
+    store = open_store(settings)
     ctx = ApiContext(settings, store, load_hub_keys(settings), publish=False)
     read, _ = create_token(store, "viewer", "read", ttl_s=None)
     operate, _ = create_token(store, "ops", "operate", ttl_s=None)

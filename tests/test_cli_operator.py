@@ -37,6 +37,7 @@ NO_JSON = {
     "broker run": "execs Mosquitto",
     "config reference": "prints Markdown (docs/SETTINGS.md)",
     "audit export": "prints JSON Lines already",
+    "api": "a service: serves JSON over HTTP",
 }
 
 

@@ -80,7 +80,10 @@ def token_create(hub: HubContext, name: str, scope: str, expires_in: str | None)
 @json_option
 @pass_hub
 def token_list(hub: HubContext) -> None:
-    """List tokens (id, name, scope, created, expiry, revoked); never their secrets."""
+    """List tokens (id, name, scope, created, expiry, revoked); never their secrets.
+
+    Example: attest-hub token list --json
+    """
     try:
         rows = list_tokens(hub.store())
     except StoreError as exc:
@@ -102,13 +105,17 @@ def _when(at: object) -> str:
 
 @token.command("revoke")
 @click.argument("token_id")
+@json_option
 @pass_hub
 def token_revoke(hub: HubContext, token_id: str) -> None:
-    """Revoke a token by its id (from `token list`); it stops working at once."""
+    """Revoke a token by its id (from `token list`); it stops working at once.
+
+    Example: attest-hub token revoke 1ab4e6ab619f
+    """
     try:
         revoke_token(hub.store(), token_id)
     except TokenError as exc:
         fail(str(exc))
     except StoreError as exc:
         fail(str(exc), code=3)
-    click.echo(f"token {token_id} revoked")
+    emit(hub, {"token_id": token_id, "revoked": True}, lambda d: click.echo(f"token {d['token_id']} revoked"))

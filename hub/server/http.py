@@ -44,12 +44,12 @@ def serve_http(host: str, port: int, registry: CollectorRegistry, health: Health
     uvicorn on a daemon thread; returns a function that stops it. OSError if the port cannot be bound."""
     from hub.broker.enforcement import enforcer_from_settings
     from hub.crypto.hubkeys import load_hub_keys
+    from hub.crypto.hubstate import open_store
     from hub.server.api.app import build_app
     from hub.server.api.context import ApiContext
     from hub.server.api.serve import serve_in_thread, uvicorn_config
-    from hub.store import Store
 
-    store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages)
+    store = open_store(settings)  # the API audits operators' actions: the audit key, the checks
     ctx = ApiContext(settings, store, keys or load_hub_keys(settings), health, registry,
                      enforcer_from_settings(settings))
     try:
