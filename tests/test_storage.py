@@ -246,9 +246,9 @@ def test_the_migration_adds_the_columns_and_table_even_on_a_partly_created_schem
         conn.execute(text("CREATE TABLE rejection_count (device_id VARCHAR(64) NOT NULL, minute INTEGER NOT NULL,"
                           " rejected INTEGER NOT NULL, authenticated INTEGER NOT NULL, bytes_received BIGINT NOT NULL,"
                           " PRIMARY KEY (device_id, minute))"))
-    assert upgrade(engine) == "0003"
+    assert upgrade(engine, "0003") == "0003"
     with engine.connect() as conn:
         row = conn.execute(text("SELECT evidence, evidence_length, evidence_sha256 FROM verdict")).one()
     assert tuple(row) == (b"\xa0", None, None)
-    assert downgrade(engine, "0002") == "0002" and upgrade(engine) == "0003"
+    assert downgrade(engine, "0002") == "0002" and upgrade(engine, "0003") == "0003"
     engine.dispose()

@@ -80,8 +80,11 @@ def schema_state(conn: Connection) -> tuple[str, str | None]:
 def check_schema(engine: Engine, where: str) -> None:
     """Raise ``SchemaError`` unless the database is a hub database at this release's head; reads only."""
     with engine.connect() as conn:
-        conn.execution_options(hub_reader=True)
-        state, current = schema_state(conn)
+        conn.info["reading"] = True  # Store.reading's deferred BEGIN on SQLite: no write lock
+        try:
+            state, current = schema_state(conn)
+        finally:
+            conn.info.pop("reading", None)  # the pooled connection writes again later
     head = head_revision()
     if state == "head":
         return

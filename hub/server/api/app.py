@@ -91,6 +91,7 @@ def build_app(ctx: ApiContext) -> Litestar:
         template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
         request_max_body_size=64 * 1024,
         debug=False,
+        logging_config=None,  # the entry point configured logging (hub/server/logs.py); Litestar must not redo it
     )
     app.state.ctx = ctx
     return app
