@@ -157,7 +157,7 @@ def test_rejections_over_the_budget_are_counted_not_stored(env: HubEnv) -> None:
     assert rows(env, "rejection_count") == 1
 
 
-def test_the_budget_is_per_minute_and_covers_signed_floods(env: HubEnv) -> None:
+def test_the_budget_is_per_minute_and_spares_signed_evidence(env: HubEnv) -> None:
     clock = [NOW]
     pipeline = env.pipeline(clock=lambda: clock[0])
     pipeline.decider.rejections = RejectionTally(rows_per_min=2)
@@ -170,8 +170,8 @@ def test_the_budget_is_per_minute_and_covers_signed_floods(env: HubEnv) -> None:
     for seq in (1, 2, 3):  # signed but below the high-water mark: rejected, authenticated
         pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=seq)))])
     statuses = [(v["status"], v["authenticated"], bool(v["evidence"])) for v in stored(env)]
-    # the stored ones keep their bytes; the third is over the budget and only counted; affirming is not a rejection
-    assert statuses[-3:] == [("affirming", True, True)] + [("rejected", True, True)] * 2
+    # signed evidence is evidence: every piece keeps its row and bytes, whatever the budget of unsigned rejections
+    assert statuses[-4:] == [("affirming", True, True)] + [("rejected", True, True)] * 3
     with env.store.reading() as conn:
         assert total_rejections(conn, A) == 7
 
@@ -184,11 +184,11 @@ def test_a_batch_that_does_not_commit_counts_nothing(env: HubEnv) -> None:
         assert total_rejections(conn, A) == 0
 
 
-def test_signed_rejections_over_the_budget_are_still_receipted(env: HubEnv) -> None:
-    """A device with a backlog of stale or replayed evidence gets a result (its receipt, docs/PROTOCOL.md#receipts)
-    for each piece even when only the first few get a row; otherwise it would re-send them for ever."""
+def test_signed_rejections_each_get_a_row_and_a_receipt_whatever_the_budget(env: HubEnv) -> None:
+    """A device with a backlog of stale or replayed evidence gets a verdict and a result (its receipt,
+    docs/PROTOCOL.md#receipts) for each piece: exactly one verdict per piece it signed, even past the budget."""
     pipeline = env.pipeline(clock=lambda: NOW)
-    pipeline.decider.rejections = RejectionTally(rows_per_min=1)
+    pipeline.decider.rejections = RejectionTally(rows_per_min=1, bytes_per_min=10)
     only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=9)))]))
     outcome = pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=s))) for s in (1, 2, 3)])
     assert [d.reason for d in outcome.decisions] == ["replay"] * 3
@@ -201,22 +201,10 @@ def test_signed_rejections_over_the_budget_are_still_receipted(env: HubEnv) -> N
         message = decode_sign1(r.payload)
         verify_sign1(message, env.keys.public_key)
         assert f"{device.bootcount}:{seq}".encode() in message.payload  # names the evidence's counter
-    assert len(stored(env)) == 2  # the affirming one and one rejection
-
-
-def test_rows_of_one_minute_keep_at_most_the_byte_budget(env: HubEnv) -> None:
-    """A device that signs large rejected evidence cannot fill the database faster through the kept bytes."""
-    pipeline = env.pipeline(clock=lambda: NOW)
-    raw = env.evidence(A, env.claims(A, seq=9))
-    pipeline.decider.rejections = RejectionTally(rows_per_min=20, bytes_per_min=2 * len(raw) + 10)
-    only(pipeline.process([incoming(A, raw)]))
-    outcome = pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=s))) for s in range(1, 6)])
-    assert [d.reason for d in outcome.decisions] == ["replay"] * 5
-    rows = [v for v in stored(env) if v["status"] == "rejected"]
-    assert len(rows) == 2 and all(v["evidence"] for v in rows)  # two fit the byte budget, with their bytes
-    assert len(publishes_on(outcome, wire.RESULT)) == 5  # every one receipted
-    garbage = pipeline.process([incoming(A, b"\xd2" * 30_000)])  # keeps no bytes: still gets a row
-    assert only(garbage).reason and len(stored(env)) == 4
+    rows = stored(env)
+    assert len(rows) == 4 and all(v["evidence"] for v in rows)  # the affirming one and three rejections, with bytes
+    garbage = pipeline.process([incoming(A, b"\xd2" * 30_000)] * 2)  # unsigned: the budget (1 row) applies
+    assert len(garbage.decisions) == 2 and len(stored(env)) == 5
 
 
 def test_messages_not_appraised_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:

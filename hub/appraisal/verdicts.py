@@ -120,11 +120,10 @@ class Decider:
         self.rejections.count(ctx.device_id, ctx.now, error.authenticated, len(ctx.evidence))
         device_class = device.device_class if device else "?"
         kept = kept_bytes(ctx.evidence, error.authenticated, self.storage.max_evidence_bytes)
-        if not self.rejections.admit(ctx.device_id, ctx.now, kept):  # over the device's budget (appraisal/storage.py)
-            if error.authenticated:  # counted only, but still receipted: its result names the device's counter
-                result = ResultClaims(ctx.device_id, ctx.scheme, vector, Tier.CONTRAINDICATED, int(ctx.now), problems,
-                                      dedup_key, None, self.references.policy(device_class).ref, "none", ctx.nonce)
-                decision.publishes.append(self._result_message(result, ctx, retain=False))
+        # Evidence that authenticated is evidence: it always keeps its row (and its bytes up to the size limit),
+        # so every piece a device signed has exactly one verdict. Only what did not authenticate (anyone on the
+        # network can send it) is budgeted per device and minute; beyond the budget it is only counted.
+        if not error.authenticated and not self.rejections.admit(ctx.device_id, ctx.now, kept):
             return decision
         self._record(ctx, decision, None, device_class, retain=False)
         if device is not None:
