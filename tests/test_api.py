@@ -171,11 +171,16 @@ def test_openapi_document_names_every_route_and_both_credentials(client: TestCli
                                                           "seen_before", "cursor", "limit"}
 
 
-def test_result_is_406_for_jwt_and_404_before_any(client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]
+def test_result_is_406_for_types_not_offered_and_404_before_any(
+        client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]
     device = env.device_ids[0]
-    headers = env.auth(env.read) | {"Accept": "application/eat+jwt"}
-    assert "eat+jwt" in str(assert_problem(client.get(f"/v1/devices/{device}/result", headers=headers), 406)["detail"])
-    assert_problem(client.get(f"/v1/devices/{device}/result", headers=env.auth(env.read)), 404)
+    for accept in ("application/json", "text/html", "application/eat+jwt;q=0, application/eat+cwt;q=0"):
+        body = assert_problem(client.get(f"/v1/devices/{device}/result",
+                                         headers=env.auth(env.read) | {"Accept": accept}), 406)
+        assert "application/eat+cwt" in str(body["detail"]) and "application/eat+jwt" in str(body["detail"])
+    for accept in ("application/eat+jwt", "application/eat+cwt", "*/*"):
+        assert_problem(client.get(f"/v1/devices/{device}/result", headers=env.auth(env.read) | {"Accept": accept}),
+                       404)
 
 
 def test_audit_export_streams_the_chain(client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]

@@ -29,6 +29,7 @@ from hub.cli.main import cli
 from hub.server.api.tokens import create_token
 from hub.server.localhub import DEMO_OPERATOR_KEY, LocalHub
 from tests.e2e import HubEnv, make_env
+from tests.test_api_jwt import cwt_as_jwt_claims, decode_jwt
 
 pytestmark = pytest.mark.broker
 
@@ -116,6 +117,12 @@ def test_results_and_actions_through_the_broker(broker: MosquittoProcess, tmp_pa
         claims = decode_result(raw, hub_key)
         assert claims[2] == honest.device_id and claims[266]["firmware"][1000] == 2  # affirming
         bad = decode_result(api.call("GET", f"/v1/devices/{tampered.device_id}/result", accept="*/*")[2], hub_key)
+        # The same standing result as a JWT EAR (decoder written from RFC 7515/7519 in test_api_jwt.py).
+        code, content_type, token = api.call("GET", f"/v1/devices/{tampered.device_id}/result",
+                                             accept="application/eat+jwt")
+        assert code == 200 and content_type == "application/eat+jwt"
+        as_jwt = decode_jwt(token.decode("ascii"), hub_key)[1]
+        assert as_jwt == cwt_as_jwt_claims(bad) and as_jwt["submods"]["firmware"]["ear.status"] == "contraindicated"
         assert bad[266]["firmware"][1000] == 96  # contraindicated
 
         # The CLI verifies the same bytes, and refuses them with one flipped bit.

@@ -33,7 +33,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.x509 import Certificate
 from sqlalchemy import Connection
@@ -141,7 +141,9 @@ class Pipeline:
         ids = {r.device_id for r in routed}
         rows, cached = self._rows(ids)
         now = self.clock()
-        anchors = {i: (row, self._anchor(row, now)) for i, row in ((i, _AnchorRow.of(d)) for i, d in rows.items())}
+        mac0 = {r.device_id for r in routed if is_mac0(r.message.payload)}
+        anchors = {i: (row, self._anchor(row, now, i in mac0))
+                   for i, row in ((i, _AnchorRow.of(d)) for i, d in rows.items())}
         for item in routed:
             row, anchor = anchors.get(item.device_id, (None, None))
             item.anchor_revoked = row is not None and row.revoked
@@ -258,7 +260,7 @@ class Pipeline:
             if row != item.cached_row:  # compared with the row this item was verified with
                 self._committed[item.device_id] = device.snapshot()
                 item.claims, item.error, item.anchor_revoked, item.cached_row = None, None, row.revoked, None
-                self._verify(item, self._anchor(row, now))
+                self._verify(item, self._anchor(row, now, is_mac0(item.message.payload)))
 
     def _remember(self, devices: Iterable[DeviceRecord]) -> None:
         """After a commit: the anchors of the batch's devices as committed (bounded)."""
@@ -267,7 +269,10 @@ class Pipeline:
         for device in devices:
             self._committed[device.device_id] = device.snapshot()
 
-    def _anchor(self, row: _AnchorRow, now: float) -> TrustAnchor:
+    def _anchor(self, row: _AnchorRow, now: float, mac0: bool) -> TrustAnchor:
+        """The device's trust anchor. Its symmetric key (a file, like the hub's secrets) is read only for
+        COSE_Mac0 evidence (``mac0``) of a device without a public key, not for every message of a CA-issued
+        device; ``_verify`` reads it for other evidence only to name the refusal."""
         key = None
         if row.public_key_pem and not row.revoked:
             key = self._key_cache.get(row.public_key_pem)
@@ -281,11 +286,23 @@ class Pipeline:
                         self._key_cache.clear()
                     self._key_cache[row.public_key_pem] = key
         # a device without a public key may have a symmetric one (COSE_Mac0 PSA tokens), kept like the hub's secrets
-        mac_key = self.keys.device_mac_key(row.device_id) if not row.public_key_pem and not row.revoked else None
+        symmetric = mac0 and not row.public_key_pem and not row.revoked
+        mac_key = self.keys.device_mac_key(row.device_id) if symmetric else None
         return TrustAnchor(row.device_id, row.device_class, key, row.ueid, row.key_version,
                            self.ca_certificates, now, mac_key)
 
     def _verify(self, item: _Routed, anchor: TrustAnchor | None) -> None:
+        self._check(item, anchor)
+        if (item.error is not None and item.error.reason == "no-key" and anchor is not None
+                and anchor.public_key is None and anchor.mac_key is None and not item.anchor_revoked
+                and not is_mac0(item.message.payload)):  # a Mac0's key was looked up with its anchor
+            # refused for want of a key: if the device has a symmetric one, say it must send COSE_Mac0
+            mac_key = self.keys.device_mac_key(item.device_id)
+            if mac_key is not None:
+                item.error = None
+                self._check(item, replace(anchor, mac_key=mac_key))
+
+    def _check(self, item: _Routed, anchor: TrustAnchor | None) -> None:
         item.anchor = anchor
         if item.scheme is None:
             item.error = EvidenceError("unknown-media-type", f"no scheme for {item.message.content_type!r}")

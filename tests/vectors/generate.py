@@ -726,7 +726,10 @@ def _jwt_section(vector: Vector) -> list[str]:
     return [
         "## Attestation result as a JWT (EAR)",
         "",
-        "The same affirming result as above, as `attest-hub result show vec-env-0001 --format jwt` prints it: "
+        "The same affirming result as above, as `attest-hub result show vec-env-0001 --format jwt` prints it "
+        "(the HTTP API's `GET /v1/devices/vec-env-0001/result` answers `Accept: application/eat+jwt` in this "
+        "form too, with the claims of the CWT the device got, its `eat_nonce` included, and a signature of its "
+        "own): "
         "a JWS compact serialization (RFC 7515), ES256 with the test hub key, deterministic signature. "
         f"Vector: `tests/vectors/results/{vector.name}.json` (field `jwt`). Header:",
         "",

@@ -26,7 +26,7 @@ from hub.appraisal.results import ResultError, verify_result
 from hub.server.api.common import ProblemError, ctx_of, device_id_param, who
 from hub.server.api.context import SESSION_COOKIE, ApiContext, csrf_ok, csrf_token
 from hub.server.api.tokens import Principal, check_token
-from hub.server.api.v1 import _act, device_detail, list_page
+from hub.server.api.v1 import EAT_JWT, _act, device_detail, list_page, result_jwt
 from hub.store import views
 
 STATUSES = ("enrolled", "trusted", "warning", "quarantined", "revoked")
@@ -145,6 +145,20 @@ def device_page(request: Request[Any, Any, Any], device_id: FromPath[str],
     return _page(request, "device.html", caller, d=detail, result=result, reason=reason, done=done)
 
 
+@get("/devices/{device_id:str}/result.jwt", sync_to_thread=True)
+def device_result_jwt(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Response[bytes]:
+    """The device's standing result as a JWT EAR, to download (the API gives it for ``Accept: application/eat+jwt``)."""
+    _signed_in(request)
+    ctx = ctx_of(request)
+    device_id = device_id_param(device_id)
+    with ctx.store.reading() as conn:
+        row = views.latest_result(conn, device_id)
+    if row is None:
+        raise ProblemError(status_code=404, detail=f"no result for {device_id!r}")
+    return Response(result_jwt(ctx, bytes(row["signed"])).encode("ascii"), media_type=EAT_JWT,
+                    headers={"Content-Disposition": f'attachment; filename="{device_id}.jwt"'})
+
+
 @post("/devices/{device_id:str}/{action:str}", sync_to_thread=True, status_code=303)
 def device_action(request: Request[Any, Any, Any], device_id: FromPath[str], action: FromPath[str],
                   data: Annotated[dict[str, str], FORM]) -> Response[Any]:
@@ -196,5 +210,5 @@ def _changes(ctx: ApiContext, after: int) -> list[dict[str, Any]]:
 
 
 console_router = Router(path="/console", include_in_schema=False, route_handlers=[
-    login_page, login, logout, overview, devices, device_page, device_action, events,
+    login_page, login, logout, overview, devices, device_page, device_result_jwt, device_action, events,
 ])

@@ -22,10 +22,13 @@ from litestar import Request, Response, Router, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
+from hub import wire
 from hub.anomaly.records import findings
 from hub.appraisal.challenge import make_challenge
+from hub.appraisal.messages import sign_result_jwt
 from hub.appraisal.operations import OperationError, publish_once, revoke, set_quarantine
 from hub.appraisal.report import build_report
+from hub.appraisal.results import ResultError, result_claims
 from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.envelope import Outgoing
@@ -35,6 +38,8 @@ from hub.store import DeviceRecord, views
 
 EAT_CWT = "application/eat+cwt"
 EAT_JWT = "application/eat+jwt"
+RESULT_TYPES = (EAT_CWT, EAT_JWT)
+_OUTSIDE_QUOTES = {sep: re.compile(rf'(?:[^{sep}"]|"[^"]*")+') for sep in ",;"}  # RFC 9110 §5.6.4 quoted-string
 AUDIT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
 
 
@@ -221,23 +226,64 @@ def get_device(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Dev
 
 @get("/devices/{device_id:str}/result", guards=[read_scope], sync_to_thread=True,
      summary="The device's latest signed attestation result",
-     description="`application/eat+cwt`: the COSE_Sign1 EAR exactly as the hub signed and published it. "
-                 "`application/eat+jwt` is answered 406 here (not served by this endpoint).",
-     response_description="COSE_Sign1 bytes", media_type=EAT_CWT)
+     description=f"Content negotiation (`Accept`, RFC 9110 §12.5.1): `{EAT_CWT}` (the default) is the COSE_Sign1 "
+                 f"EAR exactly as the hub signed and published it; `{EAT_JWT}` is the same claims as an ES256 JWT "
+                 "EAR (RFC 7519, the JSON claim names EAR libraries read), signed on request. Any other type: 406.",
+     response_description="COSE_Sign1 bytes, or the JWT's compact serialization", media_type=EAT_CWT)
 def get_result(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Response[bytes]:
-    accept = request.headers.get("accept", "*/*")
-    wanted = [part.split(";")[0].strip() for part in accept.split(",")]
-    if EAT_CWT not in wanted and "*/*" not in wanted and "application/*" not in wanted:
-        raise ProblemError(status_code=406, detail=f"this endpoint serves {EAT_CWT} only; the JWT "
-                                                   f"serialisation ({EAT_JWT}) is not available here")
+    wanted = negotiate(request.headers.get("accept", ""), RESULT_TYPES)
+    if wanted is None:
+        raise ProblemError(status_code=406, detail=f"this endpoint serves {' or '.join(RESULT_TYPES)}")
     ctx = ctx_of(request)
     device_id = device_id_param(device_id)
     with ctx.store.reading() as conn:
         row = views.latest_result(conn, device_id)
     if row is None:
         raise ProblemError(status_code=404, detail=f"no result for {device_id!r}")
+    vary = {"Vary": "Accept"}
+    if wanted == EAT_JWT:
+        return Response(result_jwt(ctx, bytes(row["signed"])).encode("ascii"), media_type=EAT_JWT, headers=vary)
     return Response(bytes(row["signed"]), media_type=EAT_CWT,
-                    headers={"Content-Disposition": f'attachment; filename="{device_id}.cbor"'})
+                    headers={"Content-Disposition": f'attachment; filename="{device_id}.cbor"', **vary})
+
+
+def result_jwt(ctx: ApiContext, signed: bytes) -> str:
+    """A stored result's claims as a JWT EAR signed now with the hub key (``iat`` stays the appraisal's)."""
+    try:
+        claims = result_claims(signed, ctx.keys.public_key)
+    except ResultError as exc:
+        raise ProblemError(status_code=500, detail=f"the stored result cannot be read: {exc}") from exc
+    return sign_result_jwt(claims, ctx.keys.signing_key, ctx.keys.kid)
+
+
+def negotiate(accept: str, offered: tuple[str, ...]) -> str | None:
+    """The offered media type the ``Accept`` value prefers (RFC 9110 §12.5.1): each offer takes the quality of
+    the most specific range that matches it (``q=0``: not acceptable); ties go to the first offered. An empty
+    or absent header accepts anything. A range's ``eat_profile`` parameter must name the hub's EAR profile."""
+    if not accept.strip():
+        return offered[0]
+    best: tuple[float, str] | None = None
+    for offer in offered:
+        main, _, sub = offer.partition("/")
+        quality, specificity = 0.0, -1
+        for item in _OUTSIDE_QUOTES[","].findall(accept):
+            media, *params = (p.strip() for p in _OUTSIDE_QUOTES[";"].findall(item))
+            names = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params)}
+            r_main, _, r_sub = media.lower().partition("/")
+            if r_main not in ("*", main) or r_sub not in ("*", sub) or (r_main == "*" and r_sub != "*"):
+                continue
+            if names.get("eat_profile", wire.EAR_PROFILE).strip('"') != wire.EAR_PROFILE:
+                continue
+            rank = (r_main != "*") + (r_sub != "*") + bool(set(names) - {"q"})
+            if rank > specificity:
+                try:
+                    quality = min(max(float(names.get("q", "1")), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+                specificity = rank
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, offer)
+    return None if best is None else best[1]
 
 
 @get("/manifests", guards=[read_scope], sync_to_thread=True, summary="Manifest history (signed bytes in base64)")
