@@ -132,6 +132,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._epoch: Epoch | None = None
         self._rejected_epochs = 0
+        self._last_epoch_rejection: str | None = None
         self._inflight: list[mqtt.MQTTMessageInfo] = []
         self._published = 0
         self._stop_publishing = threading.Event()
@@ -240,6 +241,7 @@ class Fleet:
         except MessageError as exc:
             with self._lock:
                 self._rejected_epochs += 1
+                self._last_epoch_rejection = str(exc)
             logger.warning("ignoring an epoch that does not verify: %s", exc)
             return
         with self._lock:
@@ -248,6 +250,7 @@ class Fleet:
                 return
             if self.max_epoch_age_s is not None and epoch.iat < self.clock() - self.max_epoch_age_s:
                 self._rejected_epochs += 1
+                self._last_epoch_rejection = f"epoch {epoch.epoch_id} announced {self.clock() - epoch.iat:.0f} s ago"
                 logger.warning("ignoring epoch %d announced %.0f s ago", epoch.epoch_id, self.clock() - epoch.iat)
                 return
             if current is not None and epoch.iat < current.iat:
@@ -277,6 +280,9 @@ class Fleet:
         self.stop_publishing()
         self.flush(flush_timeout)
         for conn in self._connections + ([self._mitm] if self._mitm is not None else []):
+            # paho's network thread may run once more after the socket is closed and log "Client is not
+            # connected" as an error: a shutdown race, not a fault, so its log ends here.
+            conn.client.disable_logger()
             conn.client.disconnect()
             conn.client.loop_stop()
 
@@ -439,6 +445,12 @@ class Fleet:
     def rejected_epochs(self) -> int:
         with self._lock:
             return self._rejected_epochs
+
+    @property
+    def last_epoch_rejection(self) -> str | None:
+        """Why the latest refused epoch announcement was refused (None: none was)."""
+        with self._lock:
+            return self._last_epoch_rejection
 
     def device(self, device_id: str) -> SimDevice:
         return self._by_id[device_id]
