@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -147,7 +147,7 @@ class Fleet:
     def _make_connection(self, index: int, client_id: str) -> _Connection:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
-        client.enable_logger(logger)
+        client.on_log = _log_paho
         conn = _Connection(index, client, {})
         if self.tls is not None:
             cert, key = self.tls.device_certs[client_id]
@@ -280,9 +280,6 @@ class Fleet:
         self.stop_publishing()
         self.flush(flush_timeout)
         for conn in self._connections + ([self._mitm] if self._mitm is not None else []):
-            # paho's network thread may run once more after the socket is closed and log "Client is not
-            # connected" as an error: a shutdown race, not a fault, so its log ends here.
-            conn.client.disable_logger()
             conn.client.disconnect()
             conn.client.loop_stop()
 
@@ -482,6 +479,16 @@ class Fleet:
             "published_data": self.published_data,
             "devices": [d.report() for d in self.devices],
         }
+
+
+def _log_paho(client: mqtt.Client, userdata: object, level: int, message: str) -> None:
+    """paho's log, at its own levels, except "Client is not connected": paho says it as an error whenever its
+    network thread runs between losing a connection and the next attempt (and when a run ends then), while
+    ``_on_disconnect`` has already reported the loss and paho reconnects by itself."""
+    if message.startswith("Client is not connected"):
+        logger.debug("paho: %s", message)
+        return
+    logger.log(mqtt.LOGGING_LEVEL.get(LogLevel(level), logging.INFO), "%s", message)
 
 
 def _settled(info: mqtt.MQTTMessageInfo) -> bool:

@@ -8,6 +8,7 @@ device_sim's encoder, which test_sim_cose checks against cbor2 + cryptography an
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -296,3 +297,34 @@ def test_cli_run_summary_keeps_whole_device_ids_off_a_terminal(hub: FakeHub, tmp
     for device in build_fleet(4, "data"):
         assert device.device_id in result.output
 
+
+
+def test_fleet_stopped_while_reconnecting_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run that ends while a connection is down (the broker restarting) ends quietly: paho's network thread
+    finding no socket then is its shutdown, not a fault."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait(lambda: _accepts(port), 10)
+        key = keys.public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key())
+        fleet = Fleet("127.0.0.1", port, build_fleet(4, "honest:1", "stop-test"), key, connections=2)
+        fleet.start()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    caplog.set_level(logging.DEBUG, logger="device_sim")
+    time.sleep(1.5)  # paho notices the lost connection and tries to reconnect (1 s back-off)
+    fleet.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
