@@ -6,18 +6,22 @@ SHELL := /bin/bash
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup system-deps test demo lint bench bench-quick bench-storage clean-venv postgres-up
+.PHONY: setup setup-runtime system-deps test demo lint bench bench-quick bench-storage clean-venv postgres-up
 
 # Tests that build their hub with tests/e2e.make_env run a second time (HUB_TEST_DATABASE: not an ATTEST_HUB_*
 # setting, which the hub would refuse as unknown) with a fresh PostgreSQL
 # database per test (the postgres-marked tests already use PostgreSQL in the first run).
 PG_TEST_FILES = $(shell grep -l 'make_env' tests/test_*.py)
 
-## setup: Debian packages (scripts/setup.sh), then .venv with the project installed editable
+## setup: Debian packages (scripts/setup.sh), then .venv with the project installed editable, developer tools too
 setup: system-deps $(STAMP)
+
+## setup-runtime: the same without the developer tools (all `make demo` needs)
+setup-runtime: system-deps $(RUNTIME_STAMP)
 
 system-deps:
 	@bash scripts/setup.sh
@@ -28,6 +32,10 @@ $(PY):
 # pip runs again only when pyproject.toml is newer than the stamp.
 $(STAMP): pyproject.toml | $(PY) system-deps
 	$(PY) -m pip install --progress-bar off -e '.[dev,tpm,postgres]'
+	touch $@ $(RUNTIME_STAMP)
+
+$(RUNTIME_STAMP): pyproject.toml | $(PY) system-deps
+	$(PY) -m pip install --progress-bar off -e '.[tpm,postgres]'
 	touch $@
 
 ## test: the whole suite; any non-zero pytest exit (5 = nothing collected included) fails
@@ -43,7 +51,7 @@ postgres-up:
 		|| { echo "error: PostgreSQL is not running at 127.0.0.1:5432 and could not be started" >&2; exit 1; }
 
 ## demo: DEMO_ARGS="--linger 600" keeps the web console up for 10 minutes after the fleet stops
-demo: setup
+demo: setup-runtime
 	$(VENV)/bin/attest-hub demo $(DEMO_ARGS)
 
 lint: setup

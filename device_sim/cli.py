@@ -18,6 +18,7 @@ from device_sim.fleet import Fleet, FleetError, FleetTls
 from device_sim.profiles import MixError, build_fleet, enrolment
 
 _console = Console(stderr=True)
+_UNBOUNDED_WIDTH = 10_000  # columns: wide enough for any table, which still takes only the width it needs
 
 
 def _fleet_or_fail(devices: int, profile: str, seed: str, bootcount: int) -> list[SimDevice]:
@@ -38,16 +39,19 @@ def main(verbose: int) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=1883, show_default=True, type=int)
+@click.option("--port", default=1883, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--devices", "count", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--profile", default="demo", show_default=True, help='Mix, e.g. "honest:40,tampered:3" or "demo".')
 @click.option("--seed", default=keys.DEFAULT_SEED, show_default=True, help="Fleet seed the device keys derive from.")
 @click.option("--hub-key", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.01), help="Seconds.")
-@click.option("--duration", default=0.0, show_default=True, type=float, help="Seconds; 0 runs until Ctrl-C.")
+@click.option("--duration", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds; 0 runs until Ctrl-C.")
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--bootcount", type=int, default=None, help="Boot count of every device [default: now, unix seconds].")
-@click.option("--resend-after", type=float, default=None, help="Re-send evidence without a receipt after SECONDS.")
+@click.option("--bootcount", type=click.IntRange(min=0), default=None,
+              help="Boot count of every device [default: now, unix seconds].")
+@click.option("--resend-after", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Re-send evidence without a receipt after SECONDS.")
 @click.option("--data/--no-data", default=True, show_default=True,
               help="Also publish signed, hash-chained telemetry batches on fleet/{id}/data.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -76,6 +80,8 @@ def run(
     """Connect the fleet and publish evidence every INTERVAL seconds."""
     # Each run is a new boot whose count exceeds the previous run's, so the hub's
     # (bootcount, seq) high-water mark from an earlier run does not reject it.
+    if report_path is not None and not report_path.parent.is_dir():
+        raise click.BadParameter(f"directory {report_path.parent} does not exist", param_hint="--report")
     devices = _fleet_or_fail(count, profile, seed, int(time.time()) if bootcount is None else bootcount)
     try:
         fleet = Fleet(host, port, devices, hub_key.read_bytes(), interval, connections, resend_after=resend_after,
@@ -84,7 +90,7 @@ def run(
         raise click.BadParameter(str(exc), param_hint="--hub-key") from exc
     try:
         fleet.start()
-    except (FleetError, OSError) as exc:
+    except (FleetError, OSError, ValueError) as exc:  # paho: ValueError for a host it cannot use
         raise click.ClickException(f"cannot connect to {host}:{port}: {exc}") from exc
     mix = Counter(d.profile.value for d in devices)
     _console.print(f"{len(devices)} devices on {host}:{port} ({dict(mix)}); waiting for the hub epoch")
@@ -101,8 +107,28 @@ def run(
         fleet.stop()
     _summary(fleet)
     if report_path is not None:
-        report_path.write_text(json.dumps(fleet.report(), indent=2))
+        _write(report_path, json.dumps(fleet.report(), indent=2), "--report")
         _console.print(f"report written to {report_path}")
+    if fleet.epoch is None:
+        raise click.ClickException(_no_epoch(fleet, hub_key, duration))
+
+
+def _no_epoch(fleet: Fleet, hub_key: Path, duration: float) -> str:
+    """Why nothing was published: no epoch announcement verified (the devices attest only with its nonce)."""
+    ran = f"in {duration:g} s" if duration > 0 else "before the run ended"
+    reason = fleet.last_epoch_rejection
+    if reason is None:
+        return (f"no epoch announcement arrived on {fleet.host}:{fleet.port} {ran}, so no evidence was published; "
+                "is the hub running and connected to this broker?")
+    return (f"no epoch announcement verified {ran} ({fleet.rejected_epochs} rejected, last: {reason}), so no "
+            f"evidence was published; is {hub_key} the public key of the hub on {fleet.host}:{fleet.port}?")
+
+
+def _write(path: Path, text: str, option: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror or exc}", param_hint=option) from exc
 
 
 def _tls(ca: Path | None, cert_dir: Path | None, devices: list[SimDevice]) -> FleetTls | None:
@@ -119,7 +145,8 @@ def _tls(ca: Path | None, cert_dir: Path | None, devices: list[SimDevice]) -> Fl
 
 def _summary(fleet: Fleet) -> None:
     table = Table(title=f"device-sim: {fleet.published} evidence, {fleet.published_data} data batches published")
-    for column in ("device", "profile", "data", "version", "evidence", "accepted cmds", "rejected cmds",
+    table.add_column("device", no_wrap=True, min_width=max((len(d.device_id) for d in fleet.devices), default=6))
+    for column in ("profile", "data", "version", "evidence", "accepted cmds", "rejected cmds",
                    "quarantined"):
         table.add_column(column)
     for d in fleet.devices:
@@ -135,7 +162,9 @@ def _summary(fleet: Fleet) -> None:
             str(len(log) - accepted),
             "yes" if d.quarantined else "",
         )
-    _console.print(table)
+    # Off a terminal Rich assumes 80 columns and would cut cells to fit ("env-se…"): print at full width there.
+    console = _console if _console.is_terminal else Console(stderr=True, width=_UNBOUNDED_WIDTH)
+    console.print(table)
 
 
 @main.command()
@@ -146,7 +175,7 @@ def _summary(fleet: Fleet) -> None:
 def enrol(count: int, profile: str, seed: str, out: Path) -> None:
     """Write the enrolment JSON (device id, class, enrolled public key, UEID)."""
     devices = _fleet_or_fail(count, profile, seed, 1)
-    out.write_text(json.dumps(enrolment(devices), indent=2))
+    _write(out, json.dumps(enrolment(devices), indent=2), "--out")
     _console.print(f"{len(devices)} devices written to {out}")
 
 
@@ -154,5 +183,8 @@ def enrol(count: int, profile: str, seed: str, out: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def images(out: Path) -> None:
     """Write every firmware image as OUT/{class}/{version}/{component}.bin."""
-    written = firmware.write_images(out)
+    try:
+        written = firmware.write_images(out)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write under {out}: {exc.strerror or exc}", param_hint="--out") from exc
     _console.print(f"{len(written)} images written under {out}")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -132,6 +132,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._epoch: Epoch | None = None
         self._rejected_epochs = 0
+        self._last_epoch_rejection: str | None = None
         self._inflight: list[mqtt.MQTTMessageInfo] = []
         self._published = 0
         self._stop_publishing = threading.Event()
@@ -146,7 +147,7 @@ class Fleet:
     def _make_connection(self, index: int, client_id: str) -> _Connection:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
         client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
-        client.enable_logger(logger)
+        client.on_log = _log_paho
         conn = _Connection(index, client, {})
         if self.tls is not None:
             cert, key = self.tls.device_certs[client_id]
@@ -240,6 +241,7 @@ class Fleet:
         except MessageError as exc:
             with self._lock:
                 self._rejected_epochs += 1
+                self._last_epoch_rejection = str(exc)
             logger.warning("ignoring an epoch that does not verify: %s", exc)
             return
         with self._lock:
@@ -248,6 +250,7 @@ class Fleet:
                 return
             if self.max_epoch_age_s is not None and epoch.iat < self.clock() - self.max_epoch_age_s:
                 self._rejected_epochs += 1
+                self._last_epoch_rejection = f"epoch {epoch.epoch_id} announced {self.clock() - epoch.iat:.0f} s ago"
                 logger.warning("ignoring epoch %d announced %.0f s ago", epoch.epoch_id, self.clock() - epoch.iat)
                 return
             if current is not None and epoch.iat < current.iat:
@@ -440,6 +443,12 @@ class Fleet:
         with self._lock:
             return self._rejected_epochs
 
+    @property
+    def last_epoch_rejection(self) -> str | None:
+        """Why the latest refused epoch announcement was refused (None: none was)."""
+        with self._lock:
+            return self._last_epoch_rejection
+
     def device(self, device_id: str) -> SimDevice:
         return self._by_id[device_id]
 
@@ -470,6 +479,16 @@ class Fleet:
             "published_data": self.published_data,
             "devices": [d.report() for d in self.devices],
         }
+
+
+def _log_paho(client: mqtt.Client, userdata: object, level: int, message: str) -> None:
+    """paho's log, at its own levels, except "Client is not connected": paho says it as an error whenever its
+    network thread runs between losing a connection and the next attempt (and when a run ends then), while
+    ``_on_disconnect`` has already reported the loss and paho reconnects by itself."""
+    if message.startswith("Client is not connected"):
+        logger.debug("paho: %s", message)
+        return
+    logger.log(mqtt.LOGGING_LEVEL.get(LogLevel(level), logging.INFO), "%s", message)
 
 
 def _settled(info: mqtt.MQTTMessageInfo) -> bool:

@@ -8,6 +8,7 @@ device_sim's encoder, which test_sim_cose checks against cbor2 + cryptography an
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -241,3 +242,89 @@ def test_cli_enrol_and_images(tmp_path: Path) -> None:
     assert (tmp_path / "img" / "env-sensor" / "1.0.0" / "app.bin").stat().st_size == 4096
     bad = CliRunner().invoke(main, ["enrol", "--profile", "nonsense:1", "--out", str(out)])
     assert bad.exit_code != 0
+
+
+def test_cli_refuses_bad_input_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    key = tmp_path / "hub.pem"
+    key.write_bytes(keys.public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    run = ["run", "--devices", "2", "--hub-key", str(key)]
+    cases = [
+        (["enrol", "--devices", "3", "--out", str(tmp_path / "nonexistent" / "x.json")], "--out"),
+        (["images", "--out", str(key / "img")], "--out"),
+        ([*run, "--port", "0"], "--port"),
+        ([*run, "--port", "65536"], "--port"),
+        ([*run, "--duration", "-1"], "--duration"),
+        ([*run, "--bootcount", "-1"], "--bootcount"),
+        ([*run, "--resend-after", "0"], "--resend-after"),
+        ([*run, "--report", str(tmp_path / "nonexistent" / "r.json")], "--report"),
+    ]
+    for args, option in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+        assert option in result.output, (args, result.output)
+
+
+def test_cli_run_fails_when_no_epoch_verifies_with_the_hub_key(hub: FakeHub, tmp_path: Path) -> None:
+    hub.epoch(1, b"E" * 32)
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_bytes(keys.public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    args = ["run", "--port", str(hub.port), "--devices", "2", "--interval", "0.2", "--duration", "1"]
+    result = CliRunner().invoke(main, [*args, "--hub-key", str(wrong)])
+    assert result.exit_code == 1, result.output
+    assert "no epoch announcement verified" in result.output and str(wrong) in result.output
+    assert hub.received() == []
+
+
+def test_cli_run_fails_when_no_epoch_arrives(sim_broker: int, tmp_path: Path) -> None:
+    key = tmp_path / "hub.pem"
+    key.write_bytes(keys.public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    args = ["run", "--port", str(sim_broker), "--devices", "2", "--duration", "0.5", "--hub-key", str(key)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "no epoch announcement arrived" in result.output
+
+
+def test_cli_run_summary_keeps_whole_device_ids_off_a_terminal(hub: FakeHub, tmp_path: Path) -> None:
+    hub.epoch(1, b"E" * 32)
+    key = tmp_path / "hub.pem"
+    key.write_bytes(hub.pem)
+    args = ["run", "--port", str(hub.port), "--devices", "4", "--profile", "data", "--hub-key", str(key),
+            "--interval", "0.2", "--duration", "1"]
+    result = CliRunner(env={"COLUMNS": "60"}).invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    for device in build_fleet(4, "data"):
+        assert device.device_id in result.output
+
+
+
+def test_fleet_stopped_while_reconnecting_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run that ends while a connection is down (the broker restarting) ends quietly: paho's network thread
+    finding no socket then is its shutdown, not a fault."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed")
+    port = _free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait(lambda: _accepts(port), 10)
+        key = keys.public_key_pem(ec.generate_private_key(ec.SECP256R1()).public_key())
+        fleet = Fleet("127.0.0.1", port, build_fleet(4, "honest:1", "stop-test"), key, connections=2)
+        fleet.start()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    caplog.set_level(logging.DEBUG, logger="device_sim")
+    time.sleep(1.5)  # paho notices the lost connection and tries to reconnect (1 s back-off)
+    fleet.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

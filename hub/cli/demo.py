@@ -50,7 +50,9 @@ EXPECTED = {
     "ignores-commands": "quarantined; cut off by the broker",
     "replay": "trusted, stale copy rejected",
     "forged": "evidence rejected, not quarantined",
-    "data-mitm": "altered batches rejected, never republished",
+    # the man in the middle holds a valid certificate of its own, so the broker's ACL refuses its altered copies
+    # on the victims' data topics (PUBACK 0x87): the hub never sees them and warns of the gaps they leave
+    "data-mitm": "altered copies refused by the broker (0x87): data gap",
     "data-drop": "data gap: warning",
     "data-reorder": "gap warning, late batch not republished",
     "data-restart": "chain restart: quarantined, held for an operator",
@@ -63,7 +65,9 @@ EXPECTED = {
 
 def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str = "acl-file",
              linger: float = 0.0) -> int:
-    """``enforcement``: ``acl-file`` (prod.conf, the ACL file and SIGHUP: the hub on the broker's host) or
+    """``devices``: the whole fleet, its TPM-backed gateways and PSA platforms included (at least one device
+    is software-signed); ``enforcement``: ``acl-file`` (prod.conf, the ACL file and SIGHUP: the hub on the
+    broker's host) or
     ``dynsec`` (prod-dynsec.conf, the dynamic-security plugin over MQTT: as from any other host); ``linger``:
     seconds the hub and its console stay up after the fleet stops."""
     from device_sim.fleet import Fleet
@@ -74,10 +78,10 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
     work = keep or Path(tempfile.mkdtemp(prefix="attest-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Fleet attestation demo[/]: {devices} devices for {seconds:.0f}s (state in {work})")
-    hardware, missing = _hardware_devices()
+    hardware, missing = _hardware_devices(devices - 1)
     if missing:
         console.print(f"TPM-backed gateways left out: {missing}", markup=False)
-    fleet_devices: list[Any] = [*build_fleet(devices, DEMO_MIX, seed="demo"), *hardware]
+    fleet_devices: list[Any] = [*build_fleet(devices - len(hardware), DEMO_MIX, seed="demo"), *hardware]
     tls, values, hub_tls = _pki(work / "pki", [d.device_id for d in fleet_devices])
     template = "prod.conf"
     if enforcement == "dynsec":
@@ -100,7 +104,9 @@ def run_demo(devices: int, seconds: float, keep: Path | None, enforcement: str =
         settings = prepare_state(settings)
         enrol_all(settings, [Enrolment(d.device_id, d.device_class, d.public_key_pem.decode(), d.ueid)
                              for d in fleet_devices])
-        kinds = "software-signed, PSA" if missing else "software-signed, TPM-backed on swtpm, PSA"
+        tpm = sum(1 for d in hardware if hasattr(d, "tpm_profile"))
+        kinds = f"{len(fleet_devices) - len(hardware)} software-signed, {tpm} TPM-backed on swtpm, " \
+                f"{len(hardware) - tpm} PSA"
         console.print(f"mutual-TLS broker on {broker.host}:{broker.port} ({template}, enforcement: {enforcement}); "
                       f"enrolled {len(fleet_devices)} devices ({kinds}); starting the hub")
         hub = LocalHub(settings).start()
@@ -156,15 +162,19 @@ def _console_token(settings: Any) -> str:
         store.close()
 
 
-def _hardware_devices() -> tuple[list[Any], str]:
-    """Two TPM-backed gateways (each on its own swtpm) and two PSA platforms: one honest, one not, of each.
+def _hardware_devices(room: int) -> tuple[list[Any], str]:
+    """Two TPM-backed gateways (each on its own swtpm) and two PSA platforms: one honest, one not, of each;
+    at most ``room`` devices in all (the PSA platforms first, honest before dishonest).
 
     Returns the devices and, when the TPM gateways cannot run here (the ``tpm`` extra, i.e. tpm2-pytss, or
     the swtpm program is missing), why they were left out; the PSA platforms need neither.
     """
     from device_sim.psa import build_psa_fleet
 
-    psa = build_psa_fleet(2, "honest:1,debug:1", seed="demo")
+    psa = build_psa_fleet(min(2, max(room, 0)), "honest:1,debug:1", seed="demo")
+    tpm_room = min(2, room - len(psa))
+    if tpm_room <= 0:
+        return psa, ""
     if shutil.which("swtpm") is None:
         return psa, "swtpm is not installed (Debian package swtpm)"
     try:
@@ -172,7 +182,7 @@ def _hardware_devices() -> tuple[list[Any], str]:
     except (ImportError, OSError) as exc:  # the tpm extra is missing, or its C library (libtss2) is
         return psa, f"tpm2-pytss is not usable ({exc}); install the extra: pip install 'fleet-attestation-hub[tpm]'"
     try:
-        return [*build_tpm_fleet([TpmProfile.HONEST, TpmProfile.TAMPERED], seed="demo"), *psa], ""
+        return [*build_tpm_fleet([TpmProfile.HONEST, TpmProfile.TAMPERED][:tpm_room], seed="demo"), *psa], ""
     except TpmDeviceError as exc:
         return psa, f"swtpm did not start ({exc})"
 
