@@ -165,7 +165,8 @@ def config_reference() -> None:
 
 
 @cli.command()
-@click.option("--devices", type=click.IntRange(2, 10_000), default=50, show_default=True)
+@click.option("--devices", type=click.IntRange(2, 10_000), default=50, show_default=True,
+              help="The whole fleet, TPM-backed gateways and PSA platforms included.")
 @click.option("--seconds", type=click.FloatRange(5, 600), default=25.0, show_default=True,
               help="How long the fleet runs before the table is printed.")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
