@@ -36,7 +36,6 @@ NO_JSON = {
     "demo": "a show for people",
     "broker run": "execs Mosquitto",
     "config reference": "prints Markdown (docs/SETTINGS.md)",
-    "audit export": "prints JSON Lines already",
     "api": "a service: serves JSON over HTTP",
 }
 

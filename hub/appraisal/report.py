@@ -7,6 +7,7 @@ been heard from. Read-only; built from the device and command tables.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -92,11 +93,15 @@ def format_age(seconds: float | None) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``6h``, ``7d`` (or plain seconds) to seconds; ValueError otherwise."""
+    """``90s``, ``15m``, ``6h``, ``7d`` (or plain seconds) to seconds; ValueError, whose message names the
+    text and the accepted forms, for anything else: not a number, negative, infinite or not a number (NaN)."""
     value = text.strip().lower()
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}.get(value[-1:])
     number = value[:-1] if scale is not None else value
-    seconds = float(number) * (scale or 1)
-    if not seconds >= 0:
-        raise ValueError(f"not a duration: {text!r}")
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0) or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{text!r} is not a duration: a number with s, m, h, d or w (e.g. 90s, 15m, 6h, 2d)")
     return seconds

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,3 +87,46 @@ def announce_or_explain(hub: HubContext, announcements: list[Outgoing], stored: 
     except TransportError as exc:
         fail(f"{stored} is stored, but it was not announced: {exc}. Running workers adopt it when they restart; "
              f"to announce it once the broker is back: {retry}", code=3, stored=stored, announced=False, retry=retry)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file the command could not read or write: ``PATH: reason`` (no errno, no repr)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.ENOENT and exc.filename is not None:
+        reason = "no such file or directory" if os.path.isdir(os.path.dirname(str(exc.filename)) or ".") \
+            else "its folder does not exist"
+    where = exc.filename if exc.filename is not None else "file"
+    return f"{where}: {reason[:1].lower()}{reason[1:]}"
+
+
+def describe_decode_error(exc: UnicodeDecodeError) -> str:
+    """One line for input that is not UTF-8 text: which byte, and that text was expected."""
+    return f"the input is not UTF-8 text (byte {exc.start}: {exc.reason}); is it a binary file given for a text one?"
+
+
+class HubGroup(click.Group):
+    """The command group: a file a command cannot read or write, input that is not text, or a closed output pipe
+    end the command with one line (``fail``) instead of a traceback. Reading or writing a path the operator
+    named is invalid input (exit 1); a closed pipe (``| head``) is a normal end (exit 0)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(0)
+        except OSError as exc:
+            if exc.filename is None:  # a socket or device, not a path the operator named
+                fail(f"{exc.strerror or type(exc).__name__}", code=3)
+            fail(describe_os_error(exc))
+        except UnicodeDecodeError as exc:
+            fail(describe_decode_error(exc))
+
+
+def _silence_stdout() -> None:
+    """After the reader of standard output went away, send what is still buffered nowhere (no second error)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test runner's buffer): nothing to silence
+        pass

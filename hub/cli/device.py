@@ -79,6 +79,10 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
         ueid_bytes = bytes.fromhex(ueid) if ueid else None
     except ValueError:
         fail(f"--ueid: {ueid!r} is not hexadecimal")
+    if ca_issued and not hub.settings.manufacturer_cas:
+        fail("--ca-issued enrols a device that proves its identity with a certificate chain to a manufacturer CA, "
+             "but no manufacturer_cas are configured, so it could never attest; set manufacturer_cas first, or "
+             "enrol its key with --key")
     mac_key = _read_mac_key(mac_key_path) if mac_key_path is not None else None
     if mac_key is not None and (key_path or ca_issued or file or cert_path):
         fail("--mac-key enrols one device by --id and --class, without --key, --ca-issued, --cert or --file")

@@ -9,6 +9,7 @@ then the free text moves to indented lines under its row (``--json`` always has 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import shutil
 import textwrap
@@ -93,7 +94,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
         if match is None:
             self.fail(f"{value!r} is not a duration: a number with s, m, h, d or w (e.g. 90s, 15m, 6h, 2d)",
                       param, ctx)
-        return float(match.group(1)) * _SCALE[match.group(2)]
+        seconds = float(match.group(1)) * _SCALE[match.group(2)]
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is too large a duration", param, ctx)
+        return seconds
 
 
 DURATION = Duration()
