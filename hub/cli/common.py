@@ -76,17 +76,28 @@ def fail(message: str, code: int = 1, **details: Any) -> NoReturn:
     sys.exit(code)
 
 
-def announce_or_explain(hub: HubContext, announcements: list[Outgoing], stored: str, retry: str) -> None:
-    """Publish announcements of something already stored; when the broker does not take them, say that it is
-    stored and how to announce it again (exit 3)."""
+def broker_address(hub: HubContext) -> str:
+    """``host:port`` of the broker a command publishes to (--broker, or the configuration)."""
+    return f"{hub.settings.broker_host}:{hub.settings.broker_port}"
+
+
+def announce_or_explain(hub: HubContext, announcements: list[Outgoing], stored: str, retry: str,
+                        *, newly_stored: bool = True) -> str:
+    """Publish announcements of something stored; returns the broker's ``host:port`` for the success message.
+    When the broker does not take them, say (exit 3) that it is stored (``newly_stored``: by this command) but
+    not announced, and how to announce it again."""
     from hub.appraisal.operations import publish_once
     from hub.broker.transport import TransportError
 
+    broker = broker_address(hub)
     try:
         publish_once(hub.settings, announcements, f"{hub.settings.hub_id}-cli")
     except TransportError as exc:
-        fail(f"{stored} is stored, but it was not announced: {exc}. Running workers adopt it when they restart; "
-             f"to announce it once the broker is back: {retry}", code=3, stored=stored, announced=False, retry=retry)
+        state = "is stored, but was not announced" if newly_stored else "stays stored; it was not announced"
+        fail(f"{stored} {state}: {exc}. Running workers adopt it when they restart; to announce it once the "
+             f"broker at {broker} is back: {retry}", code=3, stored=stored, announced=False, retry=retry,
+             broker=broker)
+    return broker
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hub import wire
 from hub.anomaly.records import findings
 from hub.appraisal.operations import (
     Enrolment,
@@ -27,10 +28,11 @@ from hub.appraisal.transitions import ENROLLED, MISSED, QUARANTINED, REVOKED, TR
 from hub.broker.enforcement import EnforcementError, enforcer_from_settings
 from hub.broker.transport import TransportError
 from hub.cli.anomalies import finding_view
-from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.common import HubContext, broker_address, emit, fail, json_option, pass_hub
 from hub.cli.output import DURATION, Column, format_table, iso_time
 from hub.crypto.hubkeys import MAC_KEY_SIZE, HubKeyError, write_device_mac_key
 from hub.crypto.keys import KeyFileError
+from hub.envelope import Outgoing
 from hub.reference.identity import load_anchors
 from hub.store import StoreError
 
@@ -278,13 +280,51 @@ def _command(hub: HubContext, device_id: str, quarantine: bool, reason: str) -> 
     try:
         message = set_quarantine(hub.store(), hub.keys(), device_id, quarantine, reason, hub.settings.command_ttl_s,
                                  enforcer=enforcer_from_settings(hub.settings))
-        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
     except OperationError as exc:
         fail(str(exc))
-    except (StoreError, TransportError, EnforcementError) as exc:
+    except (StoreError, EnforcementError) as exc:
         fail(str(exc), code=3)
     verb = "quarantined" if quarantine else "released"
-    emit(hub, {"device_id": device_id, "status": verb}, lambda d: click.echo(f"{d['device_id']} {verb}"))
+    broker = broker_address(hub)
+    try:
+        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        retry = f"attest-hub device resend {device_id}"
+        fail(f"{device_id} is {verb} (recorded in the database and the audit log), but the command was not sent "
+             f"to the device: {exc}. To send it once the broker at {broker} is back: {retry}",
+             code=3, device_id=device_id, status=verb, sent=False, broker=broker, retry=retry)
+    emit(hub, {"device_id": device_id, "status": verb, "sent": True, "broker": broker},
+         lambda d: click.echo(f"{d['device_id']} {verb}; command sent through the broker at {d['broker']}"))
+
+
+@device.command("resend")
+@click.argument("device_id")
+@json_option
+@pass_hub
+def resend(hub: HubContext, device_id: str) -> None:
+    """Send a device's latest quarantine or release command again (as signed when it was issued), e.g. after
+    the broker was down when it was given.
+
+    Example: attest-hub --broker 127.0.0.1:1883 device resend env-sensor-0007
+    """
+    store = hub.store()
+    try:
+        with store.reading() as conn:
+            command = store.latest_state_command(conn, device_id)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    if command is None:
+        fail(f"no quarantine or release command was given for {device_id!r}")
+    broker = broker_address(hub)
+    message = Outgoing(wire.device_topic(device_id, wire.COMMAND), command["signed"], retain=True)
+    try:
+        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        fail(f"the {command['kind']} command for {device_id} was not sent: {exc}", code=3, broker=broker)
+    emit(hub, {"device_id": device_id, "command": command["kind"], "seq": command["seq"], "sent": True,
+               "broker": broker},
+         lambda d: click.echo(f"{d['device_id']}: {d['command']} command #{d['seq']} sent through the broker at "
+                              f"{d['broker']}"))
 
 
 @device.command("quarantine")
