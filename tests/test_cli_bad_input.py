@@ -110,3 +110,67 @@ def test_a_bad_device_id_is_called_a_device_id(env: HubEnv, tmp_path: Path) -> N
     clean(run(env, "device", "enroll", "--id", "a/b", "--class", "env-sensor", "--ca-issued"), 1)
     result = run(env, "device", "enroll", "--id", "a/b", "--class", "env-sensor", "--key", str(key))
     clean(result, 1, "device id 'a/b' contains a slash")
+
+
+def test_audit_verify_of_an_empty_export_says_no_entries(env: HubEnv, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    clean(run(env, "audit", "verify", "--file", str(empty)), 1, "no entries")
+
+
+def test_audit_export_refuses_a_period_that_ends_before_it_starts_and_has_json(env: HubEnv, tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    clean(run(env, "audit", "export", "--since", "2027-01-01", "--until", "2026-01-01", "--out", str(out)), 2,
+          "is not before")
+    assert not out.exists()
+    result = run(env, "audit", "export", "--quarter", "current", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["out"] == str(out) and summary["entries"] == len(out.read_text().splitlines())
+
+
+def test_json_times_are_iso_8601_utc(env: HubEnv) -> None:
+    import re
+
+    env.add_device("env-sensor-0001", "env-sensor")
+    with env.store.transaction() as conn:
+        conn.exec_driver_sql("UPDATE device SET last_seen = 1796061623.73 WHERE device_id = 'env-sensor-0001'")
+    env.add_device("env-sensor-0002", "env-sensor")
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    listed = {d["device_id"]: d["last_seen"] for d in json.loads(run(env, "device", "list", "--json").stdout)}
+    assert listed == {"env-sensor-0001": "2026-11-30T18:00:23Z", "env-sensor-0002": None}
+    assert all(iso.match(e["at"]) for e in json.loads(run(env, "audit", "show", "--json").stdout))
+    report = json.loads(run(env, "report", "--json").stdout)
+    assert iso.match(report["generated_at"]) and report["never_seen"] == ["env-sensor-0002"]
+    human = run(env, "report", "--silent-after", "1m").stdout
+    assert "Never seen (enrolled, no evidence yet): env-sensor-0002" in human
+    assert "Not seen for 60s: env-sensor-0001" in human
+
+
+def test_unknown_devices_are_called_unknown_everywhere(env: HubEnv) -> None:
+    for args in (["device", "show", "nosuch"], ["result", "show", "nosuch"], ["audit", "show", "--device", "nosuch"],
+                 ["result", "verify", "--device", "nosuch"]):
+        clean(run(env, *args), 1, "unknown device 'nosuch'")
+
+
+@pytest.mark.parametrize("command", ["quarantine", "release", "revoke"])
+def test_an_empty_reason_is_refused(env: HubEnv, command: str) -> None:
+    env.add_device("env-sensor-0004", "env-sensor")
+    clean(run(env, "device", command, "env-sensor-0004", "--reason", " "), 2, "give the reason")
+    with env.store.reading() as conn:
+        assert env.store.devices(conn, ["env-sensor-0004"])["env-sensor-0004"].status == "enrolled"
+
+
+def test_output_into_a_closed_pipe_exits_0(env: HubEnv, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env.add_device("env-sensor-0001", "env-sensor")
+    hub = str(Path(sys.executable).parent / "attest-hub")
+    for command in ("report", "device list"):
+        shell = f"'{hub}' --state-dir '{env.settings.state_dir}' {command} | head -c 1 >/dev/null; " \
+                "echo ${PIPESTATUS[0]}"
+        done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60, check=False,
+                              env={"PATH": "/usr/bin:/bin", "COLUMNS": "80"})
+        assert done.stdout.strip() == "0", (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr

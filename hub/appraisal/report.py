@@ -37,16 +37,19 @@ class FleetReport:
     silent: tuple[str, ...]
     """Devices not seen for longer than the silence threshold (or never), revoked ones excluded."""
     silent_after_s: float
+    never_seen: tuple[str, ...] = ()
+    """Of ``silent``, the devices that never sent evidence (just enrolled, or never switched on)."""
 
     def to_json(self) -> dict[str, object]:
         return {
             "generated_at": self.generated_at, "total": self.total, "by_status": self.by_status,
             "by_class": self.by_class, "firmware": self.firmware,
             "open_quarantines": [
-                {"device_id": q.device_id, "class": q.device_class, "since": q.since, "age_s": q.age_s,
+                {"device_id": q.device_id, "device_class": q.device_class, "since": q.since, "age_s": q.age_s,
                  "reason": q.reason, "held_for_operator": q.held_for_operator} for q in self.quarantines
             ],
             "silent": list(self.silent), "silent_after_s": self.silent_after_s,
+            "never_seen": list(self.never_seen),
         }
 
 
@@ -77,6 +80,7 @@ def build_report(store: Store, *, now: float | None = None, silent_after_s: floa
         by_class={c: dict(sorted(v.items())) for c, v in sorted(by_class.items())},
         firmware={c: dict(sorted(v.items())) for c, v in sorted(firmware.items())},
         quarantines=tuple(quarantines), silent=tuple(silent), silent_after_s=silent_after_s,
+        never_seen=tuple(d.device_id for d in devices if d.last_seen is None and not d.revoked),
     )
 
 

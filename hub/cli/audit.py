@@ -19,7 +19,7 @@ from hub.appraisal.report import FleetReport, build_report, format_age, parse_du
 from hub.appraisal.retention import verify_start
 from hub.audit import GENESIS, verify_chain, verify_sealed
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table
+from hub.cli.output import Column, format_table, json_time
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
@@ -157,19 +157,22 @@ def show(hub: HubContext, device_id: str | None, action: str | None, limit: int)
     try:
         with store.reading() as conn:
             rows = store.audit_rows(conn)
+            known = device_id is None or bool(store.devices(conn, [device_id]))
     except StoreError as exc:
         fail(str(exc), code=3)
+    if not known and not any(r["device_id"] == device_id for r in rows):
+        fail(f"unknown device {device_id!r}")
     chosen = [r for r in rows if (device_id is None or r["device_id"] == device_id)
               and (action is None or r["action"] == action)][-limit:]
-    data = [{"id": r["id"], "at": r["at"], "actor": r["actor"], "action": r["action"], "device_id": r["device_id"],
-             "detail": json.loads(r["detail"])} for r in chosen]
+    data = [{"id": r["id"], "at": json_time(r["at"]), "actor": r["actor"], "action": r["action"],
+             "device_id": r["device_id"], "detail": json.loads(r["detail"])} for r in chosen]
     emit(hub, data, _print_entries)
 
 
 def _print_entries(rows: list[dict[str, Any]]) -> None:
     columns = [Column("id"), Column("time (UTC)"), Column("actor", drop=1), Column("action"), Column("device"),
                Column("detail", wrap=True)]
-    click.echo(format_table(columns, [[str(r["id"]), _utc(r["at"]), r["actor"], r["action"], r["device_id"] or "-",
+    click.echo(format_table(columns, [[str(r["id"]), r["at"], r["actor"], r["action"], r["device_id"] or "-",
                                        _detail(r["detail"])] for r in rows]), nl=False)
 
 
@@ -232,13 +235,26 @@ def report(hub: HubContext, silent_after: str) -> None:
     except StoreError as exc:
         fail(str(exc), code=3)
     if hub.as_json:
-        emit(hub, summary.to_json(), lambda _d: None)
+        data = summary.to_json()
+        data["generated_at"] = json_time(summary.generated_at)
+        for row, q in zip(data["open_quarantines"], summary.quarantines, strict=True):  # type: ignore[call-overload]
+            row["since"] = json_time(q.since)
+        emit(hub, data, lambda _d: None)
     else:
         _print_report(summary)
 
 
+class _Console(Console):
+    """rich's console, but a closed output pipe ends the command as for every other command (exit 0, quietly)
+    instead of rich's own exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _print_report(r: FleetReport) -> None:
-    console = Console()
+    console = _Console()
     console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)}: {r.total} devices")
     statuses = sorted(r.by_status)
     table = Table("class", *statuses, "total", title="Devices by status")
@@ -260,8 +276,11 @@ def _print_report(r: FleetReport) -> None:
              "yes" if q.held_for_operator else "", q.reason] for q in r.quarantines]), nl=False)
     else:
         console.print("Open quarantines: none")
-    silent = _short_list(r.silent)
+    never = set(r.never_seen)
+    silent = _short_list(d for d in r.silent if d not in never)
     console.print(f"Not seen for {format_age(r.silent_after_s)}: {silent or 'none'}")
+    if never:
+        console.print(f"Never seen (enrolled, no evidence yet): {_short_list(r.never_seen)}")
 
 
 def _short_list(items: Iterable[str], limit: int = 10) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from hub.broker.enforcement import EnforcementError, enforcer_from_settings
 from hub.broker.transport import TransportError
 from hub.cli.anomalies import finding_view
 from hub.cli.common import HubContext, broker_address, emit, fail, json_option, pass_hub
-from hub.cli.output import DURATION, Column, format_table, iso_time
+from hub.cli.output import DURATION, Column, format_table, iso_time, json_time
 from hub.crypto.hubkeys import MAC_KEY_SIZE, HubKeyError, write_device_mac_key
 from hub.crypto.keys import KeyFileError
 from hub.envelope import Outgoing
@@ -148,6 +149,13 @@ def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:
         return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n), warn=warn)
 
 
+def _shown(at: str | None, local: bool) -> str:
+    """A JSON time (ISO 8601 UTC) as the table shows it: UTC, or the local zone with --local-time."""
+    if at is None:
+        return "-"
+    return iso_time(dt.datetime.fromisoformat(at).timestamp(), local) if local else at
+
+
 STATUSES = (ENROLLED, TRUSTED, WARNING, QUARANTINED, MISSED, REVOKED)
 
 
@@ -206,7 +214,8 @@ def list_devices(hub: HubContext, device_class: str | None, status: str | None, 
     more = limit is not None and len(selected) > limit
     selected = selected[:limit]
     rows = [{"device_id": d.device_id, "device_class": d.device_class, "status": d.status,
-             "firmware": d.firmware_version, "problems": json.loads(d.last_problems), "last_seen": d.last_seen}
+             "firmware": d.firmware_version, "problems": json.loads(d.last_problems),
+             "last_seen": json_time(d.last_seen)}
             for d in selected]
     if ids_only and not hub.as_json:
         click.echo("".join(f"{r['device_id']}\n" for r in rows), nl=False)
@@ -223,7 +232,7 @@ def _print_devices(rows: list[dict[str, Any]], local: bool) -> None:
     columns = [Column("device"), Column("class", drop=2), Column("status"), Column("firmware", drop=1),
                Column("last seen"), Column("problems", wrap=True)]
     click.echo(format_table(columns, [
-        [r["device_id"], r["device_class"], r["status"], r["firmware"] or "-", iso_time(r["last_seen"], local),
+        [r["device_id"], r["device_class"], r["status"], r["firmware"] or "-", _shown(r["last_seen"], local),
          "; ".join(r["problems"]) or "-"] for r in rows]), nl=False)
 
 
@@ -249,7 +258,7 @@ def show(hub: HubContext, device_id: str) -> None:
         "trust_vector": json.loads(record.trust_vector), "problems": json.loads(record.last_problems),
         "bootcount": record.bootcount, "seq": record.seq, "reboots": record.reboots,
         "svn_high_water": record.svn_high_water,
-        "verdicts": [{"at": v["received_at"], "scheme": v["scheme"], "evidence": v["dedup_key"],
+        "verdicts": [{"at": json_time(v["received_at"]), "scheme": v["scheme"], "evidence": v["dedup_key"],
                       "status": v["status"], "action": v["action"], "problems": json.loads(v["problems"]),
                       "manifest": v["manifest_ref"], "policy": v["policy_ref"]} for v in history],
         "anomalies": [finding_view(f) for f in found],
@@ -269,7 +278,7 @@ def _print_device(d: dict[str, Any], local: bool) -> None:
                    Column("problems", wrap=True), Column("evidence", drop=2), Column("manifest", drop=3),
                    Column("policy", drop=4)]
         click.echo(format_table(columns, [
-            [iso_time(v["at"], local), v["scheme"], v["status"], v["action"], "; ".join(v["problems"]) or "-",
+            [_shown(v["at"], local), v["scheme"], v["status"], v["action"], "; ".join(v["problems"]) or "-",
              v["evidence"], v["manifest"] or "-", v["policy"] or "-"] for v in d["verdicts"]]), nl=False)
     for f in d.get("anomalies", []):  # hub/cli/anomalies.py
         state = "open" if f["open"] else f"closed by {f['closed_by']}"
@@ -327,9 +336,15 @@ def resend(hub: HubContext, device_id: str) -> None:
                               f"{d['broker']}"))
 
 
+def _nonblank(reason: str) -> str:
+    if not reason.strip():
+        raise click.BadParameter("give the reason (it is kept in the audit log), not an empty text")
+    return reason
+
+
 @device.command("quarantine")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def quarantine(hub: HubContext, device_id: str, reason: str) -> None:
@@ -339,7 +354,7 @@ def quarantine(hub: HubContext, device_id: str, reason: str) -> None:
 
 @device.command("release")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def release(hub: HubContext, device_id: str, reason: str) -> None:
@@ -349,7 +364,7 @@ def release(hub: HubContext, device_id: str, reason: str) -> None:
 
 @device.command("revoke")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def revoke_device(hub: HubContext, device_id: str, reason: str) -> None:

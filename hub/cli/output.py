@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import click
 
-__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "terminal_width"]
+__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "json_time", "terminal_width"]
 
 
 def iso_time(at: float | None, local: bool = False) -> str:
@@ -28,6 +28,12 @@ def iso_time(at: float | None, local: bool = False) -> str:
     if local:
         return dt.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_time(at: float | None) -> str | None:
+    """A time for ``--json`` output: ISO 8601 UTC (``2026-11-30T17:11:01Z``, RFC 3339), ``null`` for never;
+    always UTC whatever ``--local-time`` says, so scripts parse one form."""
+    return None if at is None else iso_time(at)
 
 
 def terminal_width() -> int:
