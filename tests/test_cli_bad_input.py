@@ -174,3 +174,11 @@ def test_output_into_a_closed_pipe_exits_0(env: HubEnv, tmp_path: Path) -> None:
                               env={"PATH": "/usr/bin:/bin", "COLUMNS": "80"})
         assert done.stdout.strip() == "0", (command, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_importing_a_manifest_source_says_sign_it_first(env: HubEnv) -> None:
+    source = MANIFESTS_DIR / "env-sensor" / "manifest.toml"
+    clean(run(env, "manifest", "import", str(source)), 1, "is a manifest source (TOML), not a signed manifest",
+          "attest-hub manifest sign")
+    signed = MANIFESTS_DIR / "env-sensor" / "manifest.cose"
+    assert "manifest source" not in run(env, "manifest", "import", str(signed)).output

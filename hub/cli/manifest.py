@@ -221,12 +221,27 @@ def import_(hub: HubContext, signed: tuple[Path, ...]) -> None:
     """
     done = []
     for path in signed:
+        raw = path.read_bytes()
+        if _looks_like_source(raw):
+            fail(f"{path} is a manifest source (TOML), not a signed manifest: sign it first with "
+                 f"'attest-hub manifest sign {path} --key KEY' and import the .cose file")
         try:
-            parsed = import_manifest(hub.store(), hub.keys(), path.read_bytes())
+            parsed = import_manifest(hub.store(), hub.keys(), raw)
         except (ManifestError, OperationError) as exc:
             fail(f"{path}: {exc}")
         done.append(f"{parsed.device_class}#{parsed.sequence}")
     emit(hub, {"imported": done}, lambda d: click.echo(f"imported {', '.join(d['imported'])}"))
+
+
+def _looks_like_source(raw: bytes) -> bool:
+    """A TOML manifest source given where a signed (COSE, binary) one is expected: UTF-8 text whose first
+    non-blank, non-comment line is a table or a ``key =`` line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return bool(lines) and (lines[0].startswith("[") or "=" in lines[0])
 
 
 @manifest.command("history")
