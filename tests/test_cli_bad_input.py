@@ -182,3 +182,10 @@ def test_importing_a_manifest_source_says_sign_it_first(env: HubEnv) -> None:
           "attest-hub manifest sign")
     signed = MANIFESTS_DIR / "env-sensor" / "manifest.cose"
     assert "manifest source" not in run(env, "manifest", "import", str(signed)).output
+
+
+def test_a_missing_operator_key_file_is_named_without_errno(env: HubEnv, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "manifest", "import",
+                                      str(MANIFESTS_DIR / "env-sensor" / "manifest.cose")],
+                                env={"ATTEST_HUB_OPERATOR_KEYS": str(tmp_path / "nope.pem")}, catch_exceptions=False)
+    clean(result, 3, f"key file {tmp_path / 'nope.pem'}: no such file or directory")

@@ -41,6 +41,8 @@ class HubContext:
         try:
             return load_hub_keys(self.settings)
         except HubKeyError as exc:
+            if isinstance(exc.__cause__, OSError) and exc.__cause__.filename is not None:  # a key file: name it
+                fail(f"key file {describe_os_error(exc.__cause__)}", code=3)
             fail(str(exc), code=3)
 
 
