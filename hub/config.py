@@ -192,8 +192,10 @@ def _coerce(name: str, value: object) -> object:
             return number
         return str(value)
     except (TypeError, ValueError) as exc:
-        kind = type(default).__name__
-        raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from exc
+        kind = ("true or false" if isinstance(default, bool) else "a list of text values" if isinstance(default, tuple)
+                else "a number, 0 or more" if isinstance(default, float)
+                else "a whole number, 0 or more" if isinstance(default, int) else "a text value")
+        raise ConfigError(f"{name}: {value!r} is not allowed: expected {kind}") from exc
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -207,6 +209,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         section = data.get("hub", data)
+        for key, value in data.items():
+            if isinstance(value, dict) and key != "hub":
+                raise ConfigError(f"{path}: unknown section [{key}] (every setting goes in [hub])")
         for key, value in section.items():
             if key not in _FIELD_TYPES:
                 raise ConfigError(f"{path}: unknown setting {key!r}")

@@ -36,7 +36,6 @@ NO_JSON = {
     "demo": "a show for people",
     "broker run": "execs Mosquitto",
     "config reference": "prints Markdown (docs/SETTINGS.md)",
-    "audit export": "prints JSON Lines already",
     "api": "a service: serves JSON over HTTP",
 }
 
@@ -225,19 +224,22 @@ def test_publish_with_the_broker_down_says_how_to_reannounce_and_announce_does_i
         signed = str(MANIFESTS_DIR / "env-sensor" / "manifest.cose")
         down = run(hub, "--broker", f"127.0.0.1:{free_port()}", "manifest", "publish", signed)
         assert down.exit_code == 3
-        assert "is stored, but it was not announced" in down.output
+        assert "manifest env-sensor#" in down.output and "is stored, but was not announced" in down.output
         assert "attest-hub manifest announce --class env-sensor" in down.output
         again = run(hub, "--broker", f"127.0.0.1:{free_port()}", "manifest", "publish", signed)
         assert again.exit_code == 1 and "not newer" in again.output  # stored indeed: publish is no retry path
         down_json = run(hub, "--broker", f"127.0.0.1:{free_port()}", "manifest", "announce", "--json")
         error = json.loads(down_json.stdout)
         assert down_json.exit_code == 3 and error["announced"] is False
+        assert "manifests edge-gateway#" in error["error"] and "stays stored; it was not announced" in error["error"]
+        assert error["broker"].startswith("127.0.0.1:") and error["broker"] in error["error"]
         assert error["retry"] == "attest-hub manifest announce --class edge-gateway --class env-sensor " \
                                  "--class psa-sensor --class smart-meter"
         up = run(hub, "--broker", f"{broker.host}:{broker.port}", "manifest", "announce", "--class", "env-sensor",
                  "--json")
         assert up.exit_code == 0, up.output
         assert json.loads(up.stdout)["announced"][0].startswith("env-sensor#")
+        assert json.loads(up.stdout)["broker"] == f"{broker.host}:{broker.port}"
         assert _retained(broker, "hub/manifests/env-sensor") == Path(signed).read_bytes()
         unknown = run(hub, "--broker", f"{broker.host}:{broker.port}", "manifest", "announce", "--class", "nope")
         assert unknown.exit_code == 1 and "no manifest stored for 'nope'" in unknown.output

@@ -3,6 +3,7 @@ and refuse a policy announcement not signed by the hub."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,3 +100,34 @@ def test_a_policy_announcement_not_signed_by_the_hub_is_refused(broker: Mosquitt
             assert [p["version"] for p in store.policy_history(conn, "env-sensor")] == [1, 3]
     finally:
         store.close()
+
+
+def test_quarantine_with_the_broker_down_says_recorded_not_sent_and_resend_sends_it(broker: MosquittoProcess,
+                                                                                     tmp_path: Path) -> None:
+    from hub.broker.process import free_port
+    from tests.e2e import Observer
+
+    env = make_env(broker, tmp_path, 1, "honest:1")
+    device_id = env.devices[0].device_id
+    down = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(
+        cli, ["--state-dir", str(env.settings.state_dir), "--broker", down, "--database-url",
+              env.settings.effective_database_url, "device", "quarantine", device_id, "--reason", "RMA", "--json"],
+        env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}, catch_exceptions=False)
+    assert result.exit_code == 3, result.output
+    error = json.loads(result.stdout)
+    assert error["sent"] is False and error["status"] == "quarantined" and error["broker"] == down
+    assert "recorded in the database and the audit log" in error["error"]
+    assert error["retry"] == f"attest-hub device resend {device_id}"
+    assert env.device_status(device_id) == "quarantined"
+
+    topic = wire.device_topic(device_id, wire.COMMAND)
+    observer = Observer(broker.host, broker.port, (topic,)).start()
+    try:
+        sent = run(env, "device", "resend", device_id)
+        assert sent.exit_code == 0, sent.output
+        assert f"{broker.host}:{broker.port}" in sent.output and "quarantine command" in sent.output
+        assert wait_until(lambda: bool(observer.on(topic)))
+    finally:
+        observer.stop()
+    assert run(env, "device", "resend", "nobody").exit_code == 1

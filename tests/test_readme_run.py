@@ -50,6 +50,7 @@ def test_running_it_for_real_works_as_written_from_any_directory(tmp_path: Path)
     assert "Traceback" not in output
     listing = output.rsplit("device-sim:", 1)[-1]
     assert "quarantined" in listing and "env-sensor-" in listing  # the tampered and rollback devices
+    assert "no policies" not in listing and "env-sensor@" in listing  # the shipped policies were published
     assert (tmp_path / "var" / "broker" / "mosquitto.db").exists()  # the broker ran from this directory
 
 
@@ -88,3 +89,16 @@ def test_files_names_the_shipped_folders() -> None:
     assert sorted(p.parent.name for p in path.glob("*/manifest.cose")) == [
         "edge-gateway", "env-sensor", "psa-sensor", "smart-meter"]
     assert CliRunner().invoke(cli, ["files", "nothing"]).exit_code == 2
+
+
+def test_broker_run_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["broker", "run", "--dev", "--port", str(port), "--data-dir",
+                                          str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.output

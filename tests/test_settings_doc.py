@@ -51,7 +51,7 @@ def test_the_annotated_example_loads_and_names_every_setting() -> None:
     ({"ATTEST_HUB_BROKER_PORT": "0"}, "broker_port: 0 is not a TCP port"),
     ({"ATTEST_HUB_METRICS_PORT": "70000"}, "metrics_port: 70000 is not a TCP port"),
     ({"ATTEST_HUB_METRICS_PORT": "65535", "ATTEST_HUB_WORKERS": "2"}, "worker N listens on metrics_port"),
-    ({"ATTEST_HUB_METRICS_PORT": "-1"}, "metrics_port: '-1' is not a valid int"),
+    ({"ATTEST_HUB_METRICS_PORT": "-1"}, "metrics_port: '-1' is not allowed: expected a whole number, 0 or more"),
 ])
 def test_invalid_ports_are_refused(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -68,3 +68,14 @@ def test_valid_ports_and_no_metrics_endpoint_are_accepted() -> None:
 def test_removed_unused_settings_are_unknown(name: str) -> None:
     with pytest.raises(ConfigError, match="unknown setting"):
         load_settings(None, environ={f"ATTEST_HUB_{name.upper()}": "1"})
+
+
+def test_config_file_errors_speak_of_settings_and_sections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    negative = tmp_path / "negative.toml"
+    negative.write_text("[hub]\nworkers = -3\n")
+    with pytest.raises(ConfigError, match="workers: -3 is not allowed: expected a whole number, 0 or more"):
+        load_settings(negative, environ={})
+    other = tmp_path / "other.toml"
+    other.write_text("[hub]\nworkers = 2\n[other]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[other\] \(every setting goes in \[hub\]\)"):
+        load_settings(other, environ={})

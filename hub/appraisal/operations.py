@@ -54,12 +54,16 @@ class Enrolment:
     certificate_pem: str | None = None
 
 
-def validate_device_id(device_id: str) -> str:
-    """The device id is a topic segment, a certificate CN and a kid: refuse anything that could collide."""
+def validate_device_id(device_id: str, what: str = "device id") -> str:
+    """The device id is a topic segment, a certificate CN and a kid: refuse anything that could collide.
+    The message calls the value ``what`` (the operator gave a device id or a class, not a common name)."""
     try:
         return pki.validate_device_id(device_id)
     except pki.PkiError as exc:
-        raise OperationError(str(exc)) from exc
+        message = str(exc)
+        for name in ("common name", "device id"):
+            message = message.replace(name, what, 1) if message.startswith(name) else message
+        raise OperationError(message) from exc
 
 
 def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *,
@@ -77,7 +81,7 @@ def enrol(store: Store, entries: Iterable[Enrolment], actor: str = "operator", *
     records = []
     for entry in entries:
         validate_device_id(entry.device_id)
-        validate_device_id(entry.device_class)
+        validate_device_id(entry.device_class, "device class")
         pem = None
         try:
             if entry.public_key_pem is not None:
@@ -139,19 +143,32 @@ def _check_lookalikes_and_shared_keys(store: Store, records: Sequence[DeviceReco
 
 
 def read_enrolment_file(text: str) -> list[Enrolment]:
-    """The simulator's (and a manufacturer's) enrolment JSON: {"devices": [{device_id, device_class, ...}]}."""
+    """The simulator's (and a manufacturer's) enrolment JSON: {"devices": [{device_id, device_class,
+    public_key_pem, ueid (hex, optional)}]}. Every entry needs its public key (a device enrolled from a file
+    has no other way to authenticate); OperationError names the entry and what is missing."""
     try:
         data = json.loads(text)
-        return [
-            Enrolment(
-                device_id=str(d["device_id"]), device_class=str(d["device_class"]),
-                public_key_pem=str(d["public_key_pem"]) if d.get("public_key_pem") else None,
-                ueid=bytes.fromhex(d["ueid"]) if d.get("ueid") else None,
-            )
-            for d in data["devices"]
-        ]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise OperationError(f"enrolment file: {exc}") from exc
+    except ValueError as exc:
+        raise OperationError(f"enrolment file: not JSON ({exc})") from exc
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, list):
+        raise OperationError('enrolment file: expected a JSON object {"devices": [{"device_id": ..., '
+                             '"device_class": ..., "public_key_pem": ...}, ...]}')
+    entries = []
+    for number, d in enumerate(devices, 1):
+        where = f"enrolment file, device {number}"
+        if not isinstance(d, dict):
+            raise OperationError(f"{where}: expected an object with device_id, device_class and public_key_pem")
+        missing = [k for k in ("device_id", "device_class", "public_key_pem") if not d.get(k)]
+        if missing:
+            raise OperationError(f"{where}{' (' + str(d['device_id']) + ')' if d.get('device_id') else ''}: "
+                                 f"missing {', '.join(missing)}")
+        try:
+            ueid = bytes.fromhex(str(d["ueid"])) if d.get("ueid") else None
+        except ValueError as exc:
+            raise OperationError(f"{where} ({d['device_id']}): ueid is not hexadecimal") from exc
+        entries.append(Enrolment(str(d["device_id"]), str(d["device_class"]), str(d["public_key_pem"]), ueid))
+    return entries
 
 
 def read_enrolment_bytes(data: bytes, name: str, base_dir: Path) -> list[Enrolment]:
@@ -189,6 +206,10 @@ def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:
             raise OperationError(f"{where}: {exc}") from exc
         if not row["device_id"] or not row["device_class"]:
             raise OperationError(f"{where}: device_id and device_class are required")
+        if pem is None:
+            raise OperationError(f"{where}: no public key for {row['device_id'].strip()!r}: give public_key_pem "
+                                 "or public_key_file (a device enrolled from a file has no other way to "
+                                 "authenticate)")
         entries.append(Enrolment(row["device_id"].strip(), row["device_class"].strip(), pem, ueid))
     return entries
 

@@ -7,6 +7,7 @@ been heard from. Read-only; built from the device and command tables.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -36,16 +37,19 @@ class FleetReport:
     silent: tuple[str, ...]
     """Devices not seen for longer than the silence threshold (or never), revoked ones excluded."""
     silent_after_s: float
+    never_seen: tuple[str, ...] = ()
+    """Of ``silent``, the devices that never sent evidence (just enrolled, or never switched on)."""
 
     def to_json(self) -> dict[str, object]:
         return {
             "generated_at": self.generated_at, "total": self.total, "by_status": self.by_status,
             "by_class": self.by_class, "firmware": self.firmware,
             "open_quarantines": [
-                {"device_id": q.device_id, "class": q.device_class, "since": q.since, "age_s": q.age_s,
+                {"device_id": q.device_id, "device_class": q.device_class, "since": q.since, "age_s": q.age_s,
                  "reason": q.reason, "held_for_operator": q.held_for_operator} for q in self.quarantines
             ],
             "silent": list(self.silent), "silent_after_s": self.silent_after_s,
+            "never_seen": list(self.never_seen),
         }
 
 
@@ -76,6 +80,7 @@ def build_report(store: Store, *, now: float | None = None, silent_after_s: floa
         by_class={c: dict(sorted(v.items())) for c, v in sorted(by_class.items())},
         firmware={c: dict(sorted(v.items())) for c, v in sorted(firmware.items())},
         quarantines=tuple(quarantines), silent=tuple(silent), silent_after_s=silent_after_s,
+        never_seen=tuple(d.device_id for d in devices if d.last_seen is None and not d.revoked),
     )
 
 
@@ -92,11 +97,15 @@ def format_age(seconds: float | None) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``6h``, ``7d`` (or plain seconds) to seconds; ValueError otherwise."""
+    """``90s``, ``15m``, ``6h``, ``7d`` (or plain seconds) to seconds; ValueError, whose message names the
+    text and the accepted forms, for anything else: not a number, negative, infinite or not a number (NaN)."""
     value = text.strip().lower()
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}.get(value[-1:])
     number = value[:-1] if scale is not None else value
-    seconds = float(number) * (scale or 1)
-    if not seconds >= 0:
-        raise ValueError(f"not a duration: {text!r}")
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0) or not number.replace(".", "", 1).isdigit():
+        raise ValueError(f"{text!r} is not a duration: a number with s, m, h, d or w (e.g. 90s, 15m, 6h, 2d)")
     return seconds

@@ -13,7 +13,7 @@ from hub.anomaly.records import acknowledge_set, close_finding, findings
 from hub.anomaly.stats import KINDS, RARE
 from hub.audit import AuditDraft, append
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table, iso_time
+from hub.cli.output import Column, format_table, json_time
 from hub.store import Store, StoreError
 
 
@@ -21,7 +21,8 @@ def finding_view(row: dict[str, Any]) -> dict[str, Any]:
     """A finding row as the CLI shows it (also used by ``device show``)."""
     return {"id": row["id"], "device_id": row["device_id"], "device_class": row["device_class"], "kind": row["kind"],
             "score": row["score"], "max_score": row["max_score"], "explanation": row["explanation"],
-            "first_seen": row["first_seen"], "last_seen": row["last_seen"], "open": bool(row["is_open"]),
+            "first_seen": json_time(row["first_seen"]), "last_seen": json_time(row["last_seen"]),
+            "open": bool(row["is_open"]),
             "closed_by": row["closed_by"], "close_reason": row["close_reason"]}
 
 
@@ -60,7 +61,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
     columns = [Column("id"), Column("device"), Column("kind"), Column("score", drop=2), Column("since", drop=1),
                Column("open", drop=3), Column("explanation", wrap=True, min_width=40)]
     click.echo(format_table(columns, [
-        [str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", iso_time(r["first_seen"]),
+        [str(r["id"]), r["device_id"], r["kind"], f"{r['score']:.2f}", r["first_seen"] or "-",
          "yes" if r["open"] else f"closed ({r['closed_by']})", r["explanation"]] for r in rows]), nl=False)
 
 

@@ -19,7 +19,7 @@ from hub.appraisal.report import FleetReport, build_report, format_age, parse_du
 from hub.appraisal.retention import verify_start
 from hub.audit import GENESIS, verify_chain, verify_sealed
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table
+from hub.cli.output import Column, format_table, json_time
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
@@ -51,10 +51,11 @@ def verify(hub: HubContext, file: Path | None) -> None:
       attest-hub audit verify --file audit-2026Q1.jsonl
     """
     if file is not None:
-        try:
-            rows = [_exported_row(line) for line in file.read_text().splitlines() if line.strip()]
-        except ValueError as exc:
-            fail(f"{file}: {exc}")
+        rows = [_exported_row(file, number, line)
+                for number, line in enumerate(file.read_text().splitlines(), 1) if line.strip()]
+        if not rows:  # as the checker in docs/OPERATIONS.md: nothing to vouch for is not an intact chain
+            fail(f"{file}: no entries (an export of a period with no audit entries has nothing to verify)",
+                 entries=0)
         problems = verify_chain(rows, rows[0]["prev_hash"] if rows else GENESIS)
     else:
         store = hub.store()
@@ -82,10 +83,14 @@ def verify(hub: HubContext, file: Path | None) -> None:
         sys.exit(1)
 
 
-def _exported_row(line: str) -> dict[str, Any]:
-    entry = json.loads(line)
+def _exported_row(file: Path, number: int, line: str) -> dict[str, Any]:
+    """One line of an export; a line that is not one ends the command (exit 1) naming the file and line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        fail(f"{file} line {number}: not JSON (an export from 'attest-hub audit export' has one JSON object a line)")
     if not isinstance(entry, dict) or set(EXPORT_FIELDS) - set(entry):
-        raise ValueError(f"an exported entry needs the fields {', '.join(EXPORT_FIELDS)}")
+        fail(f"{file} line {number}: an exported entry needs the fields {', '.join(EXPORT_FIELDS)}")
     return entry
 
 
@@ -96,9 +101,13 @@ def _exported_row(line: str) -> dict[str, Any]:
               help="A calendar quarter (UTC), e.g. 2026Q1; or 'current' / 'previous'.")
 @click.option("--out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=Path("-"),
               show_default=True, help="JSON Lines file to write ('-': standard output).")
+@json_option
 @pass_hub
 def export(hub: HubContext, since: str | None, until: str | None, quarter: str | None, out: Path) -> None:
     """Write the audit entries of a period as JSON Lines, with their hash chain.
+
+    With --json and --out FILE the summary (entries, out, first_prev_hash, last_entry_hash) is a JSON object on
+    standard output; errors are JSON objects either way. The period must not end before it starts.
 
     Each line holds id, at, actor, action, device_id, detail (as hashed), prev_hash and entry_hash, so an
     auditor can recompute the chain without this tool (docs/OPERATIONS.md has a 20-line checker). The first
@@ -113,6 +122,9 @@ def export(hub: HubContext, since: str | None, until: str | None, quarter: str |
         end = parse_time(until) if until else end
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if start is not None and end is not None and start >= end:
+        fail(f"the period is empty: its start {_utc(start)} is not before its end {_utc(end)} (--since, --until)",
+             code=2)
     store = hub.store()
     try:
         with store.reading() as conn:
@@ -124,9 +136,13 @@ def export(hub: HubContext, since: str | None, until: str | None, quarter: str |
         click.echo(lines, nl=False)
     else:
         out.write_text(lines)
-        first = rows[0]["prev_hash"] if rows else "-"
-        last = rows[-1]["entry_hash"] if rows else "-"
-        click.echo(f"wrote {len(rows)} entries to {out}; chain from {first} to {last}", err=True)
+        first = rows[0]["prev_hash"] if rows else None
+        last = rows[-1]["entry_hash"] if rows else None
+        summary = {"entries": len(rows), "out": str(out), "first_prev_hash": first, "last_entry_hash": last}
+        if hub.as_json:
+            emit(hub, summary, lambda _d: None)
+        else:
+            click.echo(f"wrote {len(rows)} entries to {out}; chain from {first or '-'} to {last or '-'}", err=True)
 
 
 @audit.command("show")
@@ -141,19 +157,22 @@ def show(hub: HubContext, device_id: str | None, action: str | None, limit: int)
     try:
         with store.reading() as conn:
             rows = store.audit_rows(conn)
+            known = device_id is None or bool(store.devices(conn, [device_id]))
     except StoreError as exc:
         fail(str(exc), code=3)
+    if not known and not any(r["device_id"] == device_id for r in rows):
+        fail(f"unknown device {device_id!r}")
     chosen = [r for r in rows if (device_id is None or r["device_id"] == device_id)
               and (action is None or r["action"] == action)][-limit:]
-    data = [{"id": r["id"], "at": r["at"], "actor": r["actor"], "action": r["action"], "device_id": r["device_id"],
-             "detail": json.loads(r["detail"])} for r in chosen]
+    data = [{"id": r["id"], "at": json_time(r["at"]), "actor": r["actor"], "action": r["action"],
+             "device_id": r["device_id"], "detail": json.loads(r["detail"])} for r in chosen]
     emit(hub, data, _print_entries)
 
 
 def _print_entries(rows: list[dict[str, Any]]) -> None:
     columns = [Column("id"), Column("time (UTC)"), Column("actor", drop=1), Column("action"), Column("device"),
                Column("detail", wrap=True)]
-    click.echo(format_table(columns, [[str(r["id"]), _utc(r["at"]), r["actor"], r["action"], r["device_id"] or "-",
+    click.echo(format_table(columns, [[str(r["id"]), r["at"], r["actor"], r["action"], r["device_id"] or "-",
                                        _detail(r["detail"])] for r in rows]), nl=False)
 
 
@@ -216,13 +235,26 @@ def report(hub: HubContext, silent_after: str) -> None:
     except StoreError as exc:
         fail(str(exc), code=3)
     if hub.as_json:
-        emit(hub, summary.to_json(), lambda _d: None)
+        data = summary.to_json()
+        data["generated_at"] = json_time(summary.generated_at)
+        for row, q in zip(data["open_quarantines"], summary.quarantines, strict=True):  # type: ignore[call-overload]
+            row["since"] = json_time(q.since)
+        emit(hub, data, lambda _d: None)
     else:
         _print_report(summary)
 
 
+class _Console(Console):
+    """rich's console, but a closed output pipe ends the command as for every other command (exit 0, quietly)
+    instead of rich's own exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _print_report(r: FleetReport) -> None:
-    console = Console()
+    console = _Console()
     console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)}: {r.total} devices")
     statuses = sorted(r.by_status)
     table = Table("class", *statuses, "total", title="Devices by status")
@@ -244,8 +276,11 @@ def _print_report(r: FleetReport) -> None:
              "yes" if q.held_for_operator else "", q.reason] for q in r.quarantines]), nl=False)
     else:
         console.print("Open quarantines: none")
-    silent = _short_list(r.silent)
+    never = set(r.never_seen)
+    silent = _short_list(d for d in r.silent if d not in never)
     console.print(f"Not seen for {format_age(r.silent_after_s)}: {silent or 'none'}")
+    if never:
+        console.print(f"Never seen (enrolled, no evidence yet): {_short_list(r.never_seen)}")
 
 
 def _short_list(items: Iterable[str], limit: int = 10) -> str:

@@ -8,6 +8,7 @@ Mosquitto (``exec``), so a service manager's signals reach the broker.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import click
@@ -76,7 +77,19 @@ def run(mode: str | None, host: str | None, port: int | None, data_dir: Path, pk
     if print_config:
         click.echo(config.read_text(encoding="utf-8"), nl=False)
         return
+    _check_port_free(listen, process.port)
     binary = process.binary
     click.echo(f"mosquitto ({mode}.conf) on {listen}:{process.port}; configuration {config}; "
                f"log {process.log_path}", err=True)
     os.execv(binary, [binary, "-c", str(config)])  # noqa: S606 (the broker replaces this process)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse (exit 3, one line) a port another program listens on, before Mosquitto would fail into its log."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free for Mosquitto
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()} (another broker or program "
+                 "uses the port; stop it or give another --port)", code=3)

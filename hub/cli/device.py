@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hub import wire
 from hub.anomaly.records import findings
 from hub.appraisal.operations import (
     Enrolment,
@@ -27,10 +29,11 @@ from hub.appraisal.transitions import ENROLLED, MISSED, QUARANTINED, REVOKED, TR
 from hub.broker.enforcement import EnforcementError, enforcer_from_settings
 from hub.broker.transport import TransportError
 from hub.cli.anomalies import finding_view
-from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import DURATION, Column, format_table, iso_time
+from hub.cli.common import HubContext, broker_address, emit, fail, json_option, pass_hub
+from hub.cli.output import DURATION, Column, format_table, iso_time, json_time
 from hub.crypto.hubkeys import MAC_KEY_SIZE, HubKeyError, write_device_mac_key
 from hub.crypto.keys import KeyFileError
+from hub.envelope import Outgoing
 from hub.reference.identity import load_anchors
 from hub.store import StoreError
 
@@ -79,6 +82,10 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
         ueid_bytes = bytes.fromhex(ueid) if ueid else None
     except ValueError:
         fail(f"--ueid: {ueid!r} is not hexadecimal")
+    if ca_issued and not hub.settings.manufacturer_cas:
+        fail("--ca-issued enrols a device that proves its identity with a certificate chain to a manufacturer CA, "
+             "but no manufacturer_cas are configured, so it could never attest; set manufacturer_cas first, or "
+             "enrol its key with --key")
     mac_key = _read_mac_key(mac_key_path) if mac_key_path is not None else None
     if mac_key is not None and (key_path or ca_issued or file or cert_path):
         fail("--mac-key enrols one device by --id and --class, without --key, --ca-issued, --cert or --file")
@@ -142,6 +149,13 @@ def _enrol_with_progress(hub: HubContext, entries: list[Enrolment]) -> int:
         return enrol(hub.store(), entries, progress=lambda n: progress.advance(task, n), warn=warn)
 
 
+def _shown(at: str | None, local: bool) -> str:
+    """A JSON time (ISO 8601 UTC) as the table shows it: UTC, or the local zone with --local-time."""
+    if at is None:
+        return "-"
+    return iso_time(dt.datetime.fromisoformat(at).timestamp(), local) if local else at
+
+
 STATUSES = (ENROLLED, TRUSTED, WARNING, QUARANTINED, MISSED, REVOKED)
 
 
@@ -200,7 +214,8 @@ def list_devices(hub: HubContext, device_class: str | None, status: str | None, 
     more = limit is not None and len(selected) > limit
     selected = selected[:limit]
     rows = [{"device_id": d.device_id, "device_class": d.device_class, "status": d.status,
-             "firmware": d.firmware_version, "problems": json.loads(d.last_problems), "last_seen": d.last_seen}
+             "firmware": d.firmware_version, "problems": json.loads(d.last_problems),
+             "last_seen": json_time(d.last_seen)}
             for d in selected]
     if ids_only and not hub.as_json:
         click.echo("".join(f"{r['device_id']}\n" for r in rows), nl=False)
@@ -217,7 +232,7 @@ def _print_devices(rows: list[dict[str, Any]], local: bool) -> None:
     columns = [Column("device"), Column("class", drop=2), Column("status"), Column("firmware", drop=1),
                Column("last seen"), Column("problems", wrap=True)]
     click.echo(format_table(columns, [
-        [r["device_id"], r["device_class"], r["status"], r["firmware"] or "-", iso_time(r["last_seen"], local),
+        [r["device_id"], r["device_class"], r["status"], r["firmware"] or "-", _shown(r["last_seen"], local),
          "; ".join(r["problems"]) or "-"] for r in rows]), nl=False)
 
 
@@ -243,7 +258,7 @@ def show(hub: HubContext, device_id: str) -> None:
         "trust_vector": json.loads(record.trust_vector), "problems": json.loads(record.last_problems),
         "bootcount": record.bootcount, "seq": record.seq, "reboots": record.reboots,
         "svn_high_water": record.svn_high_water,
-        "verdicts": [{"at": v["received_at"], "scheme": v["scheme"], "evidence": v["dedup_key"],
+        "verdicts": [{"at": json_time(v["received_at"]), "scheme": v["scheme"], "evidence": v["dedup_key"],
                       "status": v["status"], "action": v["action"], "problems": json.loads(v["problems"]),
                       "manifest": v["manifest_ref"], "policy": v["policy_ref"]} for v in history],
         "anomalies": [finding_view(f) for f in found],
@@ -263,7 +278,7 @@ def _print_device(d: dict[str, Any], local: bool) -> None:
                    Column("problems", wrap=True), Column("evidence", drop=2), Column("manifest", drop=3),
                    Column("policy", drop=4)]
         click.echo(format_table(columns, [
-            [iso_time(v["at"], local), v["scheme"], v["status"], v["action"], "; ".join(v["problems"]) or "-",
+            [_shown(v["at"], local), v["scheme"], v["status"], v["action"], "; ".join(v["problems"]) or "-",
              v["evidence"], v["manifest"] or "-", v["policy"] or "-"] for v in d["verdicts"]]), nl=False)
     for f in d.get("anomalies", []):  # hub/cli/anomalies.py
         state = "open" if f["open"] else f"closed by {f['closed_by']}"
@@ -274,18 +289,62 @@ def _command(hub: HubContext, device_id: str, quarantine: bool, reason: str) -> 
     try:
         message = set_quarantine(hub.store(), hub.keys(), device_id, quarantine, reason, hub.settings.command_ttl_s,
                                  enforcer=enforcer_from_settings(hub.settings))
-        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
     except OperationError as exc:
         fail(str(exc))
-    except (StoreError, TransportError, EnforcementError) as exc:
+    except (StoreError, EnforcementError) as exc:
         fail(str(exc), code=3)
     verb = "quarantined" if quarantine else "released"
-    emit(hub, {"device_id": device_id, "status": verb}, lambda d: click.echo(f"{d['device_id']} {verb}"))
+    broker = broker_address(hub)
+    try:
+        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        retry = f"attest-hub device resend {device_id}"
+        fail(f"{device_id} is {verb} (recorded in the database and the audit log), but the command was not sent "
+             f"to the device: {exc}. To send it once the broker at {broker} is back: {retry}",
+             code=3, device_id=device_id, status=verb, sent=False, broker=broker, retry=retry)
+    emit(hub, {"device_id": device_id, "status": verb, "sent": True, "broker": broker},
+         lambda d: click.echo(f"{d['device_id']} {verb}; command sent through the broker at {d['broker']}"))
+
+
+@device.command("resend")
+@click.argument("device_id")
+@json_option
+@pass_hub
+def resend(hub: HubContext, device_id: str) -> None:
+    """Send a device's latest quarantine or release command again (as signed when it was issued), e.g. after
+    the broker was down when it was given.
+
+    Example: attest-hub --broker 127.0.0.1:1883 device resend env-sensor-0007
+    """
+    store = hub.store()
+    try:
+        with store.reading() as conn:
+            command = store.latest_state_command(conn, device_id)
+    except StoreError as exc:
+        fail(str(exc), code=3)
+    if command is None:
+        fail(f"no quarantine or release command was given for {device_id!r}")
+    broker = broker_address(hub)
+    message = Outgoing(wire.device_topic(device_id, wire.COMMAND), command["signed"], retain=True)
+    try:
+        publish_once(hub.settings, [message], f"{hub.settings.hub_id}-cli")
+    except TransportError as exc:
+        fail(f"the {command['kind']} command for {device_id} was not sent: {exc}", code=3, broker=broker)
+    emit(hub, {"device_id": device_id, "command": command["kind"], "seq": command["seq"], "sent": True,
+               "broker": broker},
+         lambda d: click.echo(f"{d['device_id']}: {d['command']} command #{d['seq']} sent through the broker at "
+                              f"{d['broker']}"))
+
+
+def _nonblank(reason: str) -> str:
+    if not reason.strip():
+        raise click.BadParameter("give the reason (it is kept in the audit log), not an empty text")
+    return reason
 
 
 @device.command("quarantine")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def quarantine(hub: HubContext, device_id: str, reason: str) -> None:
@@ -295,7 +354,7 @@ def quarantine(hub: HubContext, device_id: str, reason: str) -> None:
 
 @device.command("release")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def release(hub: HubContext, device_id: str, reason: str) -> None:
@@ -305,7 +364,7 @@ def release(hub: HubContext, device_id: str, reason: str) -> None:
 
 @device.command("revoke")
 @click.argument("device_id")
-@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--reason", required=True, callback=lambda _c, _p, v: _nonblank(v), help="Why (kept in the audit log).")
 @json_option
 @pass_hub
 def revoke_device(hub: HubContext, device_id: str, reason: str) -> None:

@@ -21,7 +21,7 @@ from hub.cli.anomalies import anomalies
 from hub.cli.api import api, token
 from hub.cli.audit import audit, report
 from hub.cli.broker import broker
-from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.common import HubContext, HubGroup, emit, fail, json_option, pass_hub
 from hub.cli.db import db
 from hub.cli.device import device
 from hub.cli.manifest import manifest
@@ -38,7 +38,7 @@ from hub.server.logs import configure_logging
 from hub.store import StoreError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HubGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fleet-attestation-hub", prog_name="attest-hub")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="ATTEST_HUB_CONFIG", help="TOML configuration file (env ATTEST_HUB_CONFIG).")

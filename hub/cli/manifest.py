@@ -164,9 +164,10 @@ def publish(hub: HubContext, signed: Path) -> None:
     except StoreError as exc:
         fail(str(exc), code=3)
     ref = f"{parsed.device_class}#{parsed.sequence}"
-    announce_or_explain(hub, [manifest_announcement(parsed)], f"manifest {ref}",
-                        f"attest-hub manifest announce --class {parsed.device_class}")
-    emit(hub, {"published": ref, "announced": True}, lambda d: click.echo(f"published {d['published']}"))
+    broker = announce_or_explain(hub, [manifest_announcement(parsed)], f"manifest {ref}",
+                                 f"attest-hub manifest announce --class {parsed.device_class}")
+    emit(hub, {"published": ref, "announced": True, "broker": broker},
+         lambda d: click.echo(f"published {d['published']}, announced through the broker at {d['broker']}"))
 
 
 @manifest.command("announce")
@@ -203,8 +204,10 @@ def announce(hub: HubContext, device_classes: tuple[str, ...]) -> None:
         fail(f"a stored manifest does not verify with the configured operator keys: {exc}")
     refs = [f"{m.device_class}#{m.sequence}" for m in manifests]
     retry = "attest-hub manifest announce" + "".join(f" --class {c}" for c in chosen)
-    announce_or_explain(hub, [manifest_announcement(m) for m in manifests], "manifest " + ", ".join(refs), retry)
-    emit(hub, {"announced": refs}, lambda d: click.echo(f"announced {', '.join(d['announced'])}"))
+    what = ("manifest " if len(refs) == 1 else "manifests ") + ", ".join(refs)
+    broker = announce_or_explain(hub, [manifest_announcement(m) for m in manifests], what, retry, newly_stored=False)
+    emit(hub, {"announced": refs, "broker": broker},
+         lambda d: click.echo(f"announced {', '.join(d['announced'])} through the broker at {d['broker']}"))
 
 
 @manifest.command("import")
@@ -218,12 +221,27 @@ def import_(hub: HubContext, signed: tuple[Path, ...]) -> None:
     """
     done = []
     for path in signed:
+        raw = path.read_bytes()
+        if _looks_like_source(raw):
+            fail(f"{path} is a manifest source (TOML), not a signed manifest: sign it first with "
+                 f"'attest-hub manifest sign {path} --key KEY' and import the .cose file")
         try:
-            parsed = import_manifest(hub.store(), hub.keys(), path.read_bytes())
+            parsed = import_manifest(hub.store(), hub.keys(), raw)
         except (ManifestError, OperationError) as exc:
             fail(f"{path}: {exc}")
         done.append(f"{parsed.device_class}#{parsed.sequence}")
     emit(hub, {"imported": done}, lambda d: click.echo(f"imported {', '.join(d['imported'])}"))
+
+
+def _looks_like_source(raw: bytes) -> bool:
+    """A TOML manifest source given where a signed (COSE, binary) one is expected: UTF-8 text whose first
+    non-blank, non-comment line is a table or a ``key =`` line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return bool(lines) and (lines[0].startswith("[") or "=" in lines[0])
 
 
 @manifest.command("history")

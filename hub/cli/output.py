@@ -9,6 +9,7 @@ then the free text moves to indented lines under its row (``--json`` always has 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import shutil
 import textwrap
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import click
 
-__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "terminal_width"]
+__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "json_time", "terminal_width"]
 
 
 def iso_time(at: float | None, local: bool = False) -> str:
@@ -27,6 +28,12 @@ def iso_time(at: float | None, local: bool = False) -> str:
     if local:
         return dt.datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_time(at: float | None) -> str | None:
+    """A time for ``--json`` output: ISO 8601 UTC (``2026-11-30T17:11:01Z``, RFC 3339), ``null`` for never;
+    always UTC whatever ``--local-time`` says, so scripts parse one form."""
+    return None if at is None else iso_time(at)
 
 
 def terminal_width() -> int:
@@ -93,7 +100,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only from 
         if match is None:
             self.fail(f"{value!r} is not a duration: a number with s, m, h, d or w (e.g. 90s, 15m, 6h, 2d)",
                       param, ctx)
-        return float(match.group(1)) * _SCALE[match.group(2)]
+        seconds = float(match.group(1)) * _SCALE[match.group(2)]
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is too large a duration", param, ctx)
+        return seconds
 
 
 DURATION = Duration()

@@ -115,11 +115,13 @@ def publish(hub: HubContext, file: Path, no_announce: bool) -> None:
         fail(f"{file}: {exc}")
     except StoreError as exc:
         fail(str(exc), code=3)
+    broker = None
     if not no_announce:
-        announce_or_explain(hub, [policy_announcement(parsed, source, hub.keys())], f"policy {parsed.ref}",
-                            f"attest-hub policy publish {file} (the same version again only announces it)")
-    emit(hub, {"published": parsed.ref, "announced": not no_announce},
-         lambda d: click.echo(f"{'published' if d['announced'] else 'stored'} policy {d['published']}"))
+        broker = announce_or_explain(hub, [policy_announcement(parsed, source, hub.keys())], f"policy {parsed.ref}",
+                                     f"attest-hub policy publish {file} (the same version again only announces it)")
+    emit(hub, {"published": parsed.ref, "announced": not no_announce, **({"broker": broker} if broker else {})},
+         lambda d: click.echo(f"published policy {d['published']}, announced through the broker at {d['broker']}"
+                              if d["announced"] else f"stored policy {d['published']}"))
 
 
 @policy.command("history")

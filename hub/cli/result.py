@@ -51,8 +51,11 @@ def show(hub: HubContext, device_id: str, fmt: str, scheme: str | None, out: Pat
         store = hub.store()
         with store.reading() as conn:
             row = store.standing_verdict(conn, device_id, schemes)
+            known = bool(store.devices(conn, [device_id]))
     except StoreError as exc:
         fail(str(exc), code=3)
+    if not known:
+        fail(f"unknown device {device_id!r}")
     if row is None:
         fail(f"no attestation result for {device_id!r} ({', '.join(schemes)})")
     keys = hub.keys()
@@ -97,8 +100,11 @@ def result_verify(hub: HubContext, file: Path | None, device_id: str | None) -> 
         try:
             with hub.store().reading() as conn:
                 row = latest_result(conn, str(device_id))
+                known = bool(hub.store().devices(conn, [str(device_id)]))
         except StoreError as exc:
             fail(str(exc), code=3)
+        if not known:
+            fail(f"unknown device {device_id!r}")
         if row is None:
             fail(f"no stored result for {device_id!r}")
         raw = bytes(row["signed"])
