@@ -100,7 +100,10 @@ def test_a_truncated_database_is_refused_by_every_command(tmp_path: Path) -> Non
         assert_refused(invoke(state, *command), "empty")
     assert_refused(invoke(state, "init"), "empty", "accept-restore")  # init does not make it a new hub
     assert (state / "hub.db").stat().st_size == 0, "nothing created the schema"
-    assert invoke(state, "db", "upgrade").exit_code == 0  # an explicit schema: still not this hub's database
+    empty = invoke(state, "db", "current")
+    assert empty.exit_code == 0 and "the database is empty" in empty.output and "None" not in empty.output
+    upgraded = invoke(state, "db", "upgrade")  # an explicit schema: still not this hub's database
+    assert upgraded.exit_code == 0 and "the database was empty" in upgraded.output, upgraded.output
     assert_refused(invoke(state, "device", "list"), "behind generation", "accept-restore")
 
 

@@ -57,7 +57,9 @@ def db_upgrade(hub: HubContext) -> None:
             fail(f"migration failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=3)
         finally:
             store.close()
-    emit(hub, {"from": before, "to": after}, lambda d: click.echo(f"schema at revision {d['to']} (was {d['from']})"))
+    emit(hub, {"from": before, "to": after}, lambda d: click.echo(
+        f"schema at revision {d['to']} (was {d['from']})" if d["from"] is not None
+        else f"schema created at revision {d['to']} (the database was empty)"))
 
 
 @db.command("current")
@@ -76,7 +78,9 @@ def db_current(hub: HubContext) -> None:
     finally:
         store.close()
     data = {"current": current, "head": head_revision()}
-    emit(hub, data, lambda d: click.echo(f"current {d['current']}, head {d['head']}"))
+    emit(hub, data, lambda d: click.echo(
+        f"current {d['current']}, head {d['head']}" if d["current"] is not None
+        else f"the database is empty (no schema), head {d['head']}: run `attest-hub db upgrade` or `attest-hub init`"))
 
 
 @db.command("accept-restore")
