@@ -8,6 +8,7 @@ write lock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import SQLModel
 
@@ -29,7 +32,10 @@ from hub.store.db import SchemaError
 from hub.store.migrate import head_revision, revisions, upgrade
 
 POLICY = Path(__file__).resolve().parents[1] / "firmware_manifests" / "env-sensor" / "policy.toml"
-ENROL = '{"devices": [{"device_id": "env-sensor-0001", "device_class": "env-sensor"}]}'
+_KEY = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+ENROL = json.dumps({"devices": [{"device_id": "env-sensor-0001", "device_class": "env-sensor",
+                                 "public_key_pem": _KEY}]})
 
 # Every command that opens the database, with the arguments it needs to get that far.
 DATABASE_COMMANDS = [
