@@ -37,6 +37,12 @@ class HubContext:
                 fail(str(exc), code=3)
         return self._store
 
+    def close(self) -> None:
+        """Release the database (called when the command ends): no connection, lock or file handle outlives it."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def keys(self) -> HubKeys:
         try:
             return load_hub_keys(self.settings)

@@ -73,6 +73,7 @@ def cli(ctx: click.Context, config_path: Path | None, state_dir: Path | None, da
         fail(f"configuration: {exc}", code=1)
     configure_logging(verbose - quiet)
     ctx.obj = HubContext(settings)
+    ctx.call_on_close(ctx.obj.close)
     ctx.obj.verbosity = verbose - quiet
     ctx.obj.local_time = local_time
 
