@@ -57,7 +57,7 @@ def test_db_upgrade_command_reports_the_revision(tmp_path: Path) -> None:
     group.add_command(db)
     first = runner.invoke(group, ["--state-dir", str(tmp_path), "--database-url", url, "db", "upgrade"])
     assert first.exit_code == 0, first.output
-    assert f"revision {head_revision()} (was None)" in first.output
+    assert f"schema created at revision {head_revision()} (the database was empty)" in first.output
     again = runner.invoke(group, ["--state-dir", str(tmp_path), "--database-url", url, "db", "current", "--json"])
     assert again.exit_code == 0 and f'"current": "{head_revision()}"' in again.output
 
