@@ -163,11 +163,12 @@ def test_leader_prunes_on_schedule_while_the_fleet_attests(broker: MosquittoProc
                 for line in f.read_text().splitlines()]
     assert len(exported) == 9 and all(v["status"] == "affirming" for v in exported)
     runner = CliRunner()
-    result = runner.invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "verify"])
+    hub_args = ["--state-dir", str(env.settings.state_dir), "--database-url", env.settings.effective_database_url]
+    result = runner.invoke(cli, [*hub_args, "audit", "verify"])
     assert result.exit_code == 0, result.output
     joined = tmp_path / "archive.jsonl"
     joined.write_text("".join(f.read_text() for f in sorted(env.settings.archive_dir.glob("audit-*.jsonl"))))
-    result = runner.invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "verify", "--file", str(joined)])
+    result = runner.invoke(cli, [*hub_args, "audit", "verify", "--file", str(joined)])
     assert result.exit_code == 0, result.output
 
 
