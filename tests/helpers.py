@@ -9,12 +9,13 @@ either by the simulator (``SimDevice``) or, for crafted variants, here by hand w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -244,3 +245,21 @@ def new_store(state_dir: Path, database_url: str = "") -> Store:
     settings = load_settings(None, environ={}, state_dir=state_dir, database_url=database_url or None)
     init_hub(settings)
     return open_store(settings)
+
+
+def env_fixture(*device_ids: str) -> Any:
+    """A pytest fixture ``env``: a hub (``build_env``) with ``device_ids`` enrolled, closed afterwards.
+
+    Use as ``env = env_fixture(A)`` at a test module's top level."""
+
+    @pytest.fixture
+    def env(tmp_path: Path) -> Iterator[HubEnv]:
+        hub = build_env(tmp_path)
+        for device_id in device_ids:
+            hub.add_device(device_id)
+        try:
+            yield hub
+        finally:
+            hub.close()
+
+    return env

@@ -3,12 +3,8 @@ verdict always follows the device row read under lock (another worker or an oper
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import HubEnv, build_env, incoming, only, sign_claims
+from helpers import HubEnv, env_fixture, incoming, only, sign_claims
 
 from hub.appraisal.operations import revoke
 from hub.crypto.keys import public_pem
@@ -16,14 +12,7 @@ from hub.crypto.keys import public_pem
 A = "smart-meter-0001"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def _rotate_elsewhere(env: HubEnv, key: ec.EllipticCurvePrivateKey) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import cbor2
 import pytest
-from helpers import HubEnv, build_env, incoming, only
+from helpers import HubEnv, env_fixture, incoming, only
 
 from hub import wire
 from hub.crypto.cose import CoseError, decode_sign1
@@ -15,14 +12,7 @@ from hub.crypto.cose import CoseError, decode_sign1
 A = "smart-meter-0001"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def cwt_wrapped(raw: bytes) -> bytes:

@@ -4,13 +4,11 @@ an old result never replaces the standing one; data results are never retained."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
-from helpers import HubEnv, build_env, incoming, only, publishes_on
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on
 
 from device_sim import keys as sim_keys
 from device_sim import psa as sim_psa
@@ -24,14 +22,7 @@ A = "smart-meter-0001"
 PSA = "psa-sensor-0001"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def results(outcome: Any) -> list[tuple[bytes, bool]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from helpers import HubEnv, build_env, incoming, only, publishes_on, run_cli
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on, run_cli
 
 PROFILE = "tag:github.com,2023:veraison/ear"
 TIERS = {0: "none", 2: "affirming", 32: "warning", 96: "contraindicated"}
@@ -145,14 +144,7 @@ def decode_jwt_ear(token: str, public: ec.EllipticCurvePublicKey) -> dict[str, A
 # --- the hub's results ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def hub_public(env: HubEnv) -> ec.EllipticCurvePublicKey:

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from helpers import HubEnv, build_env, component, incoming, only, publishes_on
+from helpers import HubEnv, component, env_fixture, incoming, only, publishes_on
 from sqlalchemy import select
 
 from hub import wire
@@ -35,14 +35,7 @@ from hub.store.db import DEVICES
 A = "smart-meter-0001"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def _sign1(raw: bytes) -> list[Any]:

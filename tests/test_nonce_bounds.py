@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from pathlib import Path
 
 import cbor2
 import pytest
-from helpers import HubEnv, build_env, incoming, only, publishes_on
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on
 
 from device_sim import psa as sim_psa
 from device_sim.device import SimDevice
@@ -30,14 +28,7 @@ A = "smart-meter-0001"
 OUT_OF_RANGE = [0, 7, 65, 4000]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def result_payload(outcome: object) -> dict[object, object]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import HubEnv, build_env, incoming, only, publishes_on, sign_claims
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on, sign_claims
 
 from device_sim.records import Profile
 from hub import wire
@@ -29,14 +28,7 @@ A = "smart-meter-0001"
 NOW = 1_800_000_000.0  # a fixed clock: every message of a test falls in one minute
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A)
 
 
 def rows(env: HubEnv, table: str) -> int:
