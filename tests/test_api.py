@@ -171,6 +171,13 @@ def test_openapi_document_names_every_route_and_both_credentials(client: TestCli
                                                           "seen_before", "cursor", "limit"}
 
 
+def test_openapi_result_response_lists_both_negotiated_types(client: TestClient) -> None:  # type: ignore[type-arg]
+    """A client generated from the document must know the JWT form exists (RFC 9110 §12.5.1 negotiation)."""
+    document = client.get("/v1/schema/openapi.json").json()
+    ok = document["paths"]["/v1/devices/{device_id}/result"]["get"]["responses"]["200"]
+    assert set(ok["content"]) == {"application/eat+cwt", "application/eat+jwt"}
+
+
 def test_result_is_406_for_types_not_offered_and_404_before_any(
         client: TestClient, env: ApiEnv) -> None:  # type: ignore[type-arg]
     device = env.device_ids[0]

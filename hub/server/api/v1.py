@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
@@ -224,7 +225,25 @@ def get_device(request: Request[Any, Any, Any], device_id: FromPath[str]) -> Dev
     return device_detail(ctx_of(request), device_id_param(device_id), time.time())
 
 
-@get("/devices/{device_id:str}/result", guards=[read_scope], sync_to_thread=True,
+@dataclass
+class ResultOperation(Operation):
+    """The result endpoint's OpenAPI operation: its 200 response lists both negotiated types (OpenAPI 3.1
+    §4.8.17, a ``content`` map keyed by media type); Litestar's route declares only the default one."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            content = dict(ok.content or {})
+            content[EAT_CWT] = OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.STRING, content_media_type=EAT_CWT,
+                description="COSE_Sign1 (RFC 9052 §4.2) EAR, tag 18, as published on the result topic"))
+            content[EAT_JWT] = OpenAPIMediaType(schema=Schema(
+                type=OpenAPIType.STRING, content_media_type=EAT_JWT,
+                description="JWT EAR (RFC 7519, compact serialization), ES256"))
+            ok.content = content
+
+
+@get("/devices/{device_id:str}/result", guards=[read_scope], sync_to_thread=True, operation_class=ResultOperation,
      summary="The device's latest signed attestation result",
      description=f"Content negotiation (`Accept`, RFC 9110 §12.5.1): `{EAT_CWT}` (the default) is the COSE_Sign1 "
                  f"EAR exactly as the hub signed and published it; `{EAT_JWT}` is the same claims as an ES256 JWT "
