@@ -119,9 +119,15 @@ def test_instance_id_must_be_the_ueid_bound_at_enrolment() -> None:
     assert _reason(sim_psa.sign_token(_token(), KEY), no_ueid) == "instance-id-unbound"
 
 
-def test_kid_may_be_absent_or_the_instance_id_but_nothing_else() -> None:
+def test_kid_may_be_absent_the_instance_id_or_its_key_hash_but_nothing_else() -> None:
     claims = sim_psa.claims_map(_token())
     assert _reason(_signed(claims, kid=DEVICE.encode())) == "kid-mismatch"
+    instance = sim_psa.instance_id("unit", DEVICE)
+    assert _verify(_signed(claims, kid=instance)).body is not None
+    # TF-M signs with kid = the 32-byte key hash that follows the instance id's 0x01 type byte (RFC 9783 instance id)
+    assert _verify(_signed(claims, kid=instance[1:])).body is not None
+    assert _reason(_signed(claims, kid=instance[:-1])) == "kid-mismatch"
+    assert _reason(_signed(claims, kid=b"\x01" + instance)) == "kid-mismatch"
     no_kid = sign1(cbor2.dumps(claims), KEY)  # {1: -7} only, as TF-M's example token
     assert _verify(no_kid).body is not None
 

@@ -9,7 +9,11 @@ claims map; the claim keys are in ``hub.wire`` (``PSA_*``, ``SWC_*``).
 ``verify`` checks the signature with the key the registry holds for the
 topic's device id, types every claim as the RFC's CDDL says, and requires
 the instance id to be the UEID bound at enrolment. PSA identifies the key by
-the instance id: a protected ``kid`` may be absent or must equal it. The
+the instance id; the protected ``kid`` is only a hint (RFC 9052 §3.1), and the
+key always comes from enrolment. It may be absent, the instance id, or the
+instance id's 32-byte key hash without its 0x01 type byte (a UEID of type RAND),
+which is what TF-M puts in ``kid`` (its key id and instance id share that
+hash); a kid naming anything else is refused as a mis-provisioned device. The
 token carries no counter, so freshness rests on the nonce alone and the
 dedup key is the SHA-256 of the signed payload.
 
@@ -114,8 +118,9 @@ class PsaScheme:
         if not hmac.compare_digest(body.instance_id, anchor.ueid):
             raise EvidenceError("instance-id-mismatch", "instance id differs from the UEID bound at enrolment",
                                 authenticated=True)
-        if message.kid is not None and not hmac.compare_digest(message.kid, body.instance_id):
-            raise EvidenceError("kid-mismatch", "protected kid is not the instance id", authenticated=True)
+        if message.kid is not None and not _kid_names_instance(message.kid, body.instance_id):
+            raise EvidenceError("kid-mismatch", "protected kid is neither the instance id nor its 32-byte key hash",
+                                authenticated=True)
         return Claims(
             scheme=self.name,
             device_id=anchor.device_id,
@@ -129,6 +134,11 @@ class PsaScheme:
         body = claims.body
         assert isinstance(body, PsaClaims)
         return appraise_psa(body, inputs)
+
+
+def _kid_names_instance(kid: bytes, instance_id: bytes) -> bool:
+    """True if ``kid`` is the instance id (0x01 || key hash) or the key hash alone (TF-M's key id)."""
+    return hmac.compare_digest(kid, instance_id) or hmac.compare_digest(kid, instance_id[1:])
 
 
 def _authenticate_sign1(raw: bytes, anchor: TrustAnchor) -> Sign1:
