@@ -328,7 +328,10 @@ def revoke(store: Store, device_id: str, reason: str, actor: str = "operator", *
     """Revoke a device's key: its evidence is rejected from the next batch on, live session or not.
 
     With an ``enforcer`` the broker also stops accepting its data (as for a quarantine), so a revoked
-    device with a live session cannot keep feeding consumers either."""
+    device with a live session cannot keep feeding consumers either. Raises ``OperationError`` for a blank
+    ``reason`` (every operator action on a device is audited with why) or an unknown device."""
+    if not reason.strip():
+        raise OperationError("a reason is required")
     now = time.time()
     with store.transaction() as conn:
         device = store.devices(conn, [device_id], lock=True).get(device_id)
@@ -338,7 +341,7 @@ def revoke(store: Store, device_id: str, reason: str, actor: str = "operator", *
         old, device.status = device.status, transitions.REVOKED
         device.key_version += 1
         store.save_devices(conn, [device])
-        append(store, conn, [AuditDraft(now, actor, "revoke", device_id, {"from": old, "reason": reason})])
+        append(store, conn, [AuditDraft(now, actor, "revoke", device_id, {"from": old, "reason": reason[:500]})])
     if enforcer is not None:
         enforcer.revoke(device_id)
 
