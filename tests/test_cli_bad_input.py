@@ -5,12 +5,11 @@ lack what a device needs to authenticate."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env
+from helpers import HubEnv, env_fixture
 
 from hub.cli.main import cli
 from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
@@ -19,13 +18,7 @@ PYTHON_TEXT = ("Traceback", "Errno", "list indices", "could not convert", "Expec
                "cannot convert float", "codec can't decode")
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def run(env: HubEnv, *args: str) -> Result:

@@ -5,26 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import SEED, HubEnv, build_env, incoming, run_cli
+from helpers import SEED, HubEnv, env_fixture, incoming, run_cli
 
 from device_sim import firmware
 from device_sim.device import SimDevice
 from device_sim.records import Profile
 from hub.appraisal.operations import enrol, read_enrolment_csv
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def run(env: HubEnv, *args: str) -> Result:

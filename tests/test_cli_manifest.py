@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import Result
-from helpers import HubEnv, build_env, run_cli
+from helpers import HubEnv, env_fixture, run_cli
 
 from device_sim import firmware
 from hub.crypto.keys import generate_p256, write_private_key
@@ -19,13 +17,7 @@ OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
 ENV_SIGNED = MANIFESTS_DIR / "env-sensor" / "manifest.cose"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def run(env: HubEnv, *args: str) -> Result:

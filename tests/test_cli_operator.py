@@ -18,7 +18,7 @@ import click
 import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner, Result
-from helpers import SEED, HubEnv, build_env
+from helpers import SEED, HubEnv, build_env, env_fixture
 
 from device_sim.device import SimDevice
 from device_sim.records import Profile
@@ -66,13 +66,7 @@ def test_every_data_command_has_json(name: str) -> None:
     assert ("--json" in options) != (name in NO_JSON), name
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def run(env: HubEnv, *args: str, columns: int = 80, **extra: str) -> Result:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import HubEnv, build_env, run_cli
+from helpers import HubEnv, env_fixture, run_cli
 
 from hub.cli.main import cli
 from hub.server.localhub import MANIFESTS_DIR
@@ -16,13 +15,7 @@ from hub.server.localhub import MANIFESTS_DIR
 ENV_POLICY = MANIFESTS_DIR / "env-sensor" / "policy.toml"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def run(env: HubEnv, *args: str) -> Result:

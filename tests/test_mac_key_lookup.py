@@ -3,13 +3,12 @@ without a public key: CA-issued devices (identified by an x5chain to a manufactu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from helpers import HubEnv, build_env, incoming, only
+from helpers import HubEnv, env_fixture, incoming, only
 from test_psa_mac0 import DEVICE, claims, enrol_mac, mac0
 
 from device_sim import keys as sim_keys
@@ -27,13 +26,7 @@ from hub.schemes import SchemeRegistry, default_schemes
 CA_DEVICE = "smart-meter-0700"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 @pytest.fixture

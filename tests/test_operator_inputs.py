@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from helpers import SEED, HubEnv, build_env, run_cli, sign_raw
+from helpers import SEED, HubEnv, env_fixture, run_cli, sign_raw
 
 from device_sim import firmware
 from device_sim.device import SimDevice
@@ -31,13 +30,7 @@ from hub.server.localhub import DEMO_OPERATOR_KEY, MANIFESTS_DIR
 OPERATOR_KEY = MANIFESTS_DIR / "keys" / "demo-operator.key.pem"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 # --- enrolment CSV with a UTF-8 byte-order mark ----------------------------------------------

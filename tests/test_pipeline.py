@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from helpers import (
     EPOCH,
     HubEnv,
     build_env,
+    env_fixture,
     incoming,
     malleate,
     only,
@@ -40,15 +41,7 @@ A = "smart-meter-0001"
 B = "smart-meter-0002"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    hub.add_device(B)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A, B)
 
 
 def hub_key(env: HubEnv) -> sim_cose.VerifyKey:

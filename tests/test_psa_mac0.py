@@ -9,12 +9,11 @@ import hmac
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import cbor2
 import pytest
-from helpers import HubEnv, build_env, incoming, only, publishes_on, run_cli
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on, run_cli
 
 from device_sim import keys as sim_keys
 from device_sim import psa as sim_psa
@@ -91,13 +90,7 @@ def test_a_sign1_token_for_a_device_enrolled_with_a_symmetric_key_names_it() -> 
 # --- enrolment and the pipeline ------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def enrol_mac(env: HubEnv, tmp_path: Path, device_id: str = DEVICE, key: bytes = KEY) -> object:

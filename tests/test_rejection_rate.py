@@ -4,11 +4,9 @@ and by policy the status ``warning`` or a quarantine (hub/anomaly/rejections.py,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from helpers import HubEnv, build_env, incoming, only, publishes_on
+from helpers import HubEnv, env_fixture, incoming, only, publishes_on
 
 from device_sim import firmware
 from device_sim.commands import parse_command
@@ -26,15 +24,7 @@ A, B = "smart-meter-0001", "smart-meter-0002"
 CONFIG = DetectorConfig(settle_s=0.0)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    hub.add_device(B)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A, B)
 
 
 def set_policy(env: HubEnv, extra: str) -> None:

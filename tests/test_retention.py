@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
-from helpers import HubEnv, build_env, incoming, only, run_cli
+from helpers import HubEnv, env_fixture, incoming, only, run_cli
 
 from hub import wire
 from hub.appraisal.retention import AUDIT_FIELDS, CHECKPOINT_KEY, prune, read_checkpoint
@@ -25,15 +24,7 @@ from hub.store.rejections import total_rejections
 A, B = "smart-meter-0001", "smart-meter-0002"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    hub.add_device(A)
-    hub.add_device(B)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture(A, B)
 
 
 def run(env: HubEnv, *args: str) -> Result:

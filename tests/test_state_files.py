@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import SEED, HubEnv, build_env, run_cli
+from helpers import SEED, HubEnv, env_fixture, run_cli
 
 from device_sim import firmware
 from device_sim.device import SimDevice
@@ -27,14 +26,7 @@ from hub.appraisal.operations import Enrolment, OperationError, enrol, read_enro
 from hub.cli.main import cli
 from hub.crypto.keys import load_public_pem, public_pem
 
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[HubEnv]:
-    hub = build_env(tmp_path)
-    try:
-        yield hub
-    finally:
-        hub.close()
+env = env_fixture()
 
 
 def sim(device_id: str) -> SimDevice:
