@@ -73,19 +73,20 @@ class TrustVector:
     storage_opaque: int = 0
     sourced_data: int = 0
 
+    def values(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """The eight claim values in AR4SI key order (0 instance-identity .. 7 sourced-data)."""
+        return (self.instance_identity, self.configuration, self.executables, self.file_system, self.hardware,
+                self.runtime_opaque, self.storage_opaque, self.sourced_data)
+
     def tier(self) -> Tier:
-        return max((tier_of(getattr(self, f.name)) for f in fields(self)), default=Tier.NONE)
+        return max(map(tier_of, self.values()))
 
     def to_cbor(self) -> dict[int, int]:
         """The EAR trustworthiness vector: claim key to value, zero claims left out."""
-        return {
-            key: getattr(self, f.name)
-            for key, f in enumerate(fields(self))
-            if getattr(self, f.name) != 0
-        }
+        return {key: value for key, value in enumerate(self.values()) if value}
 
     def to_json(self) -> dict[str, int]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+        return {name: value for name, value in zip(CLAIM_NAMES, self.values(), strict=True) if value}
 
     @classmethod
     def from_json(cls, data: dict[str, int]) -> TrustVector:
@@ -98,6 +99,10 @@ class TrustVector:
             old = getattr(self, name)
             changes[name] = value if tier_of(value) >= tier_of(old) and value != 0 else old
         return replace(self, **changes)
+
+
+CLAIM_NAMES = tuple(f.name.replace("_", "-") for f in fields(TrustVector))
+"""The AR4SI claim names in key order, as the JSON EAR writes them (``instance-identity`` ...)."""
 
 
 def crypto_failure() -> TrustVector:
