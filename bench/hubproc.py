@@ -77,7 +77,8 @@ class HubProcess:
 
     def start(self) -> HubProcess:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, env=self.env)
+        wrap = os.environ.get("HUB_BENCH_WRAP", "").split()
+        self.proc = subprocess.Popen([*wrap, *self.args], stdout=log, stderr=log, env=self.env)
         log.close()
         return self
 

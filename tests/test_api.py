@@ -109,7 +109,8 @@ def test_expired_revoked_malformed_and_wrong_tokens_are_refused(
 
 
 def test_tokens_are_stored_only_as_hashes(env: ApiEnv) -> None:
-    secret = env.operate.rsplit("_", 1)[1]
+    secret = env.operate.split("_", 2)[2]  # ahk_<id>_<secret>; the secret is base64url and may hold "_"
+    assert len(secret) == 43
     database = (env.settings.state_dir / "hub.db").read_bytes()
     wal = env.settings.state_dir / "hub.db-wal"
     assert secret.encode() not in database + (wal.read_bytes() if wal.exists() else b"")
