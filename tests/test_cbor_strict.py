@@ -167,3 +167,14 @@ def test_map_keys_must_be_int_text_or_bytes(data: bytes) -> None:
     """In Python ``True == 1`` and ``10.0 == 10``: such keys could stand in for integer claim labels."""
     assert reason(data) == "malformed-cbor"
     assert loads_strict(b"\xa3\x01\x01\x61a\x02\x41b\x03") == {1: 1, "a": 2, b"b": 3}
+
+
+@pytest.mark.parametrize("data", [b"\xa1\xf5\x01", b"\xa1\xfb\x40\x24\x00\x00\x00\x00\x00\x00\x01"],
+                         ids=["true-as-1", "float-10.0"])
+def test_map_key_rule_holds_inside_an_allowed_tag(data: bytes) -> None:
+    """Inside tag content cbor2 builds immutable maps (its frozendict): the key rule applies to them too."""
+    tagged = b"\xd2\x84\x40" + data + b"\x40\x40"  # 18([h'', {key: 1}, h'', h'']), a COSE_Sign1 shape
+    with pytest.raises(CborError) as raised:
+        loads_strict(tagged, allowed_tags=(18,))
+    assert raised.value.reason == "malformed-cbor"
+    assert loads_strict(b"\xd2\x84\x40\xa1\x04\x41k\x40\x40", allowed_tags=(18,)) is not None

@@ -12,7 +12,8 @@ allows (COSE_Sign1's tag 18 at the top).
 from __future__ import annotations
 
 import io
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from typing import cast
 
 import cbor2
 
@@ -42,12 +43,16 @@ _REJECT_BUILTINS = {tag: _reject_builtin for tag in _BUILTIN_TAGS}
 
 
 _PLAIN_KEY_TYPES = frozenset({int, str, bytes})
+_FROZEN = cbor2.frozendict
 
 
 def _check_keys(mapping: object, _immutable: bool) -> object:
     """Map keys must be integers, text or bytes: ``true == 1`` and ``10.0 == 10`` in Python, so a
     boolean or float key could otherwise stand in for an integer label."""
-    for key in mapping if type(mapping) is dict or isinstance(mapping, Mapping) else ():
+    kind = type(mapping)  # dict, or cbor2's frozendict inside an allowed tag: neither needs the ABC check
+    keys: Iterable[object] = (cast("Mapping[object, object]", mapping)
+                              if kind is dict or kind is _FROZEN or isinstance(mapping, Mapping) else ())
+    for key in keys:
         if type(key) in _PLAIN_KEY_TYPES:  # the usual case, decided without the general checks below
             continue
         if isinstance(key, bool) or not isinstance(key, (int, str, bytes)):
