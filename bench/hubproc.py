@@ -3,6 +3,10 @@
 Running the hub in its own processes keeps its CPU separable from the load
 generator's: CPU is the sum of user + system time of the serve process and
 every descendant (the workers), read from ``/proc/<pid>/stat``.
+
+``HUB_BENCH_WRAP`` (a command prefix, split on spaces) runs the hub under a profiler, e.g. a script that
+runs ``py-spy record --subprocesses --format raw -o OUT -- "$@"`` and forwards SIGTERM to the hub; CPU
+figures then include the profiler's own, so use it to see where the time goes, not for the figures.
 """
 
 from __future__ import annotations
