@@ -87,7 +87,8 @@ def announced(settings: Settings, hub_key: PublicKey, timeout: float = 5.0) -> A
     tls = bool(settings.broker_tls_ca)
     # Under mutual TLS the broker takes the client id from the certificate (prod.conf), so this check
     # connects as worker 0's identity: it must neither wipe nor acknowledge that identity's queued
-    # evidence, so it resumes the session (clean start off, the workers' expiry) and acknowledges nothing.
+    # evidence, so it resumes the session (clean start off, the workers' expiry), acknowledges only the
+    # checkpoints it reads, and unsubscribes before it leaves.
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.hub_id}-check-{uuid.uuid4().hex[:8]}",
                          protocol=mqtt.MQTTv5, manual_ack=True)
     connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -102,7 +103,10 @@ def announced(settings: Settings, hub_key: PublicKey, timeout: float = 5.0) -> A
 
     def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         reader = readers.get(msg.topic)
-        if msg.retain and reader is not None:
+        if reader is None:
+            return  # worker 0's queued evidence: never acknowledged here, the broker sends it to worker 0 again
+        client.ack(msg.mid, msg.qos)  # a checkpoint, not evidence: unacknowledged it would stay in the session
+        if msg.retain:
             found[msg.topic] = reader(bytes(msg.payload), hub_key)
             if len(found) == len(readers):
                 done.set()
@@ -120,6 +124,8 @@ def announced(settings: Settings, hub_key: PublicKey, timeout: float = 5.0) -> A
             raise BrokerUnreachable("no subscription to the epoch and generation topics")
         done.wait(0.5)  # retained messages follow the SUBACK at once; none means no checkpoint yet
     finally:
+        if tls:  # leave worker 0's session with the subscriptions it had (sent before the DISCONNECT)
+            client.unsubscribe(list(readers))
         client.disconnect()
         client.loop_stop()
     return Announced(found.get(wire.EPOCH_TOPIC), found.get(wire.GENERATION_TOPIC))
