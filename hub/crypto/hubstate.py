@@ -1,4 +1,4 @@
-"""The hub's state outside its database: opening the store, the generation record, restore acceptance.
+"""The hub's state outside its database: opening the store, the generation record, restore acceptance, the lock.
 
 A database copied back from a backup lowers every device's (bootcount, seq)
 high-water mark and the epoch, which would let captured evidence be accepted
@@ -6,14 +6,19 @@ again. So the hub keeps a monotonic *generation*: a counter in the database
 (``hub_state.generation``) and, written after each step commits, in the state
 directory (``generation.json``, owner-only), together with the last epoch
 issued and the audit chain's last id and head. The leader steps it at start,
-at every epoch advance and at a clean stop. A database whose generation is
-behind the state directory's was restored or rolled back: every command and
-``serve`` refuse it with one line naming the procedure, ``attest-hub db
-accept-restore``, which rotates the nonce secret (every nonce issued before
-is then refused), moves the epoch past any value issued, steps the
-generation and records the event, with the audit entries lost with the
-restore, in the audit log. docs/OPERATIONS.md ("Restoring the database")
-and docs/SECURITY.md describe it.
+at every epoch advance, every ``generation_period_s`` and at a clean stop, and
+publishes each step signed and retained on ``hub/generation``
+(hub/server/announced.py). A database whose generation is behind the state
+directory's (or, for ``serve``, behind the retained checkpoints) was restored
+or rolled back: every command and ``serve`` refuse it with one line naming
+the procedure, ``attest-hub db accept-restore``, which rotates the nonce
+secret (every nonce issued before is then refused), moves the epoch past any
+value issued, steps the generation past every one recorded or published and
+records the event, with the audit entries lost with the restore, in the
+audit log. A backup taken less than one ``generation_period_s`` before a
+crash is not detected. ``serve`` and ``accept-restore`` hold the state
+directory's lock (:class:`StateLock`). docs/OPERATIONS.md ("Restoring the
+database") and docs/SECURITY.md (row 32) describe it.
 
 The schema itself is created only by :func:`init_hub` (``attest-hub init``)
 and by ``attest-hub db upgrade``: an empty database is never taken for a new
