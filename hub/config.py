@@ -33,6 +33,7 @@ class Settings:
     operator_keys: tuple[str, ...] = ()
     manufacturer_cas: tuple[str, ...] = ()
     epoch_period_s: float = 300.0
+    generation_period_s: float = 60.0
     batch_max: int = 256
     batch_wait_ms: float = 5.0
     workers: int = 1
@@ -243,6 +244,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
+    if settings.generation_period_s and settings.generation_period_s < 1:
+        raise ConfigError("generation_period_s: must be 0 (off) or at least 1 second")
     if settings.retention_days and settings.retention_interval_s <= 0:
         raise ConfigError("retention_interval_s: must be above 0 when retention_days is set")
     _check_ports(settings)
@@ -289,6 +292,9 @@ SETTING_HELP: dict[str, str] = {
                         "chain to; comma-separated in the environment.",
     "epoch_period_s": "How often worker 0 publishes a new signed epoch nonce, in seconds (at least 1); evidence "
                       "must carry the current or the previous epoch's nonce.",
+    "generation_period_s": "How often worker 0 steps the hub's generation (restore detection), in seconds (0: "
+                           "only at start, epoch advances and stop); a database backup taken less than one "
+                           "period before a crash is not detected when restored (docs/SECURITY.md).",
     "batch_max": "Most evidence messages a worker appraises and commits in one database transaction.",
     "batch_wait_ms": "How long a worker waits for more messages to fill a batch after the first, in milliseconds.",
     "workers": "Worker processes `serve` starts (each its own MQTT session in the shared subscription).",

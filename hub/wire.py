@@ -18,6 +18,7 @@ from typing import Final
 FLEET_ROOT: Final = "fleet"
 HUB_ROOT: Final = "hub"  # device ids live under fleet/, so no id collides here
 EPOCH_TOPIC: Final = "hub/epoch"
+GENERATION_TOPIC: Final = "hub/generation"  # the hub's generation checkpoint (hub/server/announced.py)
 MANIFEST_TOPIC_PREFIX: Final = "hub/manifests"
 
 EVIDENCE: Final = "evidence"
@@ -42,6 +43,7 @@ DATA_PROFILE: Final = "tag:fleet-attest.org,2026:data-batch/v1"
 PSA_PROFILE: Final = "tag:psacertified.org,2023:psa#tfm"
 COMMAND_PROFILE: Final = "tag:fleet-attest.org,2026:command/v1"
 EPOCH_PROFILE: Final = "tag:fleet-attest.org,2026:epoch/v1"
+GENERATION_PROFILE: Final = "tag:fleet-attest.org,2026:generation/v1"
 MANIFEST_PROFILE: Final = "tag:fleet-attest.org,2026:manifest/v1"
 EAR_PROFILE: Final = "tag:github.com,2023:veraison/ear"
 
@@ -125,6 +127,7 @@ CMD_RECEIPTS: Final = -65553  # [* [bootcount, seq]] evidence committed
 CMD_RELEASE_NAME: Final = -65554  # tstr: firmware release to install (remediate)
 
 EPOCH_ID: Final = -65560  # uint
+GENERATION_ID: Final = -65561  # uint: the hub's generation (restore detection, hub/crypto/hubstate.py)
 
 # attestation result extensions carried next to EAR's own keys
 RES_PROBLEMS: Final = -65570  # [* tstr]

@@ -106,6 +106,7 @@ def test_device_publishes_only_its_own_topics(clients: Connect) -> None:
     assert denied.value == 0x87  # Not authorized, visible to an MQTT v5 client
     assert dev.publish("fleet/dev-1/result", b"self-verdict").value == 0x87
     assert dev.publish("hub/epoch", b"fake epoch", retain=True).value == 0x87
+    assert dev.publish("hub/generation", b"fake checkpoint", retain=True).value == 0x87  # restore detection
     assert sorted(hub.received()) == [("fleet/dev-1/data", b"d1"), ("fleet/dev-1/evidence", b"e1")]
 
 
@@ -125,7 +126,8 @@ def test_device_reads_its_cmd_epoch_and_manifests_only(clients: Connect) -> None
 
 def test_hub_publishes_commands_results_and_hub_topics(clients: Connect) -> None:
     hub = clients("hub-w1")
-    for topic in ("fleet/dev-9/cmd", "fleet/dev-9/result", "fleet/dev-9/verified-data", "hub/epoch"):
+    for topic in ("fleet/dev-9/cmd", "fleet/dev-9/result", "fleet/dev-9/verified-data", "hub/epoch",
+                  "hub/generation"):
         assert not hub.publish(topic, b"x").is_failure, topic
     assert hub.publish("fleet/dev-9/evidence", b"forged by hub").value == 0x87
 

@@ -18,9 +18,18 @@ from hub.appraisal.report import parse_duration
 from hub.appraisal.retention import RetentionError, prune
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, owner_only
-from hub.crypto.hubstate import RESTORE_DOC, accept_restore, adopt_generation, open_store
-from hub.server.announced import BrokerUnreachable, announced_epoch
+from hub.crypto.hubstate import (
+    RESTORE_DOC,
+    NothingToAccept,
+    StateLock,
+    StateLocked,
+    accept_restore,
+    adopt_generation,
+    open_store,
+)
+from hub.server.announced import Announced, BrokerUnreachable, announced
 from hub.store import Store, StoreError
+from hub.store.db import SchemaError
 from hub.store.migrate import current_revision, head_revision, upgrade
 
 
@@ -99,17 +108,35 @@ def db_accept_restore(hub: HubContext) -> None:
     """
     try:
         open_store(hub.settings, check_generation=False).close()  # a database it cannot use: that error first
+    except SchemaError as exc:
+        if exc.kind == "empty":
+            fail(f"the database is empty: restore the backup into it, or with none run `attest-hub db upgrade` "
+                 f"first (it creates an empty schema), then `attest-hub db accept-restore` ({RESTORE_DOC})", code=3)
+        fail(str(exc), code=3)
     except (StoreError, HubKeyError) as exc:
         fail(str(exc), code=3)
-    announced = None
     try:
-        announced = announced_epoch(hub.settings, hub.keys().public_key)
-    except BrokerUnreachable as exc:
-        click.echo(f"warning: {exc}; the epoch is moved past the state dir's record and the database only", err=True)
-    try:
-        done = accept_restore(hub.settings, announced_epoch=announced)
-    except (StoreError, HubKeyError, OSError) as exc:
+        lock = StateLock(hub.settings, "db accept-restore").acquire()  # no hub serving on this state dir
+    except StateLocked as exc:
+        fail(str(exc), code=1)
+    except StoreError as exc:
         fail(str(exc), code=3)
+    try:
+        retained = Announced()
+        try:
+            retained = announced(hub.settings, hub.keys().public_key)
+        except BrokerUnreachable as exc:
+            click.echo(f"warning: {exc}; the epoch and generation are moved past the state dir's record and the "
+                       "database only", err=True)
+        try:
+            done = accept_restore(hub.settings, announced_epoch=retained.epoch,
+                                  announced_generation=retained.generation)
+        except NothingToAccept as exc:
+            fail(str(exc), code=1)
+        except (StoreError, HubKeyError, OSError) as exc:
+            fail(str(exc), code=3)
+    finally:
+        lock.release()
     emit(hub, done.as_dict(), lambda d: click.echo(
         f"restore accepted: generation {d['database_generation']} -> {d['generation']} (state dir had "
         f"{d['recorded_generation']}), epoch {d['epoch_before']} -> {d['epoch']}, nonce secret rotated, "

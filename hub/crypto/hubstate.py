@@ -1,4 +1,4 @@
-"""The hub's state outside its database: opening the store, the generation record, restore acceptance.
+"""The hub's state outside its database: opening the store, the generation record, restore acceptance, the lock.
 
 A database copied back from a backup lowers every device's (bootcount, seq)
 high-water mark and the epoch, which would let captured evidence be accepted
@@ -6,14 +6,19 @@ again. So the hub keeps a monotonic *generation*: a counter in the database
 (``hub_state.generation``) and, written after each step commits, in the state
 directory (``generation.json``, owner-only), together with the last epoch
 issued and the audit chain's last id and head. The leader steps it at start,
-at every epoch advance and at a clean stop. A database whose generation is
-behind the state directory's was restored or rolled back: every command and
-``serve`` refuse it with one line naming the procedure, ``attest-hub db
-accept-restore``, which rotates the nonce secret (every nonce issued before
-is then refused), moves the epoch past any value issued, steps the
-generation and records the event, with the audit entries lost with the
-restore, in the audit log. docs/OPERATIONS.md ("Restoring the database")
-and docs/SECURITY.md describe it.
+at every epoch advance, every ``generation_period_s`` and at a clean stop, and
+publishes each step signed and retained on ``hub/generation``
+(hub/server/announced.py). A database whose generation is behind the state
+directory's (or, for ``serve``, behind the retained checkpoints) was restored
+or rolled back: every command and ``serve`` refuse it with one line naming
+the procedure, ``attest-hub db accept-restore``, which rotates the nonce
+secret (every nonce issued before is then refused), moves the epoch past any
+value issued, steps the generation past every one recorded or published and
+records the event, with the audit entries lost with the restore, in the
+audit log. A backup taken less than one ``generation_period_s`` before a
+crash is not detected. ``serve`` and ``accept-restore`` hold the state
+directory's lock (:class:`StateLock`). docs/OPERATIONS.md ("Restoring the
+database") and docs/SECURITY.md (row 32) describe it.
 
 The schema itself is created only by :func:`init_hub` (``attest-hub init``)
 and by ``attest-hub db upgrade``: an empty database is never taken for a new
@@ -22,6 +27,7 @@ hub when the state directory already belongs to one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -42,6 +48,57 @@ RESTORE_DOC = 'docs/OPERATIONS.md, "Restoring the database"'
 
 class RollbackError(StoreError):
     """The database is behind the generation recorded in the state directory (restored or rolled back)."""
+
+
+class NothingToAccept(StoreError):
+    """``accept-restore`` on a database that is not behind any generation or epoch recorded or published."""
+
+
+class StateLocked(StoreError):
+    """Another process holds the state directory's lock: a hub is serving on it, or a restore is accepted."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``state_dir/hub.lock``, held by ``serve`` for its lifetime and by ``db
+    accept-restore``: one hub per state directory, and no restore accepted under a running hub. The kernel
+    releases it when the holder's process ends, however it ends (SIGKILL too). The file holds the holder's
+    pid and command, for the refusal message. Raises ``StateLocked`` if held, ``StoreError`` on I/O errors."""
+
+    def __init__(self, settings: Settings, command: str) -> None:
+        self.path = settings.state_dir / "hub.lock"
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> StateLock:
+        try:
+            with owner_only():
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 200).decode(errors="replace").split()
+            os.close(fd)
+            who = f"`attest-hub {' '.join(holder[1:])}` (pid {holder[0]})" if holder else "another process"
+            raise StateLocked(f"the state dir {self.path.parent} is in use by {who}: stop it first (one hub per "
+                              "state dir)") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +164,9 @@ def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool
 def empty_database_message(settings: Settings) -> str:
     where = settings.effective_database_url.split("@")[-1]
     return (f"database {where} is empty, but the state dir {settings.state_dir} belongs to an initialised hub: its "
-            f"database was lost, truncated or replaced; restore it from a backup, then run `attest-hub db "
-            f"accept-restore` ({RESTORE_DOC}); a new hub needs a new state dir")
+            f"database was lost, truncated or replaced; restore it from a backup (or, with none, run `attest-hub db "
+            f"upgrade` to create an empty schema), then run `attest-hub db accept-restore` ({RESTORE_DOC}); a new "
+            "hub needs a new state dir")
 
 
 def check_generation_of(settings: Settings, store: Store) -> None:
@@ -128,18 +186,24 @@ def check_generation_of(settings: Settings, store: Store) -> None:
             f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
 
 
-def check_announced(store: Store, announced: int | None) -> None:
-    """Raise ``RollbackError`` if the database's epoch is below ``announced``, the epoch this hub last announced
-    (signed, retained) on the broker (hub/server/announced.py): the database is older than that announcement."""
-    if announced is None:
-        return
+def check_announced(store: Store, epoch: int | None, generation: int | None = None) -> None:
+    """Raise ``RollbackError`` if the database's epoch is below ``epoch`` or its generation below
+    ``generation``: the epoch and generation this hub last published (signed, retained) on the broker
+    (hub/server/announced.py). Then the database is older than that checkpoint."""
     with store.reading() as conn:
-        epoch = int(store.get_state(conn, "epoch") or 0)
-    if epoch < announced:
+        current_epoch = int(store.get_state(conn, "epoch") or 0)
+        current = int(store.get_state(conn, "generation") or 0)
+    if epoch is not None and current_epoch < epoch:
         raise RollbackError(
-            f"database {store.where} is at epoch {epoch}, behind epoch {announced} this hub announced on the "
+            f"database {store.where} is at epoch {current_epoch}, behind epoch {epoch} this hub announced on the "
             f"broker: it was restored or rolled back (with the state dir), which would accept evidence already "
             f"seen again; if the restore is intended run `attest-hub db accept-restore` ({RESTORE_DOC})")
+    if generation is not None and current < generation:
+        raise RollbackError(
+            f"database {store.where} is at generation {current}, behind generation {generation} this hub "
+            f"published on the broker: it was restored or rolled back (with the state dir), which would accept "
+            f"evidence already seen again; if the restore is intended run `attest-hub db accept-restore` "
+            f"({RESTORE_DOC})")
 
 
 def step_generation(settings: Settings, store: Store) -> Generation:
@@ -216,15 +280,17 @@ class RestoreAccepted:
         return asdict(self)
 
 
-def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None
-                   ) -> RestoreAccepted:
+def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None,
+                   announced_generation: int | None = None) -> RestoreAccepted:
     """``attest-hub db accept-restore``: adopt a restored database without re-opening replay.
 
     Rotates the nonce secret (nonces issued before, in any captured evidence, no longer verify), sets the
     epoch past every epoch issued, steps the generation past the recorded one, and appends an
-    ``accept-restore`` audit entry naming what the restore lost. ``announced_epoch`` (the epoch announced on
-    the broker) counts as issued too. Run it with the hub stopped; every worker (on every machine) needs the
-    new nonce secret before it starts."""
+    ``accept-restore`` audit entry naming what the restore lost. ``announced_epoch`` and
+    ``announced_generation`` (the checkpoints retained on the broker) count as issued too. Raises
+    ``NothingToAccept`` (and changes nothing) if the database is behind none of them. Run it with the hub
+    stopped (the CLI holds :class:`StateLock`); every worker (on every machine) needs the new nonce secret
+    before it starts."""
     try:
         read_secret(settings.nonce_secret_path, "nonce secret")
     except HubKeyError as exc:
@@ -232,11 +298,29 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
     recorded = read_generation(settings)
     store = open_store(settings, check_generation=False)
     try:
+        with store.reading() as conn:
+            current = int(store.get_state(conn, "generation") or 0)
+            current_epoch = int(store.get_state(conn, "epoch") or 0)
+        behind = []
+        if recorded is not None and current < recorded.generation:
+            behind.append(f"generation {recorded.generation} in {settings.generation_path}")
+        if announced_generation is not None and current < announced_generation:
+            behind.append(f"generation {announced_generation} published on the broker")
+        if announced_epoch is not None and current_epoch < announced_epoch:
+            behind.append(f"epoch {announced_epoch} announced on the broker")
+        if not behind:
+            checked = "the state dir's record" + ("" if recorded else " (none)") + (
+                ", the broker's checkpoints" if announced_epoch is not None or announced_generation is not None
+                else "")
+            raise NothingToAccept(
+                f"nothing to accept: the database is not behind {checked} (it is at generation {current}, epoch "
+                f"{current_epoch}); accept-restore is only for a database restored from a backup, which the hub "
+                "refuses")
         write_secret(settings.nonce_secret_path, os.urandom(32))
         with store.transaction() as conn:
             snap = _snapshot(store, conn)
             issued = max(snap.epoch, recorded.epoch if recorded else 0, announced_epoch or 0)
-            generation = max(snap.generation, recorded.generation if recorded else 0) + 1
+            generation = max(snap.generation, recorded.generation if recorded else 0, announced_generation or 0) + 1
             lost = max(0, (recorded.audit_id if recorded else 0) - snap.audit_id)
             store.set_state(conn, "epoch", str(issued + 1))
             store.set_state(conn, "generation", str(generation))
@@ -245,6 +329,7 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
                       "recorded_generation": recorded.generation if recorded else 0,
                       "recorded_audit_id": recorded.audit_id if recorded else 0,
                       "recorded_audit_head": recorded.audit_head if recorded else GENESIS,
+                      "announced_generation": announced_generation or 0, "behind": behind,
                       "lost_audit_entries": lost}
             append(store, conn, [AuditDraft(time.time(), actor, "accept-restore", None, detail)])
             after = _snapshot(store, conn)

@@ -15,9 +15,9 @@ from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import check_announced, open_store
+from hub.crypto.hubstate import StateLock, check_announced, open_store
 from hub.crypto.keys import KeyFileError
-from hub.server.announced import BrokerUnreachable, announced_epoch
+from hub.server.announced import BrokerUnreachable, announced
 from hub.server.supervisor import CrashLoopError, run_workers
 from hub.store import StoreError
 
@@ -30,16 +30,22 @@ class ServeError(RuntimeError):
     """An infrastructure fault at start-up, or a crash loop; the message is one line."""
 
 
-def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
+def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | None = None) -> None:
     """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
-    directory's); the broker accepts TCP; the database is not behind the epoch this hub announced on the
-    broker; else ServeError, one line (refused here once, not in each worker)."""
+    directory's); ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on
+    it; the broker accepts TCP; the database is not behind the epoch and generation this hub published
+    (signed, retained) on the broker; else ServeError, one line (refused here once, not in each worker)."""
     try:
         keys = load_hub_keys(settings)
         store = open_store(settings)
     except (HubKeyError, KeyFileError, StoreError) as exc:
         raise ServeError(str(exc)) from exc
     try:
+        if lock is not None:  # before the broker check: under mutual TLS it resumes worker 0's session
+            try:
+                lock.acquire()
+            except StoreError as exc:
+                raise ServeError(str(exc)) from exc
         address = (settings.broker_host, settings.broker_port)
         try:
             with socket.create_connection(address, timeout=timeout_s):
@@ -49,9 +55,10 @@ def preflight(settings: Settings, timeout_s: float = 5.0) -> None:
             raise ServeError(f"broker unreachable at {settings.broker_host}:{settings.broker_port}: {reason}") \
                 from exc
         try:
-            check_announced(store, announced_epoch(settings, keys.public_key))
+            retained = announced(settings, keys.public_key)
+            check_announced(store, retained.epoch, retained.generation)
         except BrokerUnreachable as exc:
-            log.warning("the epoch announced on the broker was not checked: %s", exc)
+            log.warning("the epoch and generation published on the broker were not checked: %s", exc)
         except StoreError as exc:
             raise ServeError(str(exc)) from exc
     finally:
@@ -74,11 +81,16 @@ def listening(settings: Settings, count: int) -> str:
 
 
 def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
-    """Pre-flight, one start-up line, then the workers until ``stop``; infrastructure faults as ServeError."""
-    preflight(settings)
-    log.info(listening(settings, count))
+    """Pre-flight, one start-up line, then the workers until ``stop``; infrastructure faults as ServeError.
+    The state directory's lock is held from the pre-flight until the workers have stopped."""
+    lock = StateLock(settings, "serve")
     try:
-        run_workers(settings, count, stop, verbosity)
-    except _FAULTS as exc:
-        raise ServeError(str(exc)) from exc
+        preflight(settings, lock=lock)
+        log.info(listening(settings, count))
+        try:
+            run_workers(settings, count, stop, verbosity)
+        except _FAULTS as exc:
+            raise ServeError(str(exc)) from exc
+    finally:
+        lock.release()
     log.info("stopped")

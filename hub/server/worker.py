@@ -51,6 +51,7 @@ from hub.reference.manifests import ManifestError
 from hub.reference.policy import PolicyError
 from hub.reference.values import References
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.server.announced import generation_message
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
@@ -142,6 +143,7 @@ class HubWorker:
         self.metrics = HubMetrics(f"w{index}")
         self.view = HealthView()
         self._next_epoch_at = 0.0
+        self._next_generation_at = 0.0
         self.watch = AnomalyWatch(self.store, self.keys, self.references, detector_config(settings),
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
@@ -177,9 +179,9 @@ class HubWorker:
             self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
             if self._watch_thread is not None:
                 self._watch_thread.join(30)
-            self.transport.stop()
             if self.is_leader:
-                self._step_generation()  # a clean stop: a copy taken before it is behind from now on
+                self._step_generation(wait=True)  # a clean stop: a copy taken before it is behind from now on
+            self.transport.stop()
             self.store.close()
             if stop_http is not None:
                 stop_http()
@@ -225,6 +227,8 @@ class HubWorker:
         self.metrics.queue_depth.set(self.transport.inbox.qsize())
         if self.is_leader:
             self._keep_epoch()
+            if self.settings.generation_period_s and time.monotonic() >= self._next_generation_at:
+                self._step_generation()  # bounds what a backup restored after a crash can go unnoticed
             self._keep_watch()
             self._keep_retention()
         if not self._enforcement_synced:
@@ -420,12 +424,21 @@ class HubWorker:
             log.warning("%d device(s) missed their attestation deadline and were quarantined", len(missed))
             self.transport.publish_all(missed)
 
-    def _step_generation(self) -> None:
-        """Leader: step the generation a restored database is detected by (hub/crypto/hubstate.py)."""
+    def _step_generation(self, *, wait: bool = False) -> None:
+        """Leader: step the generation a restored database is detected by (hub/crypto/hubstate.py), then
+        publish it signed and retained on ``hub/generation`` (hub/server/announced.py); ``wait`` for the
+        broker's PUBACK (at a clean stop)."""
+        self._next_generation_at = time.monotonic() + self.settings.generation_period_s
         try:
-            step_generation(self.settings, self.store)
+            record = step_generation(self.settings, self.store)
         except (StoreError, OSError) as exc:
-            log.error("cannot step the generation (retried at the next epoch): %s", exc)
+            log.error("cannot step the generation (retried next period): %s", exc)
+            return
+        signed = generation_message(record.generation, record.epoch, int(time.time()), self.keys.signing_key,
+                                    self.keys.kid)
+        infos = self.transport.publish([Outgoing(wire.GENERATION_TOPIC, signed, retain=True)])
+        if wait and not self.transport.wait_published(infos, 5.0):
+            log.warning("the broker did not acknowledge generation %d's checkpoint", record.generation)
 
     def _keep_watch(self) -> None:
         """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period, on a

@@ -9,7 +9,9 @@ through the broker, is rejected, while the devices attest again as usual.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,11 +30,12 @@ from device_sim.fleet import Fleet
 from hub import wire
 from hub.broker.process import MosquittoProcess
 from hub.cli.main import cli
-from hub.crypto.hubstate import RollbackError
+from hub.config import Settings
+from hub.crypto.hubstate import RollbackError, read_generation
 from hub.server.localhub import LocalHub
 from hub.server.worker import HubWorker
 from tests.e2e import make_env
-from tests.faults.rig import FAST_HUB, FaultReport, wait_until
+from tests.faults.rig import FAST_HUB, FaultReport, HubProcess, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -85,6 +88,31 @@ def _serve_refusal(base: list[str]) -> str:
 def _capture_after(db: Path, verdict_id: int) -> list[tuple[str, bytes]]:
     return [(str(d), bytes(e)) for d, e in _rows(  # type: ignore[arg-type]
         db, "SELECT device_id, evidence FROM verdict WHERE id > ? ORDER BY id", verdict_id)]
+
+
+def _generation(db: Path) -> int:
+    return int(_rows(db, "SELECT value FROM hub_state WHERE key = 'generation'")[0][0])  # type: ignore[arg-type]
+
+
+def _recorded(settings: Settings) -> int:
+    record = read_generation(settings)
+    return record.generation if record else 0
+
+
+def _accept_and_replay(broker: MosquittoProcess, settings: Settings, base: list[str],
+                       captured: list[tuple[str, bytes]], backed_up: int) -> float:
+    """accept-restore, then a hub on the accepted database: every captured message replayed is rejected."""
+    accepted = CliRunner().invoke(cli, [*base, "db", "accept-restore", "--json"])
+    assert accepted.exit_code == 0, accepted.output
+    db = settings.state_dir / "hub.db"
+    restarted = time.monotonic()
+    with LocalHub(replace(settings, epoch_period_s=3600.0)):
+        _replay(broker, captured)
+        wait_until(lambda: _verdict_count(db) >= backed_up + len(captured), 20, "verdicts on the replayed messages")
+    replayed = _rows(db, "SELECT status, problems FROM verdict WHERE id > ? ORDER BY id", backed_up)
+    assert len(replayed) == len(captured)
+    assert all(status == "rejected" and "nonce" in str(problems) for status, problems in replayed), replayed
+    return round(time.monotonic() - restarted, 2)
 
 
 def _restore(backup: Path, db: Path) -> None:
@@ -206,3 +234,72 @@ def test_a_database_restored_together_with_its_state_dir_is_caught_by_the_announ
     fault_reports.append(FaultReport("restored database and state dir", len(captured), len(replayed), 0,
                                      round(time.monotonic() - restarted, 2),
                                      "caught by the announced epoch; the replayed messages, all rejected"))
+
+
+def test_a_machine_snapshot_after_a_clean_stop_is_caught_by_the_published_generation(
+        broker: MosquittoProcess, tmp_path: Path, fault_reports: list[FaultReport]) -> None:
+    """The state dir and its database copied together after a clean stop; the hub runs again and attests, with
+    no epoch advance; then the copy goes back. The state dir agrees with the database and the announced epoch
+    did not move: only the generation checkpoint the hub published, signed and retained, is newer."""
+    env = make_env(broker, tmp_path, 2, "honest:2", database_url="", **FAST_HUB)
+    settings = env.settings
+    db = settings.state_dir / "hub.db"
+    with LocalHub(settings), Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        assert fleet.wait_for_epoch(10) is not None
+        fleet.publish_round()
+        wait_until(lambda: _verdict_count(db) >= 2, 15, "the first verdicts")
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(settings.state_dir, snapshot)  # the whole machine, cold, after a clean stop
+    epoch = _epoch(db)
+    with LocalHub(settings), Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        assert fleet.wait_for_epoch(10) is not None
+        fleet.publish_round()
+        wait_until(lambda: _verdict_count(db) >= 4, 15, "the verdicts after the snapshot")
+    assert _epoch(db) == epoch, "no epoch advance: the announced epoch cannot tell"
+    backed_up = int(_rows(snapshot / "hub.db", "SELECT max(id) FROM verdict")[0][0])  # type: ignore[arg-type]
+    captured = _capture_after(db, backed_up)
+    assert len(captured) == 2
+    shutil.rmtree(settings.state_dir)
+    shutil.copytree(snapshot, settings.state_dir)
+
+    base = ["--state-dir", str(settings.state_dir), "--broker", f"{broker.host}:{broker.port}"]
+    assert "published on the broker" in _serve_refusal(base)
+    recovery = _accept_and_replay(broker, settings, base, captured, backed_up)
+    fault_reports.append(FaultReport("machine snapshot, no epoch advance", len(captured), len(captured), 0,
+                                     recovery, "caught by the published generation; replayed messages rejected"))
+
+
+def test_a_hot_backup_restored_after_a_crash_is_caught_by_the_generation_timer(
+        broker: MosquittoProcess, tmp_path: Path, fault_reports: list[FaultReport]) -> None:
+    """A hot backup of the database, the hub attests on, then dies (SIGKILL: no generation step at a clean
+    stop, no epoch advance); the backup goes back. The generation the leader steps every generation_period_s
+    has moved past the backup's, so the restore is refused."""
+    env = make_env(broker, tmp_path, 2, "honest:2", database_url="", **FAST_HUB)
+    settings = env.settings
+    db = settings.state_dir / "hub.db"
+    backup = tmp_path / "backup.db"
+    hub = HubProcess(env, extra_env={"ATTEST_HUB_GENERATION_PERIOD_S": "1"}).start()
+    assert hub.proc is not None
+    try:
+        with Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+            assert fleet.wait_for_epoch(20) is not None, hub.log_tail()
+            fleet.publish_round()
+            wait_until(lambda: _verdict_count(db) >= 2, 15, "the first verdicts")
+            _hot_backup(db, backup)
+            backed_up_generation = _generation(backup)
+            wait_until(lambda: _recorded(settings) > backed_up_generation, 10, "a generation step on the timer")
+            fleet.publish_round()
+            wait_until(lambda: _verdict_count(db) >= 4, 15, "the verdicts after the backup")
+    finally:
+        os.killpg(hub.proc.pid, signal.SIGKILL)  # a crash
+        hub.proc.wait()
+    backed_up = int(_rows(backup, "SELECT max(id) FROM verdict")[0][0])  # type: ignore[arg-type]
+    captured = _capture_after(db, backed_up)
+    assert len(captured) == 2
+    _restore(backup, db)
+
+    base = ["--state-dir", str(settings.state_dir), "--broker", f"{broker.host}:{broker.port}"]
+    assert "behind generation" in _serve_refusal(base)
+    recovery = _accept_and_replay(broker, settings, base, captured, backed_up)
+    fault_reports.append(FaultReport("hot backup restored after a crash", len(captured), len(captured), 0,
+                                     recovery, "caught by the generation timer; replayed messages rejected"))
