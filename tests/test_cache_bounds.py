@@ -60,3 +60,24 @@ def test_bounds_are_settings_and_negative_ones_are_refused(tmp_path: Path) -> No
         load_settings(None, environ={"ATTEST_HUB_KEY_CACHE_MAX": "-1"}, state_dir=tmp_path)
     with pytest.raises(ConfigError, match="rate_limit_devices_max"):
         load_settings(None, environ={"ATTEST_HUB_RATE_LIMIT_DEVICES_MAX": "0"}, state_dir=tmp_path)
+
+
+def test_a_refilled_bucket_is_forgotten_and_a_forgotten_device_starts_full() -> None:
+    limiter = RateLimiter(rate_per_s=1.0, burst=2)
+    assert limiter.allow("a", 0.0)
+    assert limiter.allow("b", 0.5)
+    assert set(limiter._buckets) == {"a", "b"}  # neither has refilled yet
+    assert limiter.allow("c", 1.2)  # "a" has had 1.2 s: its bucket (1 token + 1.2) is full again, not "b"
+    assert set(limiter._buckets) == {"b", "c"}
+    assert [limiter.allow("a", 1.2) for _ in range(3)] == [True, True, False]  # as if it had been kept
+
+
+def test_a_flooding_device_stays_limited_while_idle_ones_are_forgotten() -> None:
+    limiter = RateLimiter(rate_per_s=1.0, burst=2)
+    allowed = []
+    for step in range(40):  # the flooder sends 10 per second; a new idle device each 0.1 s
+        now = step / 10
+        allowed.append(limiter.allow("flooder", now))
+        limiter.allow(f"idle-{step}", now)
+    assert sum(allowed) == 2 + 3  # the burst, then one per second for the 3.9 s that followed
+    assert len(limiter._buckets) <= 2 / 1.0 * 10 + 2  # only devices seen within burst / rate seconds
