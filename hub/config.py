@@ -93,7 +93,7 @@ class Settings:
     # as it last committed them (no read before verification), parsed device public keys it keeps, and devices
     # with a rate-limit bucket; each the oldest or idlest dropped first beyond its bound.
     anchor_cache_max: int = 100_000
-    key_cache_max: int = 10_000
+    key_cache_max: int = 4_096
     rate_limit_devices_max: int = 200_000
     # HTTP API and web console (hub/server/api/, docs/OPERATIONS.md). ``serve`` serves them with /metrics on
     # metrics_port + N; ``attest-hub api`` alone on api_port. TLS when api_tls_cert is set; client
@@ -337,8 +337,8 @@ SETTING_HELP: dict[str, str] = {
                         "it costs one unlocked read per batch); 0: none.",
     "key_cache_max": "Parsed device public keys a worker keeps (about 2.3 KB each; a key outside it is parsed "
                      "again, about 10 µs per evidence); 0: none.",
-    "rate_limit_devices_max": "Devices a worker keeps a rate-limit bucket for (about 0.2 KB each); beyond it the "
-                              "idlest device's bucket is forgotten (it starts full again).",
+    "rate_limit_devices_max": "Most devices a worker keeps a rate-limit bucket for (about 0.2 KB each; only buckets "
+                              "not yet refilled are kept); beyond it the least recently seen is forgotten.",
     "api_host": "`attest-hub api`: the address the HTTP API and console listen on.",
     "api_port": "`attest-hub api`: the TCP port of the HTTP API and console (`serve` uses `metrics_port` + N).",
     "api_tls_cert": "HTTP API over TLS: the server certificate (PEM); empty: plain HTTP.",

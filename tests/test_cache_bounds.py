@@ -12,6 +12,7 @@ from hub.appraisal.pipeline import Pipeline, _bounded_put
 from hub.appraisal.ratelimit import RateLimiter
 from hub.config import ConfigError, load_settings
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.store.db import DeviceRecord
 
 DEVICES = [f"smart-meter-{i:04d}" for i in range(1, 7)]
 
@@ -81,3 +82,12 @@ def test_a_flooding_device_stays_limited_while_idle_ones_are_forgotten() -> None
         limiter.allow(f"idle-{step}", now)
     assert sum(allowed) == 2 + 3  # the burst, then one per second for the 3.9 s that followed
     assert len(limiter._buckets) <= 2 / 1.0 * 10 + 2  # only devices seen within burst / rate seconds
+
+
+def test_cached_rows_share_one_copy_of_a_class_and_a_version(env: HubEnv) -> None:
+    pipeline = _pipeline(env, anchors=10, keys=10)
+    outcome = pipeline.process([incoming(d, env.evidence(d)) for d in DEVICES[:3]])
+    assert [d.status for d in outcome.decisions] == ["affirming"] * 3
+    rows = [DeviceRecord(*pipeline._committed[d]) for d in DEVICES[:3]]  # type: ignore[arg-type]
+    assert len({r.device_class for r in rows}) == 1 and len({id(r.device_class) for r in rows}) == 1
+    assert rows[0].firmware_version is not None and len({id(r.firmware_version) for r in rows}) == 1

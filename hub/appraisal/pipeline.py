@@ -114,7 +114,7 @@ class Pipeline:
         epoch_period_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         anchor_cache_max: int = 100_000,
-        key_cache_max: int = 10_000,
+        key_cache_max: int = 4_096,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -273,6 +273,10 @@ class Pipeline:
     def _remember(self, devices: Iterable[DeviceRecord]) -> None:
         """After a commit: the anchors of the batch's devices as committed (bounded)."""
         for device in devices:
+            # a class or version is one of few values: keep one copy of each, not one per device's row
+            device.device_class = _shared(device.device_class)
+            if device.firmware_version is not None:
+                device.firmware_version = _shared(device.firmware_version)
             _bounded_put(self._committed, device.device_id, device.snapshot(), self.anchor_cache_max)
 
     def _anchor(self, row: _AnchorRow, now: float, mac0: bool) -> TrustAnchor:
@@ -417,3 +421,14 @@ def _bounded_put(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
         del cache[next(iter(cache))]
     if limit > 0:
         cache[key] = value
+
+
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: str) -> str:
+    """One object per distinct value of a low-cardinality column (at most ``_SHARED_MAX`` values)."""
+    if len(_SHARED) < _SHARED_MAX:
+        return _SHARED.setdefault(value, value)
+    return _SHARED.get(value, value)
