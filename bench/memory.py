@@ -59,12 +59,13 @@ def _pool(distinct: int) -> loadgen.KeyPool:
 
 
 def measure(devices: int = 100_000, batch: int = 256, key_pool: int = 0, trace: bool = False,
-            top: int = 15) -> dict[str, Any]:
-    """Bytes of RSS per active device after each of ``devices`` sent one evidence (``key_pool`` 0: own keys)."""
+            top: int = 15, **bounds: int) -> dict[str, Any]:
+    """Bytes of RSS per active device after each of ``devices`` sent one evidence (``key_pool`` 0: own keys);
+    ``bounds``: settings overridden (``anchor_cache_max``, ``key_cache_max``, ``rate_limit_devices_max``)."""
     started = time.monotonic()
     pool = _pool(key_pool or devices)
     with tempfile.TemporaryDirectory(prefix="hub-memory-") as tmp:
-        settings = prepare_state(load_settings(None, environ={}, state_dir=Path(tmp)))
+        settings = prepare_state(load_settings(None, environ={}, state_dir=Path(tmp), **bounds))
         enrol_bulk(settings.effective_database_url, devices, pool)
         hub_keys = load_hub_keys(settings)
         store = open_store(settings)
@@ -157,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-pool", type=int, default=0, help="distinct device keys (0: one per device)")
     parser.add_argument("--trace", action="store_true", help="tracemalloc: the allocation sites that grew most")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    for name in ("anchor_cache_max", "key_cache_max", "rate_limit_devices_max"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name, help="override the setting")
     args = parser.parse_args(argv)
-    data = measure(args.devices, args.batch, args.key_pool, args.trace)
+    bounds = {name: getattr(args, name) for name in ("anchor_cache_max", "key_cache_max", "rate_limit_devices_max")
+              if getattr(args, name) is not None}
+    data = measure(args.devices, args.batch, args.key_pool, args.trace, **bounds)
     print(markdown(data))
     if args.json:
         args.json.write_text(json.dumps(data, indent=1) + "\n")
