@@ -11,7 +11,8 @@ TARGETS = {
     "quarantine_latency_p99_ms": "< 50 at the high rate (1,000/s in the full run)",
     "quarantine_latency_low_rate_p99_ms": "< 20 at the low rate (200/s in the full run)",
     "worker_scaling": "drain throughput with 2 workers >= 1.6 x one worker",
-    "rss_per_active_device": "<= 1 KB per active device at 100k active devices (not measured by this run)",
+    "rss_per_active_device": "<= 1 KB of worker RSS per active device at 100k active devices (bench/memory.py: "
+                             "in-process Pipeline on SQLite; 1,024 bytes)",
     "flat_scaling": "p99 latency and memory per worker flat from the small to the large enrolled fleet",
     "anomaly_pass": "off the evidence thread, never delays a batch (by design; tests/test_worker_settle.py)",
 }
@@ -51,7 +52,8 @@ def _met(value: float | None, ok: bool) -> dict[str, Any]:
     return {"value": value, "met": None if value is None else ok}
 
 
-def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _verdicts(raw: float, heads: dict[str, dict[str, Any]],
+              memory: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     verdicts: dict[str, dict[str, Any]] = {}
     for name, head in heads.items():
         scale = head["by_enrolled"]
@@ -73,7 +75,7 @@ def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[st
             "quarantine_latency_p99_ms": _met(q_high, q_high is not None and q_high < 50),
             "quarantine_latency_low_rate_p99_ms": _met(q_low, q_low is not None and q_low < 20),
             "worker_scaling": _met(ratio, ratio is not None and ratio >= 1.6),
-            "rss_per_active_device": {"value": None, "met": None},
+            "rss_per_active_device": _memory_verdict(name, memory),
             "flat_scaling": {"value": [row["p99_latency_ms"] for row in scale],
                              "latency_met": flat_latency, "memory_met": flat_memory,
                              "met": None if flat_latency is None else bool(flat_latency and flat_memory)},
@@ -82,8 +84,17 @@ def _verdicts(raw: float, heads: dict[str, dict[str, Any]]) -> dict[str, dict[st
     return verdicts
 
 
+def _memory_verdict(store: str, memory: dict[str, Any] | None) -> dict[str, Any]:
+    """bench/memory.py runs on SQLite only; at fewer than 100,000 devices the figure is indicative."""
+    if memory is None or store != "sqlite":
+        return {"value": None, "met": None}
+    return {"value": f"{memory['bytes_per_active_device']} B at {memory['devices']:,} devices",
+            "met": memory["bytes_per_active_device"] <= memory["target_bytes"]}
+
+
 def assemble(raw: float, databases: dict[str, Any], plan: dict[str, Any], machine: dict[str, Any], *, quick: bool,
-             seconds: float, stages: dict[str, Any] | None = None) -> dict[str, Any]:
+             seconds: float, stages: dict[str, Any] | None = None,
+             memory: dict[str, Any] | None = None) -> dict[str, Any]:
     heads = {name: _headline(raw, db) for name, db in databases.items()}
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -94,9 +105,10 @@ def assemble(raw: float, databases: dict[str, Any], plan: dict[str, Any], machin
         "raw_verify_per_cpu_s": round(raw, 1),
         "summary": heads,
         "targets": TARGETS,
-        "target_verdicts": _verdicts(raw, heads),
+        "target_verdicts": _verdicts(raw, heads, memory),
         "databases": databases,
         "stages": stages or {},
+        "memory": memory or {},
     }
 
 
@@ -129,6 +141,12 @@ def markdown(data: dict[str, Any]) -> str:
         for target, v in verdict.items():
             met = {True: "met", False: "missed", None: "not measured"}[v.get("met")]
             lines.append(f"| {name} | {target}: {data['targets'][target]} | {v.get('value')} | {met} |")
+    mem = data.get("memory") or {}
+    if mem:
+        lines += ["", f"## Memory per active device (bench/memory.py, in-process, SQLite, {mem['devices']:,} devices)",
+                  "", f"{mem['bytes_per_active_device']:,} bytes of RSS per active device (target <= "
+                  f"{mem['target_bytes']:,}); RSS {mem['rss_before_mb']} -> {mem['rss_after_mb']} MB; entries "
+                  f"{mem['structure_entries']}."]
     stage_table = data.get("stages") or {}
     if stage_table:
         table = stage_table["us_per_evidence"]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, report, stages
+from bench import loadgen, memory, report, stages
 from bench.rawverify import raw_verify_per_cpu_s
 from bench.scenarios import Cursor, DrainResult, drain, start_hub, steady
 from bench.stage import enrol_bulk, open_stage
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     stage_table = stages.run(1 if small else 3, devices=64 if small else 256, per_device=3 if small else 8,
                              batch=64 if small else 256)
     print(stages.markdown(stage_table), flush=True)
+    memory_figure = memory.measure(devices=1_000 if args.tiny else 5_000 if small else 100_000)
+    print(memory.markdown(memory_figure), flush=True)
     pool = loadgen.KeyPool.make()
     work = Path(tempfile.mkdtemp(prefix="attest-bench-"))
     try:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     host = {**machine(), "loadavg_at_start": load_before}  # other work on the machine skews latency figures
     data = report.assemble(raw, databases, asdict(plan), host, quick=args.quick or args.tiny,
-                           seconds=time.time() - started, stages=stage_table)
+                           seconds=time.time() - started, stages=stage_table, memory=memory_figure)
     (out_dir / "latest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out_dir / "latest.md").write_text(report.markdown(data))
     print(report.markdown(data))

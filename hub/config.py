@@ -90,6 +90,12 @@ class Settings:
     ack_wait_s: float = 10.0
     ack_wait_per_message_ms: float = 5.0
     batches_in_flight: int = 4
+    # Worker memory per active device (docs/SCALING.md "Memory per active device"): device rows a worker keeps
+    # as it last committed them (no read before verification), parsed device public keys it keeps, and devices
+    # with a rate-limit bucket; each the oldest or idlest dropped first beyond its bound.
+    anchor_cache_max: int = 100_000
+    key_cache_max: int = 4_096
+    rate_limit_devices_max: int = 200_000
     # HTTP API and web console (hub/server/api/, docs/OPERATIONS.md). ``serve`` serves them with /metrics on
     # metrics_port + N; ``attest-hub api`` alone on api_port. TLS when api_tls_cert is set; client
     # certificates issued by api_client_ca authenticate operators with api_client_cert_scope.
@@ -242,6 +248,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("batch_budget_ms must be positive and batches_in_flight at least 1")
     if settings.broker_enforcement == "acl-file" and not (settings.broker_acl_file and settings.broker_pid_file):
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
+    if settings.anchor_cache_max < 0 or settings.key_cache_max < 0 or settings.rate_limit_devices_max < 1:
+        raise ConfigError("anchor_cache_max and key_cache_max: at least 0; rate_limit_devices_max: at least 1")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
     if settings.generation_period_s and settings.generation_period_s < 1:
@@ -331,6 +339,12 @@ SETTING_HELP: dict[str, str] = {
                   "broker (it keeps waiting: a committed batch is never re-processed), in seconds.",
     "ack_wait_per_message_ms": "Added to `ack_wait_s` for each message a batch publishes, in milliseconds.",
     "batches_in_flight": "At most this many committed batches wait for their PUBACKs while the next is processed.",
+    "anchor_cache_max": "Devices whose committed row a worker keeps in memory (about 0.7 KB each; a device outside "
+                        "it costs one unlocked read per batch); 0: none.",
+    "key_cache_max": "Parsed device public keys a worker keeps (about 2.3 KB each; a key outside it is parsed "
+                     "again, about 10 µs per evidence); 0: none.",
+    "rate_limit_devices_max": "Most devices a worker keeps a rate-limit bucket for (about 0.2 KB each; only buckets "
+                              "not yet refilled are kept); beyond it the least recently seen is forgotten.",
     "api_host": "`attest-hub api`: the address the HTTP API and console listen on.",
     "api_port": "`attest-hub api`: the TCP port of the HTTP API and console (`serve` uses `metrics_port` + N).",
     "api_tls_cert": "HTTP API over TLS: the server certificate (PEM); empty: plain HTTP.",

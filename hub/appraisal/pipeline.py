@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from cryptography.x509 import Certificate
 from sqlalchemy import Connection
@@ -53,12 +54,13 @@ from hub.schemes.base import Claims, EvidenceError, EvidenceScheme, TrustAnchor
 from hub.store.db import DeviceRecord, Store
 
 log = logging.getLogger(__name__)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class _Conflict(Exception):
     """Under the lock, the state a batch was decided on is no longer the state in the database."""
 
-_ANCHOR_CACHE_MAX = 100_000
 
 
 @dataclass(slots=True)
@@ -111,6 +113,8 @@ class Pipeline:
         ca_certificates: tuple[Certificate, ...] = (),
         epoch_period_s: float = 300.0,
         clock: Callable[[], float] = time.time,
+        anchor_cache_max: int = 100_000,
+        key_cache_max: int = 4_096,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -122,10 +126,14 @@ class Pipeline:
         self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
         self.decider.platform_schemes = registry.platform_schemes
         self._key_cache: dict[str, PublicKey] = {}
+        """PEM -> parsed public key (about 2.3 KB each with OpenSSL's object; a miss costs a parse, ~10 µs), at
+        most ``key_cache_max`` (setting), the oldest dropped first."""
+        self.key_cache_max = max(0, key_cache_max)
         self._committed: dict[str, tuple[object, ...]] = {}
-        """device id -> its row (``DeviceRecord.snapshot``) as this worker last committed it (bounded:
-        _ANCHOR_CACHE_MAX). Verification and the unlocked decision start from it; the commit checks it
-        against the row locked in the database."""
+        """device id -> its row (``DeviceRecord.snapshot``) as this worker last committed it (about 0.7 KB each),
+        at most ``anchor_cache_max`` (setting), the oldest dropped first. Verification and the unlocked
+        decision start from it; the commit checks it against the row locked in the database."""
+        self.anchor_cache_max = max(0, anchor_cache_max)
         self.device_classes: dict[str, str] = {}
         """device id -> class of the devices seen in the last batch (for metrics labels)."""
         self._nonces: list[tuple[bytes, str]] | None = None
@@ -258,16 +266,18 @@ class Pipeline:
                 continue
             row = _AnchorRow.of(device)
             if row != item.cached_row:  # compared with the row this item was verified with
-                self._committed[item.device_id] = device.snapshot()
+                _bounded_put(self._committed, item.device_id, device.snapshot(), self.anchor_cache_max)
                 item.claims, item.error, item.anchor_revoked, item.cached_row = None, None, row.revoked, None
                 self._verify(item, self._anchor(row, now, is_mac0(item.message.payload)))
 
     def _remember(self, devices: Iterable[DeviceRecord]) -> None:
         """After a commit: the anchors of the batch's devices as committed (bounded)."""
-        if len(self._committed) > _ANCHOR_CACHE_MAX:
-            self._committed.clear()
         for device in devices:
-            self._committed[device.device_id] = device.snapshot()
+            # a class or version is one of few values: keep one copy of each, not one per device's row
+            device.device_class = _shared(device.device_class)
+            if device.firmware_version is not None:
+                device.firmware_version = _shared(device.firmware_version)
+            _bounded_put(self._committed, device.device_id, device.snapshot(), self.anchor_cache_max)
 
     def _anchor(self, row: _AnchorRow, now: float, mac0: bool) -> TrustAnchor:
         """The device's trust anchor. Its symmetric key (a file, like the hub's secrets) is read only for
@@ -282,9 +292,7 @@ class Pipeline:
                 except KeyFileError:
                     key = None
                 else:
-                    if len(self._key_cache) > 100_000:
-                        self._key_cache.clear()
-                    self._key_cache[row.public_key_pem] = key
+                    _bounded_put(self._key_cache, row.public_key_pem, key, self.key_cache_max)
         # a device without a public key may have a symmetric one (COSE_Mac0 PSA tokens), kept like the hub's secrets
         symmetric = mac0 and not row.public_key_pem and not row.revoked
         mac_key = self.keys.device_mac_key(row.device_id) if symmetric else None
@@ -402,3 +410,25 @@ def _unparsed_key(item: _Routed) -> str:
         else:
             return "signed:" + hashlib.sha256(message.to_be_signed()).hexdigest()[:32]
     return "raw:" + hashlib.sha256(item.message.payload).hexdigest()[:32]
+
+
+def _bounded_put(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """``cache[key] = value`` keeping at most ``limit`` entries (0: none), the oldest inserted dropped first."""
+    if key in cache:
+        cache[key] = value
+        return
+    while cache and len(cache) >= limit:
+        del cache[next(iter(cache))]
+    if limit > 0:
+        cache[key] = value
+
+
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value: str) -> str:
+    """One object per distinct value of a low-cardinality column (at most ``_SHARED_MAX`` values)."""
+    if len(_SHARED) < _SHARED_MAX:
+        return _SHARED.setdefault(value, value)
+    return _SHARED.get(value, value)

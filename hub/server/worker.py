@@ -110,10 +110,12 @@ class HubWorker:
         self.registry = SchemeRegistry(default_schemes())
         self.pipeline = Pipeline(
             self.store, self.registry, self.keys, self.references,
-            rate_limiter=RateLimiter(settings.device_rate_per_s, settings.device_burst),
+            rate_limiter=RateLimiter(settings.device_rate_per_s, settings.device_burst,
+                                     settings.rate_limit_devices_max),
             command_ttl_s=settings.command_ttl_s,
             ca_certificates=load_anchors(settings.manufacturer_cas),
             epoch_period_s=settings.epoch_period_s,
+            anchor_cache_max=settings.anchor_cache_max, key_cache_max=settings.key_cache_max,
         )
         leaves = sorted(self.registry.topic_leaves)
         subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]
