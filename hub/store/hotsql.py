@@ -60,6 +60,9 @@ class HotSql:
             "SELECT device_id, seq, kind, signed FROM command WHERE device_id = ? "
             "AND kind IN ('quarantine', 'release', 'remediate') ORDER BY seq DESC LIMIT 1")
         self._updates: dict[tuple[str, ...], str] = {}
+        self.audit_max_id = "SELECT COALESCE(MAX(id), 0) FROM audit"
+        self.audit_last_seq = self._text("SELECT COALESCE(MAX(seq), 0) FROM audit WHERE chain = ?")
+        self.audit_next_ids = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"  # PostgreSQL only
 
     def _text(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql
