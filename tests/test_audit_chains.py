@@ -316,3 +316,28 @@ def test_two_workers_commit_concurrently_without_waiting_on_one_audit_row(tmp_pa
         first.store.close()
         second.store.close()
         env.close()
+
+
+def test_the_auditors_checker_in_the_docs_checks_every_chain(env: HubEnv, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_operations_doc import checker_snippet
+
+    two_workers(env)
+    lines = cli_run(env, "audit", "export").stdout.splitlines()
+    checker = tmp_path / "check.py"
+    checker.write_text(checker_snippet())
+
+    def check(content: list[str]) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "export.jsonl"
+        path.write_text("".join(line + "\n" for line in content))
+        return subprocess.run([sys.executable, str(checker), str(path)], capture_output=True, text=True, check=False)
+
+    good = check(lines)
+    assert good.returncode == 0 and "(3 chains)" in good.stdout, good.stdout + good.stderr
+    victim = next(i for i, line in enumerate(lines) if json.loads(line)["chain"] == W1 and json.loads(line)["seq"] == 2)
+    edited = json.loads(lines[victim])
+    edited["seq"] = 3
+    assert "edited" in check([*lines[:victim], json.dumps(edited), *lines[victim + 1:]]).stderr
+    assert "removed or reordered" in check([*lines[:victim], *lines[victim + 1:]]).stderr

@@ -163,12 +163,14 @@ def _prune_audit(store: Store, keys: HubKeys, archive: Path, cutoff: float, chun
     entries of every chain, so this is a prefix of each chain; a worker chain's newest entry stays."""
     with store.reading() as conn:
         newest = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0))).scalar_one())
+        kept = [i for i in (conn.execute(select(AUDIT.c.id).where(AUDIT.c.chain == chain).order_by(AUDIT.c.seq.desc())
+                                         .limit(1)).scalar() for chain in store.audit_chains(conn) if chain)
+                if i is not None]  # each worker chain's newest entry (index lookups): its next one follows it
     for _ in range(max(budget, 0)):
         with store.reading() as conn:
             boundary = conn.execute(select(func.min(AUDIT.c.id)).where(AUDIT.c.at >= cutoff)).scalar()
-            newest_of_workers = select(func.max(AUDIT.c.id)).where(AUDIT.c.chain != HUB_CHAIN).group_by(AUDIT.c.chain)
             query = select(*[AUDIT.c[n] for n in AUDIT_FIELDS]).where(
-                AUDIT.c.at < cutoff, AUDIT.c.id <= newest, AUDIT.c.id.not_in(newest_of_workers.scalar_subquery()))
+                AUDIT.c.at < cutoff, AUDIT.c.id <= newest, AUDIT.c.id.not_in(kept))
             if boundary is not None:
                 query = query.where(AUDIT.c.id < boundary)
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(AUDIT.c.id).limit(chunk))]

@@ -406,8 +406,8 @@ class Store:
         """``count`` new audit ids, increasing: PostgreSQL draws them from the id sequence (no max(id) + 1 race
         between chains, gaps after a rollback); SQLite, under its write lock, continues from the highest id."""
         if self.dialect == "postgresql":
-            return [int(r[0]) for r in self.hot.query(conn, self.hot.audit_next_ids,
-                                                      (self._audit_sequence(conn), count))]
+            return sorted(int(r[0]) for r in self.hot.query(conn, self.hot.audit_next_ids,
+                                                            (self._audit_sequence(conn), count)))
         last = int(self.hot.query(conn, self.hot.audit_max_id, ())[0][0])
         return list(range(last + 1, last + 1 + count))
 
