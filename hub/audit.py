@@ -10,7 +10,7 @@ The log is a set of chains, ordered together by the global ``id``:
   machines) for the entries of its evidence batches. Its canonical JSON also covers ``chain`` and ``seq``:
   ``{action, actor, at, chain, detail, device_id, id, seq}``; head and seal are ``audit_head:<chain>`` and
   ``audit_seal:<chain>``. The first entry of a new chain is announced by a ``chain-opened`` entry on the
-  hub chain, so a worker chain deleted whole (rows, head and seal) is missed by ``verify_log``.
+  hub chain, so ``verify_log`` reports a worker chain deleted whole (rows, head and seal).
 
 ``seq`` numbers a chain's entries 1, 2, 3, ... (for the hub chain, entries written before chains existed
 keep ``seq = id``). Including the id and the position makes a removed or reordered entry break a chain as
@@ -19,8 +19,8 @@ each other's audit head. Entries are appended inside the transaction of the chan
 
 The chains themselves are public (an auditor recomputes them from an export without any key), so whoever
 can write the database could edit an entry and recompute every hash after it. Against that, each append
-also stores the chain's *seal*, ``HMAC-SHA-256(audit key, "attest-hub audit seal" || last id || head)``
-for the hub chain and ``... || chain || last seq || head`` for a worker chain, with a key kept in the
+also stores the chain's *seal*, ``HMAC-SHA-256(audit key, "attest-hub audit seal\\0" || "<last id>:<head>")``
+for the hub chain and ``... || "<chain>\\0<last seq>:<head>"`` for a worker chain, with a key kept in the
 hub's state directory, never in the database: a recomputed chain or a head moved back (entries removed
 from the end) no longer matches the seal. Removing the hub chain's tail *and* putting back a seal copied
 from an older state (a rollback) is caught by the checkpoint outside the database
@@ -144,8 +144,7 @@ def append(store: Store, conn: Connection, drafts: Sequence[AuditDraft], chain: 
     prev, created = store.lock_audit_chain(conn, chain)
     if created and chain:  # a new worker chain: the hub chain names it, so deleting it whole is detected
         append(store, conn, [AuditDraft(drafts[0].at, "hub", CHAIN_OPENED, None, {"chain": chain})])
-    ids = store.audit_ids(conn, len(drafts))
-    seq = store.audit_last_seq(conn, chain)
+    ids, seq = store.audit_next(conn, chain, len(drafts))
     rows = []
     for ident, draft in zip(ids, drafts, strict=True):
         seq += 1
@@ -270,13 +269,6 @@ def verify_log(rows: Sequence[Mapping[str, Any]], chains: Mapping[str, ChainStat
             problems.append(f"entry {checkpoint[0]} differs from the hash recorded outside the database: the chain "
                             "was rewritten up to it")
     return problems
-
-
-def verify_sealed(rows: Sequence[Mapping[str, Any]], head: str | None, sealed: str | None, key: bytes,
-                  checkpoint: tuple[int, str] | None = None, *, start_hash: str = GENESIS) -> list[str]:
-    """``verify_log`` for a log of the hub chain only (its head, seal and prune start given directly)."""
-    start = (seq_of(rows[0]) - 1) if rows and start_hash != GENESIS else 0
-    return verify_log(rows, {HUB_CHAIN: ChainState(head, sealed, start, start_hash)}, key, checkpoint)
 
 
 def _named(row: Mapping[str, Any]) -> str:

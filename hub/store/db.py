@@ -402,18 +402,15 @@ class Store:
         rows = self.hot.query(conn, self.hot.state_for_update, (key,))
         return str(rows[0][0]), True
 
-    def audit_ids(self, conn: Connection, count: int) -> list[int]:
-        """``count`` new audit ids, increasing: PostgreSQL draws them from the id sequence (no max(id) + 1 race
-        between chains, gaps after a rollback); SQLite, under its write lock, continues from the highest id."""
+    def audit_next(self, conn: Connection, chain: str, count: int) -> tuple[list[int], int]:
+        """``count`` new audit ids, increasing, and the chain's last seq (0: no entries), in one statement; call
+        it with the chain locked. PostgreSQL draws the ids from the id sequence (no max(id) + 1 race between
+        chains; a rollback leaves a gap); SQLite, under its write lock, continues from the highest id."""
         if self.dialect == "postgresql":
-            return sorted(int(r[0]) for r in self.hot.query(conn, self.hot.audit_next_ids,
-                                                            (self._audit_sequence(conn), count)))
-        last = int(self.hot.query(conn, self.hot.audit_max_id, ())[0][0])
-        return list(range(last + 1, last + 1 + count))
-
-    def audit_last_seq(self, conn: Connection, chain: str) -> int:
-        """The chain's last position (0: no entries); call it with the chain locked."""
-        return int(self.hot.query(conn, self.hot.audit_last_seq, (chain,))[0][0])
+            rows = self.hot.query(conn, self.hot.audit_next, (self._audit_sequence(conn), chain, count))
+            return sorted(int(r[0]) for r in rows), int(rows[0][1])
+        last_id, last_seq = self.hot.query(conn, self.hot.audit_next, (chain,))[0]
+        return list(range(int(last_id) + 1, int(last_id) + 1 + count)), int(last_seq)
 
     def _audit_sequence(self, conn: Connection) -> str:
         if self._audit_seq is None:
