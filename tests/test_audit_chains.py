@@ -36,7 +36,7 @@ W0, W1 = "hub-w0", "hub-w1"
 DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-def make_env(tmp_path: Path, database: str) -> HubEnv:
+def chain_env(tmp_path: Path, database: str) -> HubEnv:
     url = None
     if database == "postgresql":
         from tests.e2e import fresh_pg_database
@@ -55,7 +55,7 @@ def make_env(tmp_path: Path, database: str) -> HubEnv:
 
 @pytest.fixture(params=DATABASES)
 def env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[HubEnv]:
-    hub = make_env(tmp_path, request.param)
+    hub = chain_env(tmp_path, request.param)
     try:
         yield hub
     finally:
@@ -285,7 +285,7 @@ def test_a_database_upgraded_from_before_chains_keeps_verifying(env: HubEnv) -> 
 def test_two_workers_commit_concurrently_without_waiting_on_one_audit_row(tmp_path: Path) -> None:
     """One worker's transaction holds its chain's head (appended, not committed); the other worker's whole
     batch, audit entries included, commits meanwhile. With one global head it would wait for the first."""
-    env = make_env(tmp_path, "postgresql")
+    env = chain_env(tmp_path, "postgresql")
     first, second = worker(env, W0), worker(env, W1)
     try:
         for device_id in (A, B):
