@@ -341,3 +341,18 @@ def test_the_auditors_checker_in_the_docs_checks_every_chain(env: HubEnv, tmp_pa
     edited["seq"] = 3
     assert "edited" in check([*lines[:victim], json.dumps(edited), *lines[victim + 1:]]).stderr
     assert "removed or reordered" in check([*lines[:victim], *lines[victim + 1:]]).stderr
+
+
+def test_a_hub_worker_appends_to_the_chain_named_by_its_client_id(tmp_path: Path) -> None:
+    from hub.server.worker import HubWorker
+
+    env = chain_env(tmp_path, "sqlite")
+    try:
+        worker_ = HubWorker(env.settings, 3)
+        try:
+            assert worker_.pipeline.decider.audit_chain == f"{env.settings.hub_id}-w3"
+            assert worker_.transport.address.client_id == f"{env.settings.hub_id}-w3"
+        finally:
+            worker_.store.close()
+    finally:
+        env.close()
