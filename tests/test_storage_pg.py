@@ -12,7 +12,7 @@ from device_sim.device import SimDevice
 from hub import wire
 from hub.appraisal.operations import Enrolment
 from hub.appraisal.pipeline import Pipeline
-from hub.appraisal.retention import prune, verify_start
+from hub.appraisal.retention import chain_starts, prune
 from hub.audit import verify_chain
 from hub.config import load_settings
 from hub.crypto.freshness import epoch_nonce
@@ -59,9 +59,9 @@ def test_counts_budget_and_prune_on_postgresql(tmp_path: Path) -> None:
         assert result.verdicts == 20 and result.rejection_counts == 1 and result.audit > 0
         with store.reading() as conn:
             rows = store.audit_rows(conn)
-            start, problems = verify_start(store, conn, keys.public_key, rows)
+            starts, problems = chain_starts(store, conn, keys.public_key, rows)
             head = store.get_state(conn, "audit_head")
             assert total_rejections(conn, A) == 0
-        assert problems == [] and verify_chain(rows, start, head) == []
+        assert problems == [] and verify_chain(rows, starts[""][1], head, starts[""][0]) == []
     finally:
         store.close()

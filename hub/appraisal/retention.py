@@ -5,12 +5,14 @@ works in chunks of ``chunk`` rows, each in a short transaction, so the hot path 
 
 1. the rows are read and written to JSON Lines files in the archive folder (fsync'd, then renamed into
    place), so nothing is deleted that is not on disk;
-2. in one transaction the rows are deleted; for audit entries the pruned prefix is summed up in a
-   checkpoint signed with the hub key (COSE_Sign1, RFC 9052 §4.2): the id and ``entry_hash`` of the last
-   pruned entry, the running count and the export file's SHA-256, and an ``audit-pruned`` entry is
-   appended to the chain. ``verify_audit`` starts the chain at the checkpoint, so ``attest-hub audit
+2. in one transaction the rows are deleted; for audit entries the pruned prefix of every chain is summed
+   up in a checkpoint signed with the hub key (COSE_Sign1, RFC 9052 §4.2): per chain the seq and
+   ``entry_hash`` of its last pruned entry, the running count and the export file's SHA-256, and an
+   ``audit-pruned`` entry is appended to the hub chain. A worker chain keeps its newest entry (its next
+   entry continues from it). ``chain_starts`` starts each chain at the checkpoint, so ``attest-hub audit
    verify`` still proves the rest intact, and the exported files verify on their own
-   (``attest-hub audit verify --file``: each file's first ``prev_hash`` is the last hash of the one before).
+   (``attest-hub audit verify --file``: each chain's first ``prev_hash`` in a file is its last hash in the
+   one before).
 
 Audit export lines are the format of ``attest-hub audit export`` (``AUDIT_FIELDS``). Kept whatever their
 age: each device's latest appraised verdict (what-if and reports read it) and verdicts of signed but
@@ -32,14 +34,14 @@ from typing import Any
 import cbor2
 from sqlalchemy import Connection, func, select
 
-from hub.audit import GENESIS, AuditDraft, append
+from hub.audit import GENESIS, HUB_CHAIN, AuditDraft, append, by_chain, seq_of
 from hub.crypto.cose import CoseError, decode_sign1, sign1, verify_sign1
 from hub.crypto.hubkeys import HubKeys
 from hub.crypto.keys import PublicKey
 from hub.store.db import AUDIT, VERDICTS, Store
 from hub.store.rejections import REJECTIONS
 
-AUDIT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
+AUDIT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "chain", "seq", "prev_hash", "entry_hash")
 """One exported audit line (``attest-hub audit export``)."""
 CHECKPOINT_KEY = "audit_checkpoint"
 ACTOR = "retention"
@@ -51,7 +53,9 @@ class RetentionError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The pruned prefix of the audit chain: entries 1..``through`` (``entries`` of them), the last hash."""
+    """The pruned prefix of the audit log: of the hub chain its entries seq 1..``through`` and the last one's
+    hash; of each worker chain in ``chains`` (seq, hash) likewise ((0, GENESIS): none pruned yet, but the
+    chain existed); ``entries`` pruned in all. A checkpoint from before chains has no ``chains``."""
 
     through: int
     hash: str
@@ -59,10 +63,18 @@ class Checkpoint:
     at: int
     file: str
     file_sha256: str
+    chains: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def payload(self) -> bytes:
-        return cbor2.dumps({"through": self.through, "hash": self.hash, "entries": self.entries, "at": self.at,
-                            "file": self.file, "sha256": self.file_sha256})
+        body: dict[str, Any] = {"through": self.through, "hash": self.hash, "entries": self.entries, "at": self.at,
+                                "file": self.file, "sha256": self.file_sha256}
+        if self.chains:
+            body["chains"] = {name: [seq, digest] for name, (seq, digest) in sorted(self.chains.items())}
+        return cbor2.dumps(body)
+
+    def starts(self) -> dict[str, tuple[int, str]]:
+        """Where each chain continues: chain -> (last pruned seq, its entry_hash)."""
+        return {HUB_CHAIN: (self.through, self.hash), **self.chains}
 
 
 @dataclass(slots=True)
@@ -146,35 +158,46 @@ def _prune_rejections(store: Store, archive: Path, cutoff: float, budget: int, r
 
 def _prune_audit(store: Store, keys: HubKeys, archive: Path, cutoff: float, chunk: int, budget: int,
                  result: PruneResult, now: float) -> None:
-    """The prefix of the chain older than ``cutoff`` (entries up to the first one that is not), among the
-    entries that existed when it started (not the ``audit-pruned`` entries it appends itself)."""
+    """The prefix of the log older than ``cutoff`` (entries up to the first one that is not), among the
+    entries that existed when it started (not the ``audit-pruned`` entries it appends itself). Ids order the
+    entries of every chain, so this is a prefix of each chain; a worker chain's newest entry stays."""
     with store.reading() as conn:
         newest = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0))).scalar_one())
+        kept = [i for i in (conn.execute(select(AUDIT.c.id).where(AUDIT.c.chain == chain).order_by(AUDIT.c.seq.desc())
+                                         .limit(1)).scalar() for chain in store.audit_chains(conn) if chain)
+                if i is not None]  # each worker chain's newest entry (index lookups): its next one follows it
     for _ in range(max(budget, 0)):
         with store.reading() as conn:
             boundary = conn.execute(select(func.min(AUDIT.c.id)).where(AUDIT.c.at >= cutoff)).scalar()
-            query = select(*[AUDIT.c[n] for n in AUDIT_FIELDS]).where(AUDIT.c.at < cutoff, AUDIT.c.id <= newest)
+            query = select(*[AUDIT.c[n] for n in AUDIT_FIELDS]).where(
+                AUDIT.c.at < cutoff, AUDIT.c.id <= newest, AUDIT.c.id.not_in(kept))
             if boundary is not None:
                 query = query.where(AUDIT.c.id < boundary)
             rows = [dict(r._mapping) for r in conn.execute(query.order_by(AUDIT.c.id).limit(chunk))]
             previous = read_checkpoint(store, conn, keys.public_key)
+            existing = store.audit_chains(conn)
         if not rows:
             return
         name = f"audit-{rows[0]['id']:012d}-{rows[-1]['id']:012d}.jsonl"
         digest = _write(archive / name, (json.dumps({k: r[k] for k in AUDIT_FIELDS}, sort_keys=True) for r in rows))
-        last = rows[-1]
-        checkpoint = Checkpoint(int(last["id"]), str(last["entry_hash"]),
-                                (previous.entries if previous else 0) + len(rows), int(now), name, digest)
+        starts = previous.starts() if previous else {HUB_CHAIN: (0, GENESIS)}
+        starts.update({chain: (0, GENESIS) for chain in existing if chain and chain not in starts})
+        for chain, entries in by_chain(rows).items():
+            starts[chain] = (seq_of(entries[-1]), str(entries[-1]["entry_hash"]))
+        hub_seq, hub_hash = starts.pop(HUB_CHAIN)
+        checkpoint = Checkpoint(hub_seq, hub_hash, (previous.entries if previous else 0) + len(rows), int(now),
+                                name, digest, starts)
+        exported = [int(r["id"]) for r in rows]
         with store.transaction() as conn:
-            store.lock_audit_head(conn)  # serialises with every writer of the chain
-            ids = {int(i) for (i,) in conn.execute(select(AUDIT.c.id).where(AUDIT.c.id <= checkpoint.through))}
-            if ids != {int(r["id"]) for r in rows}:
+            store.lock_audit_head(conn)  # serialises with every writer of the hub chain
+            ids = {int(i) for (i,) in conn.execute(select(AUDIT.c.id).where(AUDIT.c.id.in_(exported)))}
+            if ids != set(exported):
                 raise RetentionError("the audit entries changed while being exported; nothing of them was pruned")
-            # Appended before the delete: ids are the chain's order and continue from the highest one.
             append(store, conn, [AuditDraft(now, ACTOR, "audit-pruned", None, {
                 "through": checkpoint.through, "hash": checkpoint.hash, "entries": checkpoint.entries,
-                "file": name, "sha256": digest, "cutoff": cutoff, "verdicts": result.verdicts})])
-            conn.execute(AUDIT.delete().where(AUDIT.c.id <= checkpoint.through))
+                "file": name, "sha256": digest, "cutoff": cutoff, "verdicts": result.verdicts,
+                **({"chains": {c: list(v) for c, v in sorted(starts.items())}} if starts else {})})])
+            conn.execute(AUDIT.delete().where(AUDIT.c.id.in_(exported)))
             signed = sign1(checkpoint.payload(), keys.signing_key, kid=keys.kid)
             store.set_state(conn, CHECKPOINT_KEY, base64.b64encode(signed).decode())
         result.audit += len(rows)
@@ -190,35 +213,41 @@ def read_checkpoint(store: Store, conn: Connection, public_key: PublicKey) -> Ch
     if text is None:
         return None
     try:
-        message = decode_sign1(base64.b64decode(text, validate=True), max_bytes=4096)
+        message = decode_sign1(base64.b64decode(text, validate=True), max_bytes=65536)
         verify_sign1(message, public_key)
         body = cbor2.loads(message.payload)
+        chains = {str(name): (int(seq), str(digest)) for name, (seq, digest) in dict(body.get("chains", {})).items()}
         return Checkpoint(int(body["through"]), str(body["hash"]), int(body["entries"]), int(body["at"]),
-                          str(body["file"]), str(body["sha256"]))
-    except (CoseError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as exc:
+                          str(body["file"]), str(body["sha256"]), chains)
+    except (CoseError, ValueError, TypeError, KeyError, AttributeError, cbor2.CBORDecodeError) as exc:
         raise RetentionError(f"the audit checkpoint is not valid: {exc}") from exc
 
 
-def verify_start(store: Store, conn: Connection, public_key: PublicKey | None,
-                 rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
-    """Where ``hub.audit.verify_chain`` starts for the stored ``rows``: GENESIS, or the hash of the signed
-    checkpoint of a prune; with the problems found (a missing, unsigned or mismatched checkpoint, or no
-    hub key to check it with)."""
+def chain_starts(store: Store, conn: Connection, public_key: PublicKey | None,
+                 rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Where ``hub.audit.verify_log`` starts each chain of the stored ``rows``: chain -> (seq, hash) of the
+    signed checkpoint of a prune (a chain it does not name starts at 0 and GENESIS); with the problems found
+    (a missing, unsigned or mismatched checkpoint, a chain that starts elsewhere, or no hub key to check
+    the checkpoint with)."""
     if public_key is None and store.get_state(conn, CHECKPOINT_KEY) is not None:
-        return GENESIS, ["the chain was pruned and its checkpoint cannot be checked without the hub key"]
+        return {}, ["the chain was pruned and its checkpoint cannot be checked without the hub key"]
     try:
         checkpoint = None if public_key is None else read_checkpoint(store, conn, public_key)
     except RetentionError as exc:
-        return GENESIS, [str(exc)]
-    first = int(rows[0]["id"]) if rows else None
-    if checkpoint is None:
-        if first is not None and first != 1:
-            return GENESIS, [f"the chain starts at entry {first} and no signed checkpoint covers the entries before"]
-        return GENESIS, []
-    if first is not None and first != checkpoint.through + 1:
-        return checkpoint.hash, [f"the chain starts at entry {first}; the signed checkpoint ends at entry "
-                                 f"{checkpoint.through}"]
-    return checkpoint.hash, []
+        return {}, [str(exc)]
+    starts = checkpoint.starts() if checkpoint is not None else {}
+    problems = []
+    for chain, entries in by_chain(rows).items():
+        first = min(seq_of(r) for r in entries)
+        label = f"chain {chain}" if chain else "the chain"
+        if chain not in starts:
+            if first != 1:
+                problems.append(f"{label} starts at entry {first} and no signed checkpoint covers the entries "
+                                "before")
+        elif first != starts[chain][0] + 1:
+            problems.append(f"{label} starts at entry {first}; the signed checkpoint ends at entry "
+                            f"{starts[chain][0]}")
+    return starts, problems
 
 
 def _verdict_line(row: Mapping[str, Any]) -> str:

@@ -19,7 +19,7 @@ from hub.appraisal.liveness import deadline_epoch
 from hub.appraisal.messages import Command, ResultClaims, result_from_verdict
 from hub.appraisal.remediation import plan_remediation
 from hub.appraisal.storage import RejectionTally, StorageRules, evidence_columns, kept_bytes
-from hub.audit import AuditDraft, append
+from hub.audit import HUB_CHAIN, AuditDraft, append
 from hub.crypto.cose import Signer
 from hub.crypto.hubkeys import HubKeys
 from hub.envelope import Outgoing
@@ -79,6 +79,8 @@ class Decider:
         self._verdicts: list[dict[str, Any]] = []
         self._commands: list[dict[str, Any]] = []
         self._audit: list[AuditDraft] = []
+        self.audit_chain = HUB_CHAIN
+        """The audit chain this batch's entries are appended to (a worker's own: hub/audit.py)."""
         self._touched: set[str] = set()
         self._results: dict[str, dict[str, Any]] = {}  # each device's latest retained result (HTTP API reads it)
         self._vector_texts: dict[TrustVector, str] = {}  # a vector's JSON: few distinct vectors, encoded once
@@ -347,7 +349,7 @@ class Decider:
             self.store.save_devices(conn, [devices[d] for d in sorted(self._touched) if d in devices], before)
             self.store.insert_commands(conn, self._commands)
             self.store.save_results(conn, list(self._results.values()))
-            append(self.store, conn, self._audit)
+            append(self.store, conn, self._audit, self.audit_chain)
             add_rejections(self.store, conn, self.rejections.drain())
         finally:
             self.reset()

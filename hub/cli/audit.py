@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
-from hub.appraisal.retention import verify_start
-from hub.audit import GENESIS, verify_chain, verify_sealed
+from hub.appraisal.retention import chain_starts
+from hub.audit import GENESIS, ChainState, by_chain, verify_export, verify_log
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.cli.output import Column, format_table, json_time
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
@@ -25,7 +25,9 @@ from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
 from hub.store import StoreError
 
-EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
+EXPORT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "chain", "seq", "prev_hash", "entry_hash")
+_REQUIRED_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
+"""What an exported line must hold: exports from before chains had no chain and seq (one chain, by id)."""
 
 
 @click.group()
@@ -41,9 +43,11 @@ def audit() -> None:
 def verify(hub: HubContext, file: Path | None) -> None:
     """Check that no audit entry was edited, removed or reordered; exit 1 if one was.
 
-    In the database it also checks the head's keyed seal (a chain recomputed after an edit, or cut short,
-    no longer matches it) and that the last entry recorded in the state directory is still in the chain.
-    An exported file is checked for its links only (anyone can recompute them; docs/SECURITY.md).
+    The log is the hub's chain and one chain per worker; every chain is checked and the verdict is one for
+    the whole log. In the database it also checks each chain's keyed seal (a chain recomputed after an edit,
+    or cut short, no longer matches it), that every worker chain the hub chain opened is still there, and
+    that the hub chain's last entry recorded in the state directory is still in it. An exported file is
+    checked for its links only (anyone can recompute them; docs/SECURITY.md).
 
     \b
     Examples:
@@ -56,7 +60,7 @@ def verify(hub: HubContext, file: Path | None) -> None:
         if not rows:  # as the checker in docs/OPERATIONS.md: nothing to vouch for is not an intact chain
             fail(f"{file}: no entries (an export of a period with no audit entries has nothing to verify)",
                  entries=0)
-        problems = verify_chain(rows, rows[0]["prev_hash"] if rows else GENESIS)
+        problems = verify_export(rows)
     else:
         store = hub.store()
         try:
@@ -66,19 +70,21 @@ def verify(hub: HubContext, file: Path | None) -> None:
         try:
             with store.reading() as conn:
                 rows = store.audit_rows(conn)
-                head = store.get_state(conn, "audit_head")
-                sealed = store.get_state(conn, "audit_seal")
-                start, pruned = verify_start(store, conn, public_key, rows)  # a signed checkpoint after a prune
+                recorded_chains = store.audit_chains(conn)
+                starts, pruned = chain_starts(store, conn, public_key, rows)  # a signed checkpoint after a prune
             recorded = read_generation(hub.settings)
         except StoreError as exc:
             fail(str(exc), code=3)
+        chains = {name: ChainState(*recorded_chains.get(name, (None, None)), *starts.get(name, (0, GENESIS)),
+                                   vouched=name in starts) for name in set(recorded_chains) | set(starts)}
         checkpoint = (recorded.audit_id, recorded.audit_head) if recorded is not None else None
-        problems = pruned + verify_sealed(rows, head, sealed, store.audit_key or b"", checkpoint, start_hash=start)
-    data = {"intact": not problems, "entries": len(rows), "problems": problems,
-            "head": rows[-1]["entry_hash"] if rows else GENESIS}
+        problems = pruned + verify_log(rows, chains, store.audit_key or b"", checkpoint)
+    hub_rows = by_chain(rows).get("", [])
+    data = {"intact": not problems, "entries": len(rows), "chains": len(by_chain(rows)), "problems": problems,
+            "head": hub_rows[-1]["entry_hash"] if hub_rows else GENESIS}
     emit(hub, data, lambda d: click.echo(
-        f"audit chain intact: {d['entries']} entries, head {d['head']}" if d["intact"]
-        else "audit chain BROKEN:\n  " + "\n  ".join(d["problems"])))
+        f"audit chain intact: {d['entries']} entries in {d['chains']} chains, hub chain head {d['head']}"
+        if d["intact"] else "audit chain BROKEN:\n  " + "\n  ".join(d["problems"])))
     if problems:
         sys.exit(1)
 
@@ -89,8 +95,9 @@ def _exported_row(file: Path, number: int, line: str) -> dict[str, Any]:
         entry = json.loads(line)
     except ValueError:
         fail(f"{file} line {number}: not JSON (an export from 'attest-hub audit export' has one JSON object a line)")
-    if not isinstance(entry, dict) or set(EXPORT_FIELDS) - set(entry):
-        fail(f"{file} line {number}: an exported entry needs the fields {', '.join(EXPORT_FIELDS)}")
+    if not isinstance(entry, dict) or set(_REQUIRED_FIELDS) - set(entry):
+        fail(f"{file} line {number}: an exported entry needs the fields {', '.join(EXPORT_FIELDS)} (chain and seq "
+             "since chains exist)")
     return entry
 
 
@@ -109,9 +116,9 @@ def export(hub: HubContext, since: str | None, until: str | None, quarter: str |
     With --json and --out FILE the summary (entries, out, first_prev_hash, last_entry_hash) is a JSON object on
     standard output; errors are JSON objects either way. The period must not end before it starts.
 
-    Each line holds id, at, actor, action, device_id, detail (as hashed), prev_hash and entry_hash, so an
-    auditor can recompute the chain without this tool (docs/OPERATIONS.md has a 20-line checker). The first
-    entry's prev_hash is the previous period's last entry_hash.
+    Each line holds id, at, actor, action, device_id, detail (as hashed), chain, seq, prev_hash and
+    entry_hash, so an auditor can recompute every chain without this tool (docs/OPERATIONS.md has a short
+    checker). Each chain's first entry's prev_hash is that chain's last entry_hash of the previous period.
 
     \b
     Example: attest-hub audit export --quarter 2026Q1 --out audit-2026Q1.jsonl

@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from hub.audit import GENESIS, AuditDraft, append, seal
+from hub.audit import GENESIS, HUB_CHAIN, AuditDraft, append, seal
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, init_state, owner_only, read_secret, write_secret
 from hub.store import Store, StoreError
@@ -136,7 +136,8 @@ def write_generation(settings: Settings, record: Generation) -> None:
 def _snapshot(store: Store, conn: Connection) -> Generation:
     """The database's generation, epoch and audit head, read with the audit head locked (consistent)."""
     head = store.lock_audit_head(conn)
-    last_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0))).scalar_one())
+    last_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0)).where(AUDIT.c.chain == HUB_CHAIN))
+                  .scalar_one())  # the hub chain's: worker chains are vouched for by their seals (SECURITY.md)
     return Generation(int(store.get_state(conn, "generation") or 0), int(store.get_state(conn, "epoch") or 0),
                       last_id, head if last_id else GENESIS)
 

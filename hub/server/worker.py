@@ -133,6 +133,9 @@ class HubWorker:
             subscriptions,
         )
         self.pipeline.decider.remediation = settings.remediation
+        # Its own audit chain, named by its client id (unique across machines): no audit head shared with
+        # the other workers (hub/audit.py).
+        self.pipeline.decider.audit_chain = self.transport.address.client_id
         self.pipeline.decider.storage = StorageRules(settings.max_evidence_bytes, settings.rejected_rows_per_min,
                                                      settings.rejected_bytes_per_min)
         self.pipeline.decider.rejections = RejectionTally(settings.rejected_rows_per_min,

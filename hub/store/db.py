@@ -126,6 +126,7 @@ class Store:
         self.dialect = url.split(":", 1)[0].split("+", 1)[0]
         # Key of the audit chain's seal (hub/audit.py), from the state dir: set by hub.crypto.hubstate.open_store.
         self.audit_key: bytes | None = None
+        self._audit_seq: str | None = None  # PostgreSQL: the audit id sequence's name, looked up once
         try:
             self.engine = _make_engine(url, self.dialect, self)
             if schema:
@@ -386,13 +387,49 @@ class Store:
         if rows:
             self.hot.insert_rows(conn, "audit", rows)
 
-    def lock_audit_head(self, conn: Connection) -> str:
-        """The last entry hash, locked for this transaction (PostgreSQL row lock; SQLite holds the write lock)."""
-        rows = self.hot.query(conn, self.hot.state_for_update, ("audit_head",))
-        if not rows:
-            self.hot.execute(conn, self.hot.insert_state, ("audit_head", "0" * 64))
-            rows = self.hot.query(conn, self.hot.state_for_update, ("audit_head",))
-        return str(rows[0][0])
+    def lock_audit_head(self, conn: Connection, chain: str = "") -> str:
+        """A chain's last entry hash (GENESIS for none), locked for this transaction: a PostgreSQL row lock on
+        that chain's head only (other chains' writers do not wait); SQLite holds the write lock anyway."""
+        return self.lock_audit_chain(conn, chain)[0]
+
+    def lock_audit_chain(self, conn: Connection, chain: str) -> tuple[str, bool]:
+        """``lock_audit_head``, and whether the chain was new (its head row created now)."""
+        key = "audit_head" if not chain else f"audit_head:{chain}"
+        rows = self.hot.query(conn, self.hot.state_for_update, (key,))
+        if rows:
+            return str(rows[0][0]), False
+        self.hot.execute(conn, self.hot.insert_state, (key, "0" * 64))
+        rows = self.hot.query(conn, self.hot.state_for_update, (key,))
+        return str(rows[0][0]), True
+
+    def audit_next(self, conn: Connection, chain: str, count: int) -> tuple[list[int], int]:
+        """``count`` new audit ids, increasing, and the chain's last seq (0: no entries), in one statement; call
+        it with the chain locked. PostgreSQL draws the ids from the id sequence (no max(id) + 1 race between
+        chains; a rollback leaves a gap); SQLite, under its write lock, continues from the highest id."""
+        if self.dialect == "postgresql":
+            rows = self.hot.query(conn, self.hot.audit_next, (self._audit_sequence(conn), chain, count))
+            return sorted(int(r[0]) for r in rows), int(rows[0][1])
+        last_id, last_seq = self.hot.query(conn, self.hot.audit_next, (chain,))[0]
+        return list(range(int(last_id) + 1, int(last_id) + 1 + count)), int(last_seq)
+
+    def _audit_sequence(self, conn: Connection) -> str:
+        if self._audit_seq is None:
+            name = self.hot.query(conn, "SELECT pg_get_serial_sequence('audit', 'id')", ())[0][0]
+            if name is None:
+                raise StoreError("the audit table has no id sequence: run `attest-hub db upgrade`")
+            self._audit_seq = str(name)
+        return self._audit_seq
+
+    def audit_chains(self, conn: Connection) -> dict[str, tuple[str | None, str | None]]:
+        """Every chain with a recorded head or seal: chain name ('' the hub chain) -> (head, seal)."""
+        rows = conn.execute(select(STATE.c.key, STATE.c.value).where(
+            STATE.c.key.in_(("audit_head", "audit_seal")) | STATE.c.key.like("audit\\_head:%", escape="\\")
+            | STATE.c.key.like("audit\\_seal:%", escape="\\")))
+        chains: dict[str, list[str | None]] = {}
+        for key, value in rows:
+            kind, _, chain = str(key).partition(":")
+            chains.setdefault(chain, [None, None])[kind == "audit_seal"] = str(value)
+        return {chain: (head, sealed) for chain, (head, sealed) in chains.items()}
 
     # --- operator views (report, what-if, policy history, bulk enrolment) --------
 

@@ -60,6 +60,13 @@ class HotSql:
             "SELECT device_id, seq, kind, signed FROM command WHERE device_id = ? "
             "AND kind IN ('quarantine', 'release', 'remediate') ORDER BY seq DESC LIMIT 1")
         self._updates: dict[tuple[str, ...], str] = {}
+        # An audit append's one read: new ids (PostgreSQL: from the id sequence, one row per id; SQLite: the
+        # highest id, under the write lock) and the chain's last seq (the unique (chain, seq) index).
+        self.audit_next = (
+            "SELECT nextval(%s::regclass), (SELECT COALESCE(MAX(seq), 0) FROM audit WHERE chain = %s) "
+            "FROM generate_series(1, %s)" if self.postgres else
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit), "
+            "(SELECT COALESCE(MAX(seq), 0) FROM audit WHERE chain = ?)")
 
     def _text(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.postgres else sql

@@ -121,7 +121,11 @@ class UsedNonce(SQLModel, table=True):
 
 
 class AuditEntry(SQLModel, table=True):
+    """One entry of the audit log (hub/audit.py): ``id`` orders the whole log, ``seq`` numbers the entries of
+    its ``chain`` ('' the hub's chain, else a worker's MQTT client id) from 1."""
+
     __tablename__ = "audit"
+    __table_args__ = (Index("ux_audit_chain_seq", "chain", "seq", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     at: float = Field(index=True)
     actor: str = Field(max_length=64)
@@ -130,6 +134,8 @@ class AuditEntry(SQLModel, table=True):
     detail: str
     prev_hash: str = Field(max_length=64)
     entry_hash: str = Field(max_length=64)
+    chain: str = Field(default="", max_length=64)
+    seq: int = 0
 
 
 class AnomalyFinding(SQLModel, table=True):

@@ -41,7 +41,7 @@ EAT_CWT = "application/eat+cwt"
 EAT_JWT = "application/eat+jwt"
 RESULT_TYPES = (EAT_CWT, EAT_JWT)
 _OUTSIDE_QUOTES = {sep: re.compile(rf'(?:[^{sep}"]|"[^"]*")+') for sep in ",;"}  # RFC 9110 §5.6.4 quoted-string
-AUDIT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "prev_hash", "entry_hash")
+AUDIT_FIELDS = ("id", "at", "actor", "action", "device_id", "detail", "chain", "seq", "prev_hash", "entry_hash")
 
 
 @dataclass
