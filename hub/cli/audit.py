@@ -68,7 +68,7 @@ def verify(hub: HubContext, file: Path | None) -> None:
         except HubKeyError:
             public_key = None  # needed only to check the checkpoint of a prune
         try:
-            with store.reading() as conn:
+            with store.snapshot() as conn:  # rows, heads and seals as of one moment, however busy the hub
                 rows = store.audit_rows(conn)
                 recorded_chains = store.audit_chains(conn)
                 starts, pruned = chain_starts(store, conn, public_key, rows)  # a signed checkpoint after a prune
@@ -134,7 +134,7 @@ def export(hub: HubContext, since: str | None, until: str | None, quarter: str |
              code=2)
     store = hub.store()
     try:
-        with store.reading() as conn:
+        with store.snapshot() as conn:
             rows = store.audit_rows(conn, start, end)
     except StoreError as exc:
         fail(str(exc), code=3)

@@ -181,6 +181,28 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(_short(exc)) from exc
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only connection whose statements all see one snapshot of the database.
+
+        On PostgreSQL audit ids come from a sequence, so two workers can commit them out of id order: a
+        reader paging by id in separate statements could pass an id that commits later. REPEATABLE READ
+        fixes what every statement sees at the first one (each chain is then a complete prefix, since a
+        chain's entries commit in order under its head's lock). SQLite has one writer, which assigns ids in
+        commit order under its lock, so its ordinary read transaction is already a snapshot."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                conn.info["reading"] = True
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    conn.info.pop("reading", None)
+        except SQLAlchemyError as exc:
+            raise StoreError(_short(exc)) from exc
+
     def ping(self) -> None:
         with self.reading() as conn:
             conn.execute(select(1))

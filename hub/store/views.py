@@ -91,6 +91,33 @@ def recent_status_changes(conn: Connection, after_id: int, limit: int = 200) -> 
     return [dict(r._mapping) for r in rows]
 
 
+class ChangeFeed:
+    """Status changes for a live view, each delivered once, including entries that commit out of id order.
+
+    On PostgreSQL audit ids come from a sequence and several workers commit concurrently, so an entry can
+    become visible after a higher id was already read. The feed re-reads a window of ``lookback`` ids below
+    the highest it has seen and delivers what it has not yet delivered; ids it has delivered are kept
+    only for that window (memory is bounded by ``lookback``)."""
+
+    def __init__(self, conn: Connection, lookback: int = 2048) -> None:
+        self.lookback = lookback
+        self.high = last_audit_id(conn)
+        self.seen = {int(r["id"]) for r in self._window(conn) if int(r["id"]) <= self.high}
+
+    def _window(self, conn: Connection) -> list[dict[str, Any]]:
+        return recent_status_changes(conn, max(0, self.high - self.lookback), self.lookback + 200)
+
+    def poll(self, conn: Connection) -> list[dict[str, Any]]:
+        """The changes not delivered before, in id order."""
+        fresh = [r for r in self._window(conn) if int(r["id"]) not in self.seen]
+        for row in fresh:
+            self.seen.add(int(row["id"]))
+            self.high = max(self.high, int(row["id"]))
+        floor = self.high - self.lookback
+        self.seen = {i for i in self.seen if i > floor}
+        return fresh
+
+
 def audit_after(conn: Connection, after_id: int, since: float | None, until: float | None,
                 limit: int) -> list[dict[str, Any]]:
     """Audit rows with id > ``after_id`` (and ``since`` <= at < ``until``), in id order: one export chunk."""

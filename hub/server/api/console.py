@@ -182,9 +182,9 @@ async def events(request: Request[Any, Any, Any]) -> ServerSentEvent:
     ctx = ctx_of(request)
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
-        after = await asyncio.to_thread(_last_id, ctx)
+        feed = await asyncio.to_thread(_feed, ctx)
         while True:
-            rows = await asyncio.to_thread(_changes, ctx, after)
+            rows = await asyncio.to_thread(_changes, ctx, feed)
             for row in rows:
                 after = int(row["id"])
                 detail = json.loads(row["detail"])
@@ -199,14 +199,14 @@ async def events(request: Request[Any, Any, Any]) -> ServerSentEvent:
     return ServerSentEvent(stream())
 
 
-def _last_id(ctx: ApiContext) -> int:
+def _feed(ctx: ApiContext) -> views.ChangeFeed:
     with ctx.store.reading() as conn:
-        return views.last_audit_id(conn)
+        return views.ChangeFeed(conn)
 
 
-def _changes(ctx: ApiContext, after: int) -> list[dict[str, Any]]:
+def _changes(ctx: ApiContext, feed: views.ChangeFeed) -> list[dict[str, Any]]:
     with ctx.store.reading() as conn:
-        return views.recent_status_changes(conn, after)
+        return feed.poll(conn)
 
 
 console_router = Router(path="/console", include_in_schema=False, route_handlers=[

@@ -337,14 +337,16 @@ async def export_audit(request: Request[Any, Any, Any], since: Annotated[float |
 
     def lines() -> Iterator[bytes]:
         after = 0
-        while True:  # in chunks of 1000 by id, so memory stays flat however long the period
-            with ctx.store.reading() as conn:
+        # One snapshot for the whole export (Store.snapshot): paged by id in separate statements, an entry
+        # that commits after a higher id was read would be missing, and its chain would look cut.
+        with ctx.store.snapshot() as conn:
+            while True:  # in chunks of 1000 by id, so memory stays flat however long the period
                 rows = views.audit_after(conn, after, since, until, 1000)
-            if not rows:
-                return
-            for row in rows:
-                yield (json.dumps({k: row[k] for k in AUDIT_FIELDS}, sort_keys=True) + "\n").encode()
-            after = int(rows[-1]["id"])
+                if not rows:
+                    return
+                for row in rows:
+                    yield (json.dumps({k: row[k] for k in AUDIT_FIELDS}, sort_keys=True) + "\n").encode()
+                after = int(rows[-1]["id"])
 
     return Stream(lines(), media_type="application/x-ndjson")
 
