@@ -70,6 +70,8 @@ from hub.store.rejections import rejections_since
 
 log = logging.getLogger(__name__)
 ACTOR = "anomaly-detector"
+_YIELD_EVERY = 32
+"""Verdicts folded in (about 2 ms of CPU) between offers of the GIL to the evidence loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +143,9 @@ class AnomalyWatch:
         dirty = set(fleet.pending)
         fleet.pending = set()
         touched: set[str] = set()
-        for event in (event_from_row(r) for r in rows):
+        for n, event in enumerate(event_from_row(r) for r in rows):
+            if n % _YIELD_EVERY == _YIELD_EVERY - 1:
+                time.sleep(0)  # let the evidence loop have the GIL (the pass runs on a thread of the same process)
             device_class = classes.get(event.device_id)
             if device_class is None:
                 continue  # not enrolled: nothing to compare it with
