@@ -61,6 +61,11 @@ def _insert(store: Store, rows: list[dict[str, Any]]) -> None:
             conn.execute(VERDICTS.insert(), rows[start:start + 5000])
 
 
+def _catch_up(watch: AnomalyWatch) -> None:
+    while watch.run_pass().processed:
+        pass
+
+
 def _timed(fn: Callable[[], object]) -> dict[str, float]:
     cpu, wall = time.thread_time(), time.perf_counter()
     fn()
@@ -108,8 +113,9 @@ def run(devices: int, verdicts: int, new: int) -> dict[str, Any]:
             _insert(store, _verdict_rows(0, verdicts, devices, evidence, t0))
             config = DetectorConfig(settle_s=0.0)
             out: dict[str, Any] = {"devices": devices, "verdicts": verdicts, "new": new}
-            out["first_pass"] = _timed(AnomalyWatch(store, keys, refs, config, command_ttl_s=3600).run_pass)
-            print(f"first pass ({verdicts} verdicts, {devices} devices): {out['first_pass']}", flush=True)
+            leader = AnomalyWatch(store, keys, refs, config, command_ttl_s=3600)
+            out["first_pass"] = _timed(lambda: _catch_up(leader))  # at most batch_limit verdicts a pass
+            print(f"first passes ({verdicts} verdicts, {devices} devices): {out['first_pass']}", flush=True)
             added = verdicts
             for label, incremental in (("incremental", True), ("full", False)):
                 watch = AnomalyWatch(store, keys, refs, config, command_ttl_s=3600, incremental=incremental)
