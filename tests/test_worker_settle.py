@@ -3,7 +3,8 @@
 Nothing is acknowledged before its batch is committed and every message it publishes has the broker's
 PUBACK; a batch waiting for PUBACKs is never decided again, however long the broker takes; evidence the
 broker redelivers after the worker committed it is acknowledged without a second decision; quarantines
-are published first; the batch size follows the measured cost per evidence.
+are committed in a transaction of their own and published before the rest of their batch commits; the
+batch size follows the measured cost per evidence.
 """
 
 from __future__ import annotations
@@ -203,3 +204,80 @@ def _metrics_text(worker: HubWorker) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(worker.metrics.registry).decode()
+
+
+def test_a_quarantine_is_committed_and_published_before_the_rest_of_its_batch_commits(env: HubEnv) -> None:
+    worker, fake = _worker(env)
+    claims = env.claims(B)
+    claims[wire.OEMBOOT] = False
+    batch = [incoming(A, env.evidence(A)), incoming(B, env.evidence(B, claims))]
+    seen: list[tuple[str, int, int]] = []
+    publish = fake.publish
+
+    def watching(messages: Sequence[Outgoing]) -> list[Info]:
+        seen.extend((m.topic, _verdicts(env, A), _verdicts(env, B)) for m in messages)
+        return publish(messages)
+
+    fake.publish = watching  # type: ignore[method-assign]
+    fake.batches.append(batch)
+    worker.step()
+    command = wire.device_topic(B, wire.COMMAND)
+    assert (command, 0, 1) in seen, "B's quarantine committed and published while A's verdict was not yet committed"
+    assert seen[-1] == (wire.device_topic(A, wire.RESULT), 1, 1)
+    assert fake.acked == []  # acknowledged as one batch, after every PUBACK
+    fake.puback_all()
+    worker.step()
+    assert fake.acked == batch
+
+
+def test_a_retry_after_the_quarantine_committed_does_not_decide_it_again(env: HubEnv,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.store import StoreError
+
+    worker, fake = _worker(env)
+    claims = env.claims(B)
+    claims[wire.OEMBOOT] = False
+    batch = [incoming(A, env.evidence(A)), incoming(B, env.evidence(B, claims))]
+    decider = worker.pipeline.decider
+    flush = decider.flush
+    calls = []
+
+    def failing_once(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the rest of the batch, after the quarantine committed
+            decider.reset()
+            raise StoreError("database is locked")
+        flush(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decider, "flush", failing_once)
+    worker._stop.wait = lambda delay: False  # type: ignore[method-assign]  # retry at once
+    fake.batches.append(batch)
+    worker.step()
+    assert _verdicts(env, A) == 1 and _verdicts(env, B) == 1, "one verdict per evidence"
+    topics = [i.message.topic for i in fake.sent]
+    assert topics.count(wire.device_topic(B, wire.COMMAND)) == 1
+    assert topics.count(wire.device_topic(A, wire.RESULT)) == 1
+    fake.puback_all()
+    worker.step()
+    assert fake.acked == batch
+
+
+def test_a_conflict_after_the_quarantine_committed_decides_only_the_rest_again(env: HubEnv) -> None:
+    from hub.appraisal.pipeline import Pipeline
+
+    pipeline: Pipeline = env.pipeline()
+    claims = env.claims(B)
+    claims[wire.OEMBOOT] = False
+    batch = [incoming(A, env.evidence(A)), incoming(B, env.evidence(B, claims))]
+
+    def operator_edits_a(decisions: list[object], messages: list[Incoming]) -> None:
+        with env.store.transaction() as conn:  # A's row changes between the two commits
+            (device,) = env.store.devices(conn, [A], lock=True).values()
+            device.reboots += 1
+            env.store.save_devices(conn, [device])
+
+    outcome = pipeline.process(batch, operator_edits_a)
+    assert pipeline.conflicts == 1
+    assert sorted(d.device_id for d in outcome.decisions) == [A, B]
+    assert _verdicts(env, A) == 1 and _verdicts(env, B) == 1
+    assert env.device(B).status == "quarantined" and env.device(A).reboots == 1

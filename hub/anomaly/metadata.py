@@ -20,6 +20,9 @@ from hub.crypto.cbor_strict import CborError, loads_strict
 from hub.crypto.cose import CoseError, decode_sign1
 
 MAX_EVIDENCE = 64 * 1024
+_COMPONENTS_MAX = 4096
+_components: dict[bytes, bytes | None] = {}
+"""A measured component's encoding -> its digest: a fleet runs few distinct images (bounded, cleared when full)."""
 
 
 def event_from_row(row: Mapping[str, Any]) -> VerdictEvent:
@@ -72,8 +75,18 @@ def measurement_set(raw: bytes) -> tuple[str | None, str | None]:
 def _component_digest(entry: object) -> bytes | None:
     if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], bytes):
         return None
+    raw = entry[1]
+    if raw in _components:
+        return _components[raw]
+    if len(_components) >= _COMPONENTS_MAX:
+        _components.clear()
+    digest = _components[raw] = _decode_component(raw)
+    return digest
+
+
+def _decode_component(raw: bytes) -> bytes | None:
     try:
-        component = loads_strict(entry[1], max_bytes=1024, max_depth=4)
+        component = loads_strict(raw, max_bytes=1024, max_depth=4)
     except CborError:
         return None
     if not isinstance(component, Mapping):

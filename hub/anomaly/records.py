@@ -46,8 +46,16 @@ def verdicts_after(conn: Connection, after: int, horizon: int, limit: int) -> li
     return [dict(row._mapping) for row in rows]
 
 
-def device_classes(conn: Connection) -> dict[str, str]:
-    return {r.device_id: r.device_class for r in conn.execute(select(DEVICES.c.device_id, DEVICES.c.device_class))}
+def device_classes(conn: Connection, ids: Iterable[str]) -> dict[str, str]:
+    """Device id -> class of the enrolled devices among ``ids`` (primary-key lookups, chunked)."""
+    wanted = sorted(set(ids))
+    out: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        rows = conn.execute(select(DEVICES.c.device_id, DEVICES.c.device_class)
+                            .where(DEVICES.c.device_id.in_(chunk)))
+        out.update({r.device_id: r.device_class for r in rows})
+    return out
 
 
 def held_devices(conn: Connection) -> set[str]:
@@ -100,12 +108,15 @@ def findings(conn: Connection, *, open_only: bool = True, device_id: str | None 
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def last_closed_by(conn: Connection) -> dict[tuple[str, str], str]:
-    """Per (device, kind), who closed its latest closed finding (``detector`` or an operator)."""
-    latest = (select(func.max(FINDINGS.c.id).label("id")).where(FINDINGS.c.is_open.is_(False))
-              .group_by(FINDINGS.c.device_id, FINDINGS.c.kind).subquery())
+def last_closed_by(conn: Connection, device_ids: Iterable[str] | None = None) -> dict[tuple[str, str], str]:
+    """Per (device, kind), who closed its latest closed finding (``detector`` or an operator);
+    only for ``device_ids`` when given (the pass asks for the few devices about to open a finding)."""
+    latest = select(func.max(FINDINGS.c.id).label("id")).where(FINDINGS.c.is_open.is_(False))
+    if device_ids is not None:
+        latest = latest.where(FINDINGS.c.device_id.in_(sorted(set(device_ids))))
+    sub = latest.group_by(FINDINGS.c.device_id, FINDINGS.c.kind).subquery()
     rows = conn.execute(select(FINDINGS.c.device_id, FINDINGS.c.kind, FINDINGS.c.closed_by)
-                        .join(latest, FINDINGS.c.id == latest.c.id))
+                        .join(sub, FINDINGS.c.id == sub.c.id))
     return {(r.device_id, r.kind): str(r.closed_by or "") for r in rows}
 
 

@@ -61,6 +61,28 @@ _V = TypeVar("_V")
 class _Conflict(Exception):
     """Under the lock, the state a batch was decided on is no longer the state in the database."""
 
+    def __init__(self, committed: set[str] | None = None, devices: dict[str, DeviceRecord] | None = None) -> None:
+        super().__init__()
+        self.committed = committed or set()
+        """Devices whose decisions (quarantines) already committed ahead of the rest of the batch."""
+        self.devices = devices or {}
+
+
+Urgent = Callable[[list[Decision], list[Incoming]], None]
+"""Called between the two commits of a batch with quarantines: their decisions (committed) and messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a batch was decided on outside the lock (checked again under it by each commit)."""
+
+    devices: dict[str, DeviceRecord]
+    before: dict[str, tuple[object, ...]]
+    epoch: int
+    keys: list[tuple[str, str, str]]
+    known: frozenset[tuple[str, str, str]]
+    nonces: list[tuple[bytes, str]]
+    now: float
 
 
 @dataclass(slots=True)
@@ -141,7 +163,10 @@ class Pipeline:
         self.conflicts = 0
         """Batches decided again under the lock because their state changed meanwhile (for the bench)."""
 
-    def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
+    def process(self, batch: Sequence[Incoming], urgent: Urgent | None = None) -> BatchOutcome:
+        """Decide and commit ``batch``. With ``urgent``: when some of its devices get a quarantine and others
+        do not, those devices' decisions commit first in a transaction of their own and ``urgent`` is called
+        with them and their messages (to publish the commands) before the rest of the batch commits."""
         outcome = BatchOutcome()
         routed = [r for r in (self._route(m, outcome) for m in batch) if r is not None]
         if not routed:
@@ -158,22 +183,25 @@ class Pipeline:
             item.cached_row = row if item.device_id in cached else None
             self._verify(item, anchor)
         try:
-            devices = self._decide_unlocked(routed, rows, now, outcome)
-        except _Conflict:
+            devices = self._decide_unlocked(routed, rows, now, outcome, urgent)
+        except _Conflict as conflict:
             self.conflicts += 1
-            outcome.decisions.clear()
-            devices = self._decide_locked(routed, ids, now, outcome)
+            done = conflict.committed  # devices whose quarantines committed ahead: not decided again
+            outcome.decisions[:] = [d for d in outcome.decisions if d.device_id in done]
+            rest = [r for r in routed if r.device_id not in done]
+            devices = {i: d for i, d in conflict.devices.items() if i in done}
+            if rest:
+                devices.update(self._decide_locked(rest, ids - done, now, outcome))
         self._remember(devices.values())
         for decision in outcome.decisions:
             outcome.publishes.extend(decision.publishes)
         return outcome
 
     def _decide_unlocked(self, routed: Sequence[_Routed], devices: dict[str, DeviceRecord], now: float,
-                         outcome: BatchOutcome) -> dict[str, DeviceRecord]:
+                         outcome: BatchOutcome, urgent: Urgent | None = None) -> dict[str, DeviceRecord]:
         """Decide, build and sign with no lock held on ``devices`` (as verified with), then commit if the
         locked state is the state decided on; ``_Conflict`` (nothing written) if it is not."""
         self.decider.reset()
-        ids = {r.device_id for r in routed}
         before = {i: d.snapshot() for i, d in devices.items()}
         with self.store.reading() as conn:
             epoch = int(self.store.get_state(conn, "epoch") or 0)
@@ -188,18 +216,36 @@ class Pipeline:
                     outcome.decisions.append(self._decide(conn, item, devices.get(item.device_id), epoch, seen, now))
             finally:
                 nonces, self._nonces = self._nonces, None
+        first = {d.device_id for d in outcome.decisions if d.action == "quarantine"} if urgent else set()
+        plan = _Plan(devices, before, epoch, keys, known, nonces, now)
         try:
-            with self.store.transaction() as conn:
-                locked = self.store.devices(conn, ids, lock=True)
-                if ({i: d.snapshot() for i, d in locked.items()} != before
-                        or int(self.store.get_state(conn, "epoch") or 0) != epoch
-                        or self.store.existing_evidence(conn, keys) != known
-                        or not all(self.store.use_nonce(conn, n, d, now) for n, d in nonces)):
-                    raise _Conflict
-                self.decider.flush(conn, devices, before)
+            if first and any(d.device_id not in first for d in outcome.decisions):
+                aside = self.decider.set_aside(first)
+                self._commit(plan, first, set())
+                urgent_items = [r for r in routed if r.device_id in first]
+                assert urgent is not None
+                urgent([d for d in outcome.decisions if d.device_id in first], [r.message for r in urgent_items])
+                self.decider.restore(aside)
+                self._commit(plan, {r.device_id for r in routed} - first, first)
+            else:
+                self._commit(plan, {r.device_id for r in routed}, set())
         finally:
             self.decider.reset()
         return devices
+
+    def _commit(self, plan: _Plan, ids: set[str], committed: set[str]) -> None:
+        """Write the decider's pending writes of ``ids`` if, under the lock, their rows, the epoch, the evidence
+        already decided and the challenge nonces are what they were decided on; else ``_Conflict``
+        (``committed``: the devices of this batch already committed)."""
+        with self.store.transaction() as conn:
+            locked = self.store.devices(conn, ids, lock=True)
+            keys = [k for k in plan.keys if k[0] in ids]
+            if ({i: d.snapshot() for i, d in locked.items()} != {i: s for i, s in plan.before.items() if i in ids}
+                    or int(self.store.get_state(conn, "epoch") or 0) != plan.epoch
+                    or self.store.existing_evidence(conn, keys) != {k for k in plan.known if k[0] in ids}
+                    or not all(self.store.use_nonce(conn, n, d, plan.now) for n, d in plan.nonces if d in ids)):
+                raise _Conflict(committed, plan.devices)
+            self.decider.flush(conn, plan.devices, plan.before)
 
     def _decide_locked(self, routed: Sequence[_Routed], ids: set[str], now: float,
                        outcome: BatchOutcome) -> dict[str, DeviceRecord]:

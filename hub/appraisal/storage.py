@@ -96,3 +96,12 @@ class RejectionTally:
     def discard(self) -> None:
         """Forget the counts of a batch that was not committed (it is processed again)."""
         self._pending = {}
+
+    def set_aside(self, keep: set[str]) -> dict[tuple[str, int], list[int]]:
+        """Keep only the counts of the devices in ``keep``; return the others' (``restore`` adds them back)."""
+        aside = {k: v for k, v in self._pending.items() if k[0] not in keep}
+        self._pending = {k: v for k, v in self._pending.items() if k[0] in keep}
+        return aside
+
+    def restore(self, aside: dict[tuple[str, int], list[int]]) -> None:
+        self._pending.update(aside)

@@ -61,6 +61,18 @@ class Context:
     nonce: bytes | None = None
 
 
+@dataclass(slots=True)
+class PendingWrites:
+    """A batch's writes set aside while another part of it commits first (``Decider.set_aside``)."""
+
+    verdicts: list[dict[str, Any]]
+    commands: list[dict[str, Any]]
+    audit: list[AuditDraft]
+    touched: set[str]
+    results: dict[str, dict[str, Any]]
+    rejections: dict[tuple[str, int], list[int]]
+
+
 class Decider:
     def __init__(self, store: Store, keys: HubKeys, references: References, *, command_ttl_s: int,
                  epoch_period_s: float = 300.0) -> None:
@@ -340,6 +352,27 @@ class Decider:
         self._verdicts, self._commands, self._audit, self._touched = [], [], [], set()
         self.rejections.discard()
         self._results = {}
+
+    def set_aside(self, keep: set[str]) -> PendingWrites:
+        """Keep only the pending writes of the devices in ``keep`` (flushed next); return the others'
+        (``restore`` puts them back), so that a batch's quarantines commit ahead of the rest of it."""
+        aside = PendingWrites([r for r in self._verdicts if r["device_id"] not in keep],
+                              [r for r in self._commands if r["device_id"] not in keep],
+                              [a for a in self._audit if a.device_id not in keep], self._touched - keep,
+                              {d: r for d, r in self._results.items() if d not in keep},
+                              self.rejections.set_aside(keep))
+        self._verdicts = [r for r in self._verdicts if r["device_id"] in keep]
+        self._commands = [r for r in self._commands if r["device_id"] in keep]
+        self._audit = [a for a in self._audit if a.device_id in keep]
+        self._touched &= keep
+        self._results = {d: r for d, r in self._results.items() if d in keep}
+        return aside
+
+    def restore(self, aside: PendingWrites) -> None:
+        """The writes ``set_aside`` returned, pending again (after the part kept was flushed)."""
+        self._verdicts, self._commands, self._audit = aside.verdicts, aside.commands, aside.audit
+        self._touched, self._results = aside.touched, aside.results
+        self.rejections.restore(aside.rejections)
 
     def flush(self, conn: Connection, devices: dict[str, DeviceRecord],
               before: dict[str, tuple[object, ...]] | None = None) -> None:

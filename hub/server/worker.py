@@ -33,12 +33,12 @@ from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_c
 from hub.appraisal.liveness import sweep_missed
 from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
-from hub.appraisal.pipeline import BatchOutcome, Pipeline
+from hub.appraisal.pipeline import BatchOutcome, Pipeline, Urgent
 from hub.appraisal.ratelimit import RateLimiter
 from hub.appraisal.retention import RetentionError, prune
 from hub.appraisal.storage import RejectionTally, StorageRules
 from hub.appraisal.transitions import QUARANTINED, REVOKED
-from hub.appraisal.verdicts import UNKNOWN_DEVICE
+from hub.appraisal.verdicts import UNKNOWN_DEVICE, Decision
 from hub.broker.enforcement import BrokerEnforcer, EnforcementError, enforcer_from_settings
 from hub.broker.transport import BrokerAddress, MqttTransport
 from hub.config import Settings
@@ -84,6 +84,24 @@ class _InFlight:
     commit_s: float
     classes: dict[str, str]  # device id -> class, for the metrics' labels
     since: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class _Early:
+    """The part of a batch committed ahead of the rest (its quarantines), already enforced and published."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    messages: set[int] = field(default_factory=set)  # id() of the batch's messages committed ahead
+    infos: list[mqtt.MQTTMessageInfo] = field(default_factory=list)
+
+    def callback(self, worker: HubWorker) -> Urgent:
+        def urgent(decisions: list[Decision], messages: list[Incoming]) -> None:
+            worker._enforce_decisions(decisions)  # the broker cuts off before the commands go out
+            self.infos += worker.transport.publish(urgent_first(BatchOutcome(decisions, [
+                out for d in decisions for out in d.publishes])))
+            self.decisions += decisions
+            self.messages.update(id(m) for m in messages)
+        return urgent
 
 
 def urgent_first(outcome: BatchOutcome) -> list[Outgoing]:
@@ -299,12 +317,18 @@ class HubWorker:
 
     def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
         """Process and commit ``batch``, retrying while the database cannot commit; None if stopped
-        meanwhile (nothing of the batch acknowledged: the broker redelivers it to this identity)."""
+        meanwhile (nothing of the batch acknowledged: the broker redelivers it to this identity).
+
+        Quarantines are committed in a transaction of their own ahead of the rest of their batch and
+        published at once (``_urgent``); a retry after that leaves their messages out, so they are decided
+        once, and the batch is acknowledged as a whole after everything is committed and published."""
         delay = 0.1
+        early = _Early()
         while True:
             started = time.monotonic()
+            todo = [m for m in batch if id(m) not in early.messages]
             try:
-                outcome = self.pipeline.process(batch)
+                outcome = self.pipeline.process(todo, early.callback(self))
             except StoreError as exc:
                 self.health.database_ok = False
                 self.health.last_error = str(exc)
@@ -312,7 +336,7 @@ class HubWorker:
                 self.view.last_tick = time.monotonic()
                 self.metrics.database_ok.set(0)
                 log.error("cannot commit a batch of %d; not acknowledging, retrying in %.1fs: %s",
-                          len(batch), delay, exc)
+                          len(todo), delay, exc)
                 if self._stop.wait(delay):
                     return None
                 delay = min(delay * 2, 5.0)
@@ -321,6 +345,8 @@ class HubWorker:
             commit_s = time.monotonic() - started
             self._per_evidence_s = 0.8 * self._per_evidence_s + 0.2 * commit_s / len(batch)
             break
+        present = {id(d) for d in outcome.decisions}
+        outcome.decisions[:0] = [d for d in early.decisions if id(d) not in present]  # a retry left them out
         self.dropped.add((f"{topic}: {why}" for topic, why in outcome.dropped), time.monotonic())  # not per message
         self.unknown.note(outcome.decisions, time.monotonic())  # one line per interval, not per message
         log.debug("batch of %d committed in %.1f ms", len(batch), commit_s * 1000)
@@ -331,12 +357,15 @@ class HubWorker:
                      extra={"device_id": decision.device_id, "scheme": decision.scheme, "verdict": decision.status,
                             "action": decision.action, "trace_id": decision.trace_id,
                             "problems": list(decision.problems)})
-        self._enforce(outcome)  # the broker cuts off (or readmits) before the commands go out
+        done = {id(d) for d in early.decisions}
+        self._enforce_decisions([d for d in outcome.decisions if id(d) not in done])  # before the commands go out
         for message in batch:
             self._committed[_digest(message)] = None
         while len(self._committed) > self._committed_max:
             self._committed.popitem(last=False)
-        self._in_flight.append(_InFlight(batch, outcome, self.transport.publish(urgent_first(outcome)),
+        sent = {id(out) for d in early.decisions for out in d.publishes}
+        rest = [out for out in urgent_first(outcome) if id(out) not in sent]
+        self._in_flight.append(_InFlight(batch, outcome, early.infos + self.transport.publish(rest),
                                          commit_s, self.pipeline.device_classes))
         self._settle()
         self.health.processed += len(batch)
@@ -345,7 +374,10 @@ class HubWorker:
 
     def _enforce(self, outcome: BatchOutcome) -> None:
         """Committed quarantines and releases, applied at the broker (hub/broker/enforcement.py)."""
-        for decision in outcome.decisions:
+        self._enforce_decisions(outcome.decisions)
+
+    def _enforce_decisions(self, decisions: list[Decision]) -> None:
+        for decision in decisions:
             try:
                 if decision.action == "quarantine":
                     self.enforcer.quarantine(decision.device_id)

@@ -127,6 +127,7 @@ class Store:
         # Key of the audit chain's seal (hub/audit.py), from the state dir: set by hub.crypto.hubstate.open_store.
         self.audit_key: bytes | None = None
         self._audit_seq: str | None = None  # PostgreSQL: the audit id sequence's name, looked up once
+        self._save_results: Any = None
         try:
             self.engine = _make_engine(url, self.dialect, self)
             if schema:
@@ -320,11 +321,12 @@ class Store:
         """Each device's latest retained signed result (device_id, scheme, issued_at, signed), replaced."""
         if not rows:
             return
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
-        stmt = dialect.insert(RESULTS)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["device_id"], set_={
-            "scheme": stmt.excluded.scheme, "issued_at": stmt.excluded.issued_at, "signed": stmt.excluded.signed}),
-            list(rows))
+        if self._save_results is None:  # built once: building it is most of a one-evidence batch's write
+            dialect = postgresql if self.dialect == "postgresql" else sqlite
+            stmt = dialect.insert(RESULTS)
+            self._save_results = stmt.on_conflict_do_update(index_elements=["device_id"], set_={
+                "scheme": stmt.excluded.scheme, "issued_at": stmt.excluded.issued_at, "signed": stmt.excluded.signed})
+        conn.execute(self._save_results, list(rows))
 
     # --- hub state, nonces -----------------------------------------------------
 
