@@ -47,5 +47,9 @@ class HubMetrics:
         self.database_ok = Gauge("attest_database_ok", "1 when the last commit succeeded", registry=r)
         self.devices = Gauge("attest_devices", "Devices by status (leader worker only)", ["status"], registry=r)
         self.anomalies = Gauge("attest_anomaly_findings", "Open anomaly findings by kind", ["kind"], registry=r)
+        self.retained_replaced = Counter("attest_retained_replaced",
+                                         "Retained hub announcements (hub/epoch, hub/generation) replaced by a "
+                                         "message this hub did not publish; the leader publishes its own again",
+                                         ["topic"], registry=r)
         self.info = Gauge("attest_worker_info", "Worker identity", list(labels), registry=r)
         self.info.labels(**labels).set(1)

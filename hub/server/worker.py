@@ -55,6 +55,8 @@ from hub.server.announced import generation_message
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
+from hub.server.retained import TOPICS as RETAINED_TOPICS
+from hub.server.retained import RetainedGuard
 from hub.server.unknown import UnknownDeviceLog, dropped_log
 from hub.store import Store, StoreError
 
@@ -139,6 +141,8 @@ class HubWorker:
         subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]
         subscriptions.append((f"{wire.MANIFEST_TOPIC_PREFIX}/+", 1))
         subscriptions.append((f"{wire.POLICY_TOPIC_PREFIX}/+", 1))
+        if self.is_leader:  # its retained announcements, to put them back if replaced (hub/server/retained.py)
+            subscriptions += [(topic, 1) for topic in RETAINED_TOPICS]
         self.transport = MqttTransport(
             BrokerAddress(
                 settings.broker_host, settings.broker_port, f"{settings.hub_id}-w{index}",
@@ -164,6 +168,7 @@ class HubWorker:
         self._enforcement_synced = False  # sync the broker with the database at start and after a failure
         self.health = Health()
         self.metrics = HubMetrics(f"w{index}")
+        self.guard = RetainedGuard(self.keys.public_key)
         self.view = HealthView()
         self._next_epoch_at = 0.0
         self._next_generation_at = 0.0
@@ -254,6 +259,9 @@ class HubWorker:
                 self._step_generation()  # bounds what a backup restored after a crash can go unnoticed
             self._keep_watch()
             self._keep_retention()
+            replaced = self.guard.due(time.monotonic())
+            if replaced:
+                self.transport.publish(replaced)
         if not self._enforcement_synced:
             self._sync_enforcement()
         self._settle()
@@ -405,6 +413,13 @@ class HubWorker:
         self._enforcement_synced = True
 
     def _on_announcement(self, message: Incoming) -> None:
+        if message.topic in RETAINED_TOPICS:
+            if self.guard.observe(message.topic, message.payload, message.received_at):
+                self.metrics.retained_replaced.labels(topic=message.topic).inc()
+                log.warning("the retained announcement on %s was replaced by one this hub did not publish (another "
+                            "key, malformed, empty or older): publishing it again; only the hub may write hub/# "
+                            "(broker_config/README.md)", message.topic)
+            return
         if message.topic.startswith(wire.POLICY_TOPIC_PREFIX + "/") and message.payload:
             self._on_policy(message)
             return
@@ -474,6 +489,7 @@ class HubWorker:
         signed = generation_message(record.generation, record.epoch, int(time.time()), self.keys.signing_key,
                                     self.keys.kid)
         infos = self.transport.publish([Outgoing(wire.GENERATION_TOPIC, signed, retain=True)])
+        self.guard.published(wire.GENERATION_TOPIC, signed, record.generation, time.monotonic())
         if wait and not self.transport.wait_published(infos, 5.0):
             log.warning("the broker did not acknowledge generation %d's checkpoint", record.generation)
 
@@ -537,6 +553,7 @@ class HubWorker:
         nonce = epoch_nonce(self.keys.nonce_secret, epoch)
         signed = epoch_message(epoch, nonce, int(time.time()), self.keys.signing_key, self.keys.kid)
         self.transport.publish_all([Outgoing(wire.EPOCH_TOPIC, signed, retain=True)])
+        self.guard.published(wire.EPOCH_TOPIC, signed, epoch, time.monotonic())
 
 
 IDENTITIES_KEY = "worker_identities"
