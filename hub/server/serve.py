@@ -18,6 +18,7 @@ from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import StateLock, check_announced, open_store
 from hub.crypto.keys import KeyFileError
 from hub.server.announced import BrokerUnreachable, announced
+from hub.server.presence import wait_for_earlier_workers
 from hub.server.supervisor import CrashLoopError, run_workers
 from hub.store import StoreError
 
@@ -86,6 +87,10 @@ def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosi
     lock = StateLock(settings, "serve")
     try:
         preflight(settings, lock=lock)
+        try:
+            wait_for_earlier_workers(settings)  # of a serve whose supervisor was killed (hub/server/presence.py)
+        except StoreError as exc:
+            raise ServeError(str(exc)) from exc
         log.info(listening(settings, count))
         try:
             run_workers(settings, count, stop, verbosity)

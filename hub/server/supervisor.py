@@ -71,12 +71,15 @@ class RestartPolicy:
 
 
 def _worker_main(settings: Settings, index: int, verbosity: int) -> None:
+    from hub.server.presence import die_with_parent, hold_presence
     from hub.server.worker import HubWorker
 
     configure_logging(verbosity)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor decides
+    die_with_parent()  # a killed supervisor ends its workers too (hub/server/presence.py)
+    hold_presence(settings)
     try:
         HubWorker(settings, index).run(stop)
     except Exception as exc:  # one line, not a traceback per restart; -v keeps the traceback

@@ -185,3 +185,58 @@ def test_the_retained_checkpoints_are_read_under_mutual_tls_without_touching_wor
         assert not extra, f"the checks left a hub/ subscription or an unacknowledged checkpoint: {extra}"
     finally:
         close(hub)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_workers_end_with_a_killed_supervisor_and_a_new_serve_waits_for_them(
+        broker: MosquittoProcess, tmp_path: Path) -> None:
+    """Only the supervisor holds the state dir's lock; its spawned workers get SIGTERM when it dies (they
+    would otherwise keep processing beside a new serve's workers under the same identities)."""
+    env = make_env(broker, tmp_path, 1, "honest:1", **FAST_HUB)
+    first = HubProcess(env, workers=2).start()
+    assert first.proc is not None
+    try:
+        wait_until(lambda: len(first.worker_pids()) == 2, 30, "two workers")
+        workers = first.worker_pids()
+        first.proc.send_signal(signal.SIGKILL)  # the supervisor alone, not its process group
+        first.proc.wait()
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers),
+                   30, "the orphaned workers to end")
+    finally:
+        os.killpg(first.proc.pid, signal.SIGKILL)
+    second = HubProcess(env, workers=2).start()
+    try:
+        wait_until(lambda: _holds_lock(second, env.settings.state_dir), 20, "a new serve")
+        wait_until(lambda: len(second.worker_pids()) == 2, 30, "the new serve's workers")
+    finally:
+        second.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
+def test_a_new_serve_waits_for_earlier_workers_and_names_them(tmp_path: Path) -> None:
+    from hub.server.presence import wait_for_earlier_workers, workers_lock_path
+
+    settings = load_settings(None, environ={}, state_dir=tmp_path / "hub")
+    settings.state_dir.mkdir(parents=True)
+    lock = workers_lock_path(settings)
+    holder = subprocess.Popen(
+        ["python3", "-c", "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_SH)\nprint('held', flush=True)\ntime.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception) as refused:
+            wait_for_earlier_workers(settings, timeout_s=0.5)
+        assert f"pids {holder.pid}" in str(refused.value) and "still running" in str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    wait_for_earlier_workers(settings, timeout_s=0.5)  # the kernel freed it with its holder
