@@ -223,13 +223,16 @@ class ChainState:
 
 
 def verify_log(rows: Sequence[Mapping[str, Any]], chains: Mapping[str, ChainState], key: bytes,
-               checkpoint: tuple[int, str] | None = None) -> list[str]:
+               checkpoint: tuple[int, str] | None = None,
+               chain_checkpoints: Mapping[str, tuple[int, str]] | None = None) -> list[str]:
     """Problems in the database's whole log (``attest-hub audit verify``; empty when intact): every chain's
     links and ``seq`` from its start, its recorded head and keyed seal; every worker chain must have been
     opened on the hub chain (or be named by the signed prune checkpoint) and still hold entries; and
     ``checkpoint`` ((id, entry_hash) of the hub chain, recorded outside the database) must still be in the
-    hub chain unless it was pruned. ``chains``: each chain's state in the database (``Store.audit_chains``,
-    with the prune checkpoint's starts)."""
+    hub chain unless it was pruned; likewise each worker chain's (seq, entry_hash) in ``chain_checkpoints``
+    (the generation record's ``chains``), which catches a chain's tail removed with an older head and seal put
+    back. ``chains``: each chain's state in the database (``Store.audit_chains``, with the prune checkpoint's
+    starts)."""
     grouped = by_chain(rows)
     problems: list[str] = []
     hub = sorted(grouped.get(HUB_CHAIN, []), key=seq_of)
@@ -259,6 +262,15 @@ def verify_log(rows: Sequence[Mapping[str, Any]], chains: Mapping[str, ChainStat
         elif not hmac.compare_digest(state.sealed, seal(key, position, last_hash if last else GENESIS, name)):
             problems.append(f"the seal{label} does not match the last entry: the chain was recomputed or entries "
                             "were removed from the end")
+        mark = (chain_checkpoints or {}).get(name) if name else None
+        if mark is not None and mark[0] > state.start_seq:
+            at = next((r for r in entries if int(r["seq"]) == mark[0]), None)
+            if at is None:
+                problems.append(f"entry {mark[0]}{label}, recorded outside the database, is gone: entries were "
+                                "removed from the end (or the database was rolled back)")
+            elif not hmac.compare_digest(str(at["entry_hash"]), mark[1]):
+                problems.append(f"entry {mark[0]}{label} differs from the hash recorded outside the database: the "
+                                "chain was rewritten up to it")
     first_id = int(hub[0]["id"]) if hub else 1
     if checkpoint is not None and checkpoint[0] >= first_id:
         at = next((r for r in hub if int(r["id"]) == checkpoint[0]), None)

@@ -123,8 +123,13 @@ class Forwarder:
                 return
             try:
                 upstream = socket_in(self._target_ns)
-                upstream.connect(self._target)
             except OSError:
+                client.close()
+                continue
+            try:
+                upstream.connect(self._target)
+            except OSError:  # the target is down (a host killed): refuse this one, as the network would
+                upstream.close()
                 client.close()
                 continue
             for sock in (client, upstream):

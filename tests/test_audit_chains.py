@@ -25,8 +25,9 @@ from hub.appraisal.retention import prune
 from hub.audit import GENESIS, AuditDraft, append, entry_hash, verify_export
 from hub.cli.main import cli
 from hub.config import load_settings
+from hub.crypto import hubstate
 from hub.crypto.hubkeys import load_hub_keys
-from hub.crypto.hubstate import open_store
+from hub.crypto.hubstate import open_store, step_generation
 from hub.reference.values import References
 from hub.server.localhub import DEMO_OPERATOR_KEY, prepare_state
 from hub.store.migrate import downgrade, head_revision, upgrade
@@ -184,6 +185,45 @@ def test_a_worker_chain_cut_short_with_its_head_moved_back_is_caught_by_its_seal
     sql(env, "UPDATE hub_state SET value = :v WHERE key = :k", v=keep["entry_hash"], k=f"audit_head:{W1}")
     code, data = verify(env)
     assert code == 1 and any("seal of chain hub-w1 does not match" in p for p in data["problems"]), data
+
+
+def state_value(env: HubEnv, key: str) -> str:
+    with env.store.reading() as conn:
+        value = env.store.get_state(conn, key)
+    assert value is not None
+    return str(value)
+
+
+def test_a_worker_chain_rolled_back_with_its_old_head_and_seal_is_caught_by_the_generation_record(
+        env: HubEnv) -> None:
+    """Head and seal copied from an older state of the same database: the seal matches, but the state
+    directory recorded the chain's last entry at the generation step, and it is gone."""
+    two_workers(env)
+    entries = rows(env, W1)
+    old_head, old_seal = state_value(env, f"audit_head:{W1}"), state_value(env, f"audit_seal:{W1}")
+    extra = worker(env, W1)
+    try:
+        attest(extra, env, B)  # appended after the copy of head and seal was taken
+    finally:
+        extra.store.close()
+    step_generation(env.settings, env.store)  # the leader's step records every chain's last entry
+    sql(env, "DELETE FROM audit WHERE chain = :c AND seq > :s", c=W1, s=entries[-1]["seq"])
+    sql(env, "UPDATE hub_state SET value = :v WHERE key = :k", v=old_head, k=f"audit_head:{W1}")
+    sql(env, "UPDATE hub_state SET value = :v WHERE key = :k", v=old_seal, k=f"audit_seal:{W1}")
+    code, data = verify(env)
+    assert code == 1, data
+    assert [p for p in data["problems"] if "chain hub-w1, recorded outside the database, is gone" in p], data
+
+
+def test_accept_restore_counts_what_every_chain_lost(env: HubEnv) -> None:
+    two_workers(env)
+    before = {c: len(rows(env, c)) for c in (W0, W1)}
+    step_generation(env.settings, env.store)
+    sql(env, "DELETE FROM audit WHERE chain = :c AND seq > 1", c=W0)
+    with env.store.transaction() as conn:
+        database = hubstate._snapshot(env.store, conn)  # the counting rule itself, on the database's marks
+    recorded = hubstate.read_generation(env.settings)
+    assert hubstate.lost_entries(recorded, database) == before[W0] - 1
 
 
 def test_a_worker_chain_removed_whole_is_detected(env: HubEnv) -> None:

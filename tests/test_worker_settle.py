@@ -88,7 +88,7 @@ def _worker(env: HubEnv, **settings: object) -> tuple[HubWorker, FakeTransport]:
     worker = HubWorker(replace(env.settings, **settings), keys=env.keys)  # type: ignore[arg-type]
     fake = FakeTransport()
     worker.transport = fake  # type: ignore[assignment]
-    worker._next_epoch_at = worker._next_watch_at = float("inf")  # no leader upkeep in these tests
+    worker._next_epoch_at = worker._next_watch_at = worker._next_generation_at = float("inf")  # no leader upkeep
     worker._enforcement_synced = True
     return worker, fake
 

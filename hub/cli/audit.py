@@ -78,7 +78,8 @@ def verify(hub: HubContext, file: Path | None) -> None:
         chains = {name: ChainState(*recorded_chains.get(name, (None, None)), *starts.get(name, (0, GENESIS)),
                                    vouched=name in starts) for name in set(recorded_chains) | set(starts)}
         checkpoint = (recorded.audit_id, recorded.audit_head) if recorded is not None else None
-        problems = pruned + verify_log(rows, chains, store.audit_key or b"", checkpoint)
+        marks = recorded.chain_marks() if recorded is not None else {}
+        problems = pruned + verify_log(rows, chains, store.audit_key or b"", checkpoint, marks)
     hub_rows = by_chain(rows).get("", [])
     data = {"intact": not problems, "entries": len(rows), "chains": len(by_chain(rows)), "problems": problems,
             "head": hub_rows[-1]["entry_hash"] if hub_rows else GENESIS}

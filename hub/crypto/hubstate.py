@@ -107,8 +107,18 @@ class Generation:
 
     generation: int
     epoch: int  # the highest epoch issued so far
-    audit_id: int  # the audit chain's last entry id and hash (0 and GENESIS: none)
+    audit_id: int  # the hub audit chain's last entry id and hash (0 and GENESIS: none)
     audit_head: str
+    chains: tuple[tuple[str, int, str], ...] = ()
+    """Each worker audit chain's (name, last seq, head): a chain's tail removed with an older head and seal put
+    back (they are in the database too) no longer contains this entry (hub/audit.py ``verify_log``)."""
+
+    def chain_marks(self) -> dict[str, tuple[int, str]]:
+        return {name: (seq, head) for name, seq, head in self.chains}
+
+    def as_json(self) -> dict[str, object]:
+        return {"generation": self.generation, "epoch": self.epoch, "audit_id": self.audit_id,
+                "audit_head": self.audit_head, "chains": {name: [seq, head] for name, seq, head in self.chains}}
 
 
 def read_generation(settings: Settings) -> Generation | None:
@@ -118,9 +128,11 @@ def read_generation(settings: Settings) -> Generation | None:
         return None
     try:
         data = json.loads(path.read_text())
+        chains = tuple(sorted((str(name), int(mark[0]), str(mark[1]))
+                              for name, mark in dict(data.get("chains") or {}).items()))
         return Generation(int(data["generation"]), int(data["epoch"]), int(data["audit_id"]),
-                          str(data["audit_head"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+                          str(data["audit_head"]), chains)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise StoreError(f"{path} is unreadable ({exc}): restore it, or the state directory, from a backup") from exc
 
 
@@ -130,7 +142,7 @@ def write_generation(settings: Settings, record: Generation) -> None:
     if current is not None and current.generation > record.generation:
         return
     with owner_only():
-        write_secret(settings.generation_path, (json.dumps(asdict(record), sort_keys=True) + "\n").encode())
+        write_secret(settings.generation_path, (json.dumps(record.as_json(), sort_keys=True) + "\n").encode())
 
 
 def _snapshot(store: Store, conn: Connection) -> Generation:
@@ -138,8 +150,16 @@ def _snapshot(store: Store, conn: Connection) -> Generation:
     head = store.lock_audit_head(conn)
     last_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0)).where(AUDIT.c.chain == HUB_CHAIN))
                   .scalar_one())  # the hub chain's: worker chains are vouched for by their seals (SECURITY.md)
+    chains = []
+    for name in sorted(store.audit_chains(conn)):
+        if name:  # each worker chain's last entry, read in one indexed statement ((chain, seq) is unique), so
+            # its seq and hash agree without locking the chain against its worker
+            last = conn.execute(select(AUDIT.c.seq, AUDIT.c.entry_hash).where(AUDIT.c.chain == name)
+                                .order_by(AUDIT.c.seq.desc()).limit(1)).first()
+            if last is not None:
+                chains.append((name, int(last[0]), str(last[1])))
     return Generation(int(store.get_state(conn, "generation") or 0), int(store.get_state(conn, "epoch") or 0),
-                      last_id, head if last_id else GENESIS)
+                      last_id, head if last_id else GENESIS, tuple(chains))
 
 
 def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool = True) -> Store:
@@ -211,11 +231,11 @@ def step_generation(settings: Settings, store: Store) -> Generation:
     """Advance the generation in the database, then record it in the state directory (the leader's step)."""
     with store.transaction() as conn:
         before = _snapshot(store, conn)
-        record = Generation(before.generation + 1, before.epoch, before.audit_id, before.audit_head)
+        record = Generation(before.generation + 1, before.epoch, before.audit_id, before.audit_head, before.chains)
         store.set_state(conn, "generation", str(record.generation))
     recorded = read_generation(settings)
     if recorded is not None and recorded.epoch > record.epoch:  # never forget a higher epoch issued
-        record = Generation(record.generation, recorded.epoch, record.audit_id, record.audit_head)
+        record = Generation(record.generation, recorded.epoch, record.audit_id, record.audit_head, record.chains)
     write_generation(settings, record)
     return record
 
@@ -237,7 +257,7 @@ def adopt_generation(settings: Settings, store: Store) -> None:
         store.set_state(conn, "generation", "1")
         if snap.audit_id and store.get_state(conn, "audit_seal") is None:
             store.set_state(conn, "audit_seal", seal(key, snap.audit_id, snap.audit_head))
-    write_generation(settings, Generation(1, snap.epoch, snap.audit_id, snap.audit_head))
+    write_generation(settings, Generation(1, snap.epoch, snap.audit_id, snap.audit_head, snap.chains))
 
 
 def init_hub(settings: Settings) -> str:
@@ -281,6 +301,16 @@ class RestoreAccepted:
         return asdict(self)
 
 
+def lost_entries(recorded: Generation | None, database: Generation) -> int:
+    """Audit entries the state directory's record counts that the database no longer has: the hub chain's
+    (ids) and each worker chain's (seqs)."""
+    if recorded is None:
+        return 0
+    marks = database.chain_marks()
+    return max(0, recorded.audit_id - database.audit_id) + sum(
+        max(0, seq - marks.get(name, (0, ""))[0]) for name, seq, _head in recorded.chains)
+
+
 def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None,
                    announced_generation: int | None = None) -> RestoreAccepted:
     """``attest-hub db accept-restore``: adopt a restored database without re-opening replay.
@@ -322,7 +352,7 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
             snap = _snapshot(store, conn)
             issued = max(snap.epoch, recorded.epoch if recorded else 0, announced_epoch or 0)
             generation = max(snap.generation, recorded.generation if recorded else 0, announced_generation or 0) + 1
-            lost = max(0, (recorded.audit_id if recorded else 0) - snap.audit_id)
+            lost = lost_entries(recorded, snap)
             store.set_state(conn, "epoch", str(issued + 1))
             store.set_state(conn, "generation", str(generation))
             detail = {"database_generation": snap.generation, "epoch_before": snap.epoch, "epoch": issued + 1,
@@ -334,7 +364,8 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
                       "lost_audit_entries": lost}
             append(store, conn, [AuditDraft(time.time(), actor, "accept-restore", None, detail)])
             after = _snapshot(store, conn)
-        write_generation(settings, Generation(generation, issued + 1, after.audit_id, after.audit_head))
+        write_generation(settings, Generation(generation, issued + 1, after.audit_id, after.audit_head,
+                                              after.chains))
     finally:
         store.close()
     return RestoreAccepted(snap.generation, recorded.generation if recorded else 0, generation, snap.epoch,
