@@ -52,3 +52,34 @@ def test_a_start_with_fewer_workers_drains_the_retired_session(broker: Mosquitto
             supervisor.join(30)
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_workers_starting_together_record_the_highest_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker raises the recorded identity count at start; on PostgreSQL (READ COMMITTED) two that read
+    it at once must not both write what they read plus one (a lost update left "1" after two workers, and a
+    later start with one worker then stranded worker 1's session)."""
+    from helpers import new_store
+
+    from hub.server.worker import record_identity
+    from tests.e2e import fresh_pg_database
+
+    store = new_store(tmp_path / "hub", fresh_pg_database())
+    original = Store.set_state
+
+    def slow_first(self: Store, conn: object, key: str, value: str) -> None:
+        if key == IDENTITIES_KEY and value == "1":
+            time.sleep(0.5)  # worker 0 has read the count and is about to write it
+        original(self, conn, key, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "set_state", slow_first)
+    try:
+        first = threading.Thread(target=record_identity, args=(store, 0))
+        first.start()
+        time.sleep(0.15)
+        record_identity(store, 1)  # reads while worker 0 holds the value, commits first without the lock
+        first.join()
+        with store.reading() as conn:
+            assert store.get_state(conn, IDENTITIES_KEY) == "2"
+    finally:
+        store.close()

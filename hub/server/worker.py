@@ -564,7 +564,7 @@ def record_identity(store: Store, index: int) -> None:
     indices), so a later start with fewer workers drains and ends the retired sessions."""
     try:
         with store.transaction() as conn:
-            known = int(store.get_state(conn, IDENTITIES_KEY) or 0)
+            known = int(store.lock_state(conn, IDENTITIES_KEY, "0")[0])  # workers start together: no lost update
             if index + 1 > known:
                 store.set_state(conn, IDENTITIES_KEY, str(index + 1))
     except StoreError as exc:

@@ -418,11 +418,16 @@ class Store:
 
     def lock_audit_chain(self, conn: Connection, chain: str) -> tuple[str, bool]:
         """``lock_audit_head``, and whether the chain was new (its head row created now)."""
-        key = "audit_head" if not chain else f"audit_head:{chain}"
+        return self.lock_state(conn, "audit_head" if not chain else f"audit_head:{chain}", "0" * 64)
+
+    def lock_state(self, conn: Connection, key: str, default: str) -> tuple[str, bool]:
+        """A ``hub_state`` value locked for this transaction (created as ``default`` if missing; True then), for
+        a read-modify-write that concurrent writers must not interleave (PostgreSQL's READ COMMITTED would
+        let both read the old value); SQLite holds the write lock anyway."""
         rows = self.hot.query(conn, self.hot.state_for_update, (key,))
         if rows:
             return str(rows[0][0]), False
-        self.hot.execute(conn, self.hot.insert_state, (key, "0" * 64))
+        self.hot.execute(conn, self.hot.insert_state, (key, default))
         rows = self.hot.query(conn, self.hot.state_for_update, (key,))
         return str(rows[0][0]), True
 
