@@ -75,7 +75,8 @@ def run_database(database: str, plan: Plan, pool: loadgen.KeyPool, work: Path) -
         stage = open_stage(work / f"{database}-{enrolled}", database, 0, pool)
         stage.enrolled = enrolled
         enrol_s = enrol_bulk(stage.settings.effective_database_url, enrolled, pool)
-        cursor = Cursor(enrolled, probes=max(50, int(plan.probes_per_s * plan.steady_seconds * 2)))
+        # probe devices for three steady phases (a quarantined probe sends no second command)
+        cursor = Cursor(enrolled, probes=max(75, int(plan.probes_per_s * plan.steady_seconds * 3)))
         factory = None
         try:
             if enrolled == plan.small:
