@@ -187,12 +187,11 @@ def verify_chain(rows: Iterable[Mapping[str, Any]], start_hash: str = GENESIS, h
         seq = seq_of(row)
         if expected is not None and seq != expected:
             what = "seq" if row.get("seq") is not None else "id"
-            problems.append(f"entry {row['id']}: expected {what} {expected}{_named(row)} (an entry was removed or "
-                            "reordered)")
+            problems.append(f"{_where(row)}: expected {what} {expected} (an entry was removed or reordered)")
         if row["prev_hash"] != prev:
-            problems.append(f"entry {row['id']}: prev_hash does not match the previous entry{_named(row)}")
+            problems.append(f"{_where(row)}: prev_hash does not match the previous entry")
         if entry_hash(row["prev_hash"], row) != row["entry_hash"]:
-            problems.append(f"entry {row['id']}: content does not match its hash (edited)")
+            problems.append(f"{_where(row)}: content does not match its hash (edited)")
         prev = row["entry_hash"]
         expected = seq + 1
     if head is not None and prev != head:
@@ -266,26 +265,27 @@ def verify_log(rows: Sequence[Mapping[str, Any]], chains: Mapping[str, ChainStat
         if mark is not None and mark[0] > state.start_seq:
             at = next((r for r in entries if int(r["seq"]) == mark[0]), None)
             if at is None:
-                problems.append(f"entry {mark[0]}{label}, recorded outside the database, is gone: entries were "
-                                "removed from the end (or the database was rolled back)")
+                problems.append(f"the entry at seq {mark[0]}{label}, recorded outside the database, is gone: "
+                                "entries were removed from the end (or the database was rolled back)")
             elif not hmac.compare_digest(str(at["entry_hash"]), mark[1]):
-                problems.append(f"entry {mark[0]}{label} differs from the hash recorded outside the database: the "
-                                "chain was rewritten up to it")
+                problems.append(f"{_where(at)} differs from the hash recorded outside the database: the chain was "
+                                "rewritten up to it")
     first_id = int(hub[0]["id"]) if hub else 1
     if checkpoint is not None and checkpoint[0] >= first_id:
         at = next((r for r in hub if int(r["id"]) == checkpoint[0]), None)
         if at is None:
-            problems.append(f"entry {checkpoint[0]}, recorded outside the database, is gone: entries were removed "
+            problems.append(f"entry id {checkpoint[0]}, recorded outside the database, is gone: entries were removed "
                             "from the end (or the database was rolled back)")
         elif not hmac.compare_digest(str(at["entry_hash"]), checkpoint[1]):
-            problems.append(f"entry {checkpoint[0]} differs from the hash recorded outside the database: the chain "
+            problems.append(f"entry id {checkpoint[0]} differs from the hash recorded outside the database: the chain "
                             "was rewritten up to it")
     return problems
 
 
-def _named(row: Mapping[str, Any]) -> str:
+def _where(row: Mapping[str, Any]) -> str:
+    """How a message names an entry: its id (the column to look it up by) and, in a worker chain, its place."""
     chain = chain_of(row)
-    return f" in chain {chain}" if chain else ""
+    return f"entry id {row['id']} (chain {chain} seq {row['seq']})" if chain else f"entry id {row['id']}"
 
 
 def _opened_chain(detail: object) -> str:

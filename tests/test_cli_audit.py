@@ -98,7 +98,7 @@ def test_verify_detects_reordered_entries(env: HubEnv) -> None:
     result = run(env, "audit", "verify", "--json")
     assert result.exit_code == 1
     problems = json.loads(result.stdout)["problems"]
-    assert any(f"entry {a['id']}" in p for p in problems) and any(f"entry {b['id']}" in p for p in problems)
+    assert any(f"entry id {a['id']}" in p for p in problems) and any(f"entry id {b['id']}" in p for p in problems)
 
 
 def test_export_writes_the_chain_and_verifies_as_a_file(env: HubEnv, tmp_path: Path) -> None:

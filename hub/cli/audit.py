@@ -84,7 +84,8 @@ def verify(hub: HubContext, file: Path | None) -> None:
     data = {"intact": not problems, "entries": len(rows), "chains": len(by_chain(rows)), "problems": problems,
             "head": hub_rows[-1]["entry_hash"] if hub_rows else GENESIS}
     emit(hub, data, lambda d: click.echo(
-        f"audit chain intact: {d['entries']} entries in {d['chains']} chains, hub chain head {d['head']}"
+        f"audit chain intact: {d['entries']} entries in {d['chains']} chain{'' if d['chains'] == 1 else 's'}, "
+        f"hub chain head {d['head']}"
         if d["intact"] else "audit chain BROKEN:\n  " + "\n  ".join(d["problems"])))
     if problems:
         sys.exit(1)

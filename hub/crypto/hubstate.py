@@ -151,13 +151,13 @@ def _snapshot(store: Store, conn: Connection) -> Generation:
     last_id = int(conn.execute(select(func.coalesce(func.max(AUDIT.c.id), 0)).where(AUDIT.c.chain == HUB_CHAIN))
                   .scalar_one())  # the hub chain's: worker chains are vouched for by their seals (SECURITY.md)
     chains = []
-    for name in sorted(store.audit_chains(conn)):
-        if name:  # each worker chain's last entry, read in one indexed statement ((chain, seq) is unique), so
-            # its seq and hash agree without locking the chain against its worker
-            last = conn.execute(select(AUDIT.c.seq, AUDIT.c.entry_hash).where(AUDIT.c.chain == name)
-                                .order_by(AUDIT.c.seq.desc()).limit(1)).first()
-            if last is not None:
-                chains.append((name, int(last[0]), str(last[1])))
+    for name in sorted(set(store.audit_chains(conn)) | {HUB_CHAIN}):
+        # each chain's last entry (the hub chain's too, by seq, for counting losses), read in one indexed
+        # statement ((chain, seq) is unique), so its seq and hash agree without locking the chain
+        last = conn.execute(select(AUDIT.c.seq, AUDIT.c.entry_hash).where(AUDIT.c.chain == name)
+                            .order_by(AUDIT.c.seq.desc()).limit(1)).first()
+        if last is not None:
+            chains.append((name, int(last[0]), str(last[1])))
     return Generation(int(store.get_state(conn, "generation") or 0), int(store.get_state(conn, "epoch") or 0),
                       last_id, head if last_id else GENESIS, tuple(chains))
 
@@ -302,13 +302,17 @@ class RestoreAccepted:
 
 
 def lost_entries(recorded: Generation | None, database: Generation) -> int:
-    """Audit entries the state directory's record counts that the database no longer has: the hub chain's
-    (ids) and each worker chain's (seqs)."""
+    """Audit entries the state directory's record counts that the database no longer has: in every chain, the
+    difference of the last ``seq`` (a record from before chains were kept counts the hub chain by id)."""
     if recorded is None:
         return 0
     marks = database.chain_marks()
-    return max(0, recorded.audit_id - database.audit_id) + sum(
-        max(0, seq - marks.get(name, (0, ""))[0]) for name, seq, _head in recorded.chains)
+    if HUB_CHAIN not in recorded.chain_marks():
+        marks.pop(HUB_CHAIN, None)
+        lost = max(0, recorded.audit_id - database.audit_id)
+    else:
+        lost = 0
+    return lost + sum(max(0, seq - marks.get(name, (0, ""))[0]) for name, seq, _head in recorded.chains)
 
 
 def accept_restore(settings: Settings, actor: str = "operator", *, announced_epoch: int | None = None,
