@@ -14,7 +14,8 @@ TARGETS = {
     "rss_per_active_device": "<= 1 KB of worker RSS per active device at 100k active devices (bench/memory.py: "
                              "in-process Pipeline on SQLite; 1,024 bytes)",
     "flat_scaling": "p99 latency and memory per worker flat from the small to the large enrolled fleet",
-    "anomaly_pass": "off the evidence thread, never delays a batch (by design; tests/test_worker_settle.py)",
+    "anomaly_pass": "off the evidence thread, never delays a batch (a thread of the worker's process: it shares "
+                    "the GIL; python -m bench.anomaly measures the delay it causes; not measured by this run)",
 }
 
 
@@ -84,7 +85,7 @@ def _verdicts(raw: float, heads: dict[str, dict[str, Any]],
             "flat_scaling": {"value": [row["p99_latency_ms"] for row in scale],
                              "latency_met": flat_latency, "memory_met": flat_memory,
                              "met": None if flat_latency is None else bool(flat_latency and flat_memory)},
-            "anomaly_pass": {"value": "separate thread", "met": True},
+            "anomaly_pass": {"value": "separate thread, shared GIL", "met": None},
         }
     return verdicts
 
