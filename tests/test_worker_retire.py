@@ -46,7 +46,14 @@ def test_a_start_with_fewer_workers_drains_the_retired_session(broker: Mosquitto
                 time.sleep(0.2)
             with store.reading() as conn:
                 assert store.count_verdicts(conn) == sent, "evidence stranded in the retired worker's session"
-                assert store.get_state(conn, IDENTITIES_KEY) == "1"
+            deadline = time.monotonic() + 20  # the drain runs beside the worker and ends after 2 s of quiet
+            while time.monotonic() < deadline:
+                with store.reading() as conn:
+                    if store.get_state(conn, IDENTITIES_KEY) == "1":
+                        break
+                time.sleep(0.2)
+            with store.reading() as conn:
+                assert store.get_state(conn, IDENTITIES_KEY) == "1", "the retired identity was not forgotten"
         finally:
             stop.set()
             supervisor.join(30)
@@ -83,3 +90,40 @@ def test_workers_starting_together_record_the_highest_identity(tmp_path: Path, m
             assert store.get_state(conn, IDENTITIES_KEY) == "2"
     finally:
         store.close()
+
+
+@pytest.mark.broker
+def test_the_workers_start_while_a_retired_identity_drains(
+        broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retired identity is still a member of the shared subscription while it drains, so it takes its turn
+    of the live evidence: the workers must not wait for the drain (their share would queue meanwhile)."""
+    from hub.server.worker import HubWorker
+
+    env = make_env(broker, tmp_path, 1, "honest:1", epoch_period_s=3600.0)
+    with LocalHub(env.settings, count=2):  # identity 1 gets a persistent session
+        pass
+    worker_running = threading.Event()
+    seen_during_drain: list[bool] = []
+    run, drain = HubWorker.run, HubWorker.drain
+
+    def running(self: HubWorker, stop: threading.Event) -> None:
+        worker_running.set()
+        run(self, stop)
+
+    def slow_drain(self: HubWorker, stop: threading.Event, **kwargs: float) -> int:
+        seen_during_drain.append(worker_running.wait(10))  # the drain of identity 1 is still going on
+        return drain(self, stop, **kwargs)
+
+    monkeypatch.setattr(HubWorker, "run", running)
+    monkeypatch.setattr(HubWorker, "drain", slow_drain)
+    stop = threading.Event()
+    supervisor = threading.Thread(target=run_workers, args=(replace(env.settings), 1, stop, 0), daemon=True)
+    supervisor.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not seen_during_drain and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        supervisor.join(30)
+    assert seen_during_drain == [True], "worker 0 started only after the retired identity's drain"

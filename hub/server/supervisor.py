@@ -128,9 +128,22 @@ def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity
 
     ``count == 1`` runs the worker in this process (its exceptions propagate). Raises :class:`CrashLoopError`
     when a worker is in a crash loop (all workers are stopped first). Worker identities at or above ``count``
-    that held a persistent session are drained and ended first (``retire_workers``).
+    that held a persistent session are drained and ended (``retire_workers``) on a thread, beside the workers:
+    a retired identity stays a member of the shared subscription until its session ends, so it takes its turn
+    of the live evidence while it drains, and the workers must not wait for it (they did: their share of the
+    evidence queued for as long as the drain lasted, up to its 300 s limit under a steady load).
     """
-    retire_workers(settings, count, stop)
+    drainer = threading.Thread(target=retire_workers, args=(settings, count, stop), name="retire-drain",
+                               daemon=True)
+    drainer.start()
+    try:
+        _run_workers(settings, count, stop, verbosity, policy, target)
+    finally:
+        drainer.join(30)
+
+
+def _run_workers(settings: Settings, count: int, stop: threading.Event, verbosity: int,
+                 policy: RestartPolicy | None, target: WorkerTarget) -> None:
     if count == 1:
         from hub.server.worker import HubWorker
 
