@@ -263,23 +263,22 @@ def verify_log(rows: Sequence[Mapping[str, Any]], chains: Mapping[str, ChainStat
                             "were removed from the end")
         mark = (chain_checkpoints or {}).get(name) if name else None
         if mark is not None and mark[0] > state.start_seq:
-            at = next((r for r in entries if int(r["seq"]) == mark[0]), None)
-            if at is None:
-                problems.append(f"the entry at seq {mark[0]}{label}, recorded outside the database, is gone: "
-                                "entries were removed from the end (or the database was rolled back)")
-            elif not hmac.compare_digest(str(at["entry_hash"]), mark[1]):
-                problems.append(f"{_where(at)} differs from the hash recorded outside the database: the chain was "
-                                "rewritten up to it")
+            problems += _outside_mark(entries, "seq", mark, f"the entry at seq {mark[0]}{label}")
     first_id = int(hub[0]["id"]) if hub else 1
     if checkpoint is not None and checkpoint[0] >= first_id:
-        at = next((r for r in hub if int(r["id"]) == checkpoint[0]), None)
-        if at is None:
-            problems.append(f"entry id {checkpoint[0]}, recorded outside the database, is gone: entries were removed "
-                            "from the end (or the database was rolled back)")
-        elif not hmac.compare_digest(str(at["entry_hash"]), checkpoint[1]):
-            problems.append(f"entry id {checkpoint[0]} differs from the hash recorded outside the database: the chain "
-                            "was rewritten up to it")
+        problems += _outside_mark(hub, "id", checkpoint, f"entry id {checkpoint[0]}")
     return problems
+
+
+def _outside_mark(entries: Sequence[Mapping[str, Any]], column: str, mark: tuple[int, str], name: str) -> list[str]:
+    """Problems with one entry recorded outside the database (its ``column`` value and hash): gone, or other."""
+    at = next((r for r in entries if int(r[column]) == mark[0]), None)
+    if at is None:
+        return [f"{name}, recorded outside the database, is gone: entries were removed from the end (or the "
+                "database was rolled back)"]
+    if not hmac.compare_digest(str(at["entry_hash"]), mark[1]):
+        return [f"{_where(at)} differs from the hash recorded outside the database: the chain was rewritten up to it"]
+    return []
 
 
 def _where(row: Mapping[str, Any]) -> str:
