@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -100,10 +101,12 @@ def _recorded(settings: Settings) -> int:
 
 
 def _accept_and_replay(broker: MosquittoProcess, settings: Settings, base: list[str],
-                       captured: list[tuple[str, bytes]], backed_up: int) -> float:
-    """accept-restore, then a hub on the accepted database: every captured message replayed is rejected."""
+                       captured: list[tuple[str, bytes]], backed_up: int) -> tuple[float, dict[str, Any]]:
+    """accept-restore, then a hub on the accepted database: every captured message replayed is rejected.
+    Returns the seconds from the restart to the last replay's verdict, and accept-restore's report."""
     accepted = CliRunner().invoke(cli, [*base, "db", "accept-restore", "--json"])
     assert accepted.exit_code == 0, accepted.output
+    report: dict[str, Any] = json.loads(accepted.output)
     db = settings.state_dir / "hub.db"
     restarted = time.monotonic()
     with LocalHub(replace(settings, epoch_period_s=3600.0)):
@@ -112,7 +115,7 @@ def _accept_and_replay(broker: MosquittoProcess, settings: Settings, base: list[
     replayed = _rows(db, "SELECT status, problems FROM verdict WHERE id > ? ORDER BY id", backed_up)
     assert len(replayed) == len(captured)
     assert all(status == "rejected" and "nonce" in str(problems) for status, problems in replayed), replayed
-    return round(time.monotonic() - restarted, 2)
+    return round(time.monotonic() - restarted, 2), report
 
 
 def _restore(backup: Path, db: Path) -> None:
@@ -220,19 +223,10 @@ def test_a_database_restored_together_with_its_state_dir_is_caught_by_the_announ
 
     base = ["--state-dir", str(settings.state_dir), "--broker", f"{broker.host}:{broker.port}"]
     assert "announced on the broker" in _serve_refusal(base)
-    accepted = CliRunner().invoke(cli, [*base, "db", "accept-restore", "--json"])
-    assert accepted.exit_code == 0, accepted.output
-    assert json.loads(accepted.output)["epoch"] > backup_epoch + 2
-
-    restarted = time.monotonic()
-    with LocalHub(replace(settings, epoch_period_s=3600.0)):
-        _replay(broker, captured)
-        wait_until(lambda: _verdict_count(db) >= backed_up + len(captured), 20, "verdicts on the replayed messages")
-    replayed = _rows(db, "SELECT status, problems FROM verdict WHERE id > ? ORDER BY id", backed_up)
-    assert len(replayed) == len(captured)
-    assert all(status == "rejected" and "nonce" in str(problems) for status, problems in replayed), replayed
-    fault_reports.append(FaultReport("restored database and state dir", len(captured), len(replayed), 0,
-                                     round(time.monotonic() - restarted, 2),
+    recovery_s, report = _accept_and_replay(broker, settings, base, captured, backed_up)
+    assert report["epoch"] > backup_epoch + 2
+    fault_reports.append(FaultReport("restored database and state dir", len(captured), len(captured), 0,
+                                     recovery_s,
                                      "caught by the announced epoch; the replayed messages, all rejected"))
 
 
@@ -264,7 +258,7 @@ def test_a_machine_snapshot_after_a_clean_stop_is_caught_by_the_published_genera
 
     base = ["--state-dir", str(settings.state_dir), "--broker", f"{broker.host}:{broker.port}"]
     assert "published on the broker" in _serve_refusal(base)
-    recovery = _accept_and_replay(broker, settings, base, captured, backed_up)
+    recovery, _report = _accept_and_replay(broker, settings, base, captured, backed_up)
     fault_reports.append(FaultReport("machine snapshot, no epoch advance", len(captured), len(captured), 0,
                                      recovery, "caught by the published generation; replayed messages rejected"))
 
@@ -300,6 +294,6 @@ def test_a_hot_backup_restored_after_a_crash_is_caught_by_the_generation_timer(
 
     base = ["--state-dir", str(settings.state_dir), "--broker", f"{broker.host}:{broker.port}"]
     assert "behind generation" in _serve_refusal(base)
-    recovery = _accept_and_replay(broker, settings, base, captured, backed_up)
+    recovery, _report = _accept_and_replay(broker, settings, base, captured, backed_up)
     fault_reports.append(FaultReport("hot backup restored after a crash", len(captured), len(captured), 0,
                                      recovery, "caught by the generation timer; replayed messages rejected"))
