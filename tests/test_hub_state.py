@@ -245,3 +245,14 @@ def test_a_hub_from_before_generations_and_seals_is_adopted_by_init(tmp_path: Pa
     assert invoke(state, "device", "list", "--ids").stdout.split() == ["env-sensor-0001"]
     verified = invoke(state, "audit", "verify")
     assert verified.exit_code == 0 and "intact: 1 entries" in verified.output, verified.output
+
+
+@pytest.mark.parametrize("chains", ['{"hub-w0": "not a mark"}', '{"hub-w0": []}', '["hub-w0"]'])
+def test_a_generation_record_with_malformed_chain_marks_is_refused_in_one_line(tmp_path: Path, chains: str) -> None:
+    """The state dir's record also keeps each audit chain's last (seq, hash); a damaged one is named, not
+    taken for 'no marks' (which would quietly stop the check of worker chains' tails)."""
+    state = initialised(tmp_path)
+    record = json.loads((state / "generation.json").read_text())
+    assert isinstance(record["chains"], dict)
+    (state / "generation.json").write_text(json.dumps(record)[:-1] + f', "chains": {chains}}}')
+    assert_refused(invoke(state, "device", "list"), "generation.json", "unreadable")
