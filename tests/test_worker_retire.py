@@ -95,8 +95,8 @@ def test_workers_starting_together_record_the_highest_identity(tmp_path: Path, m
 @pytest.mark.broker
 def test_the_workers_start_while_a_retired_identity_drains(
         broker: MosquittoProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A retired identity is still a member of the shared subscription while it drains, so it takes its turn
-    of the live evidence: the workers must not wait for the drain (their share would queue meanwhile)."""
+    """The workers must not wait for a retired identity's drain: while it lasts (up to its limit), the live
+    evidence needs them."""
     from hub.server.worker import HubWorker
 
     env = make_env(broker, tmp_path, 1, "honest:1", epoch_period_s=3600.0)
@@ -127,3 +127,47 @@ def test_the_workers_start_while_a_retired_identity_drains(
         stop.set()
         supervisor.join(30)
     assert seen_during_drain == [True], "worker 0 started only after the retired identity's drain"
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_retired_identity_takes_no_live_evidence_and_ends_under_a_steady_load(
+        broker: MosquittoProcess, tmp_path: Path) -> None:
+    """The drain resumes the retired session unsubscribed (MQTT 5 §3.10.4): the broker adds no live evidence
+    to it, so it ends after its backlog while the devices keep publishing (it used to take its turn of the
+    live evidence and end only after 2 s without any, or at its 300 s limit)."""
+    env = make_env(broker, tmp_path, 6, "honest:1", epoch_period_s=3600.0)
+    with Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        with LocalHub(env.settings, count=2):
+            assert fleet.wait_for_epoch(10) is not None
+        fleet.publish_round()  # the hub is down: queued among both sessions
+        assert fleet.flush(10)
+        store = Store(env.settings.effective_database_url)
+        stop = threading.Event()
+        supervisor = threading.Thread(target=run_workers, args=(replace(env.settings), 1, stop, 0), daemon=True)
+        supervisor.start()
+        rounds, ended_at = 1, None
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 12:  # a round every 0.25 s: never 2 s without live evidence
+                fleet.publish_round()
+                rounds += 1
+                with store.reading() as conn:
+                    if ended_at is None and store.get_state(conn, IDENTITIES_KEY) == "1":
+                        ended_at = time.monotonic() - started
+                time.sleep(0.25)
+            assert fleet.flush(10)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with store.reading() as conn:
+                    if store.count_verdicts(conn) >= rounds * 6:
+                        break
+                time.sleep(0.2)
+            with store.reading() as conn:
+                assert store.count_verdicts(conn) == rounds * 6, "evidence lost or stranded"
+        finally:
+            stop.set()
+            supervisor.join(30)
+            store.close()
+    assert ended_at is not None, "the retired identity kept draining live evidence"
+    assert ended_at < 10, ended_at

@@ -119,8 +119,11 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.reconnect_delay_set(1, 5)
         self._pending_subscribe: int | None = None
+        self._pending_unsubscribe: int | None = None
+        self._resume_only = False
         self.client = client
 
     def route(self, topic: str, handler: Callable[[bytes], None]) -> None:
@@ -130,7 +133,14 @@ class MqttTransport:
         self._routes[topic] = handler
         self.subscriptions.append((topic, 0))
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, *, resume_only: bool = False) -> None:
+        """Connect (clean start off, the session kept ``session_expiry_s``) and subscribe; returns once the
+        broker granted the subscriptions. ``resume_only`` (a retiring identity): resume the session and
+        unsubscribe instead, so the broker adds no new message for this identity (MQTT 5 §3.10.4) and the
+        members left in the shared subscription take all of the live traffic, while the messages already
+        queued in the session are still delivered here (Mosquitto does; the standard says it MAY).
+        Raises ``TransportError`` if there is no connection within ``timeout`` seconds."""
+        self._resume_only = resume_only
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.address.session_expiry_s
         props.ReceiveMaximum = self.address.receive_maximum
@@ -241,6 +251,9 @@ class MqttTransport:
             self.last_error = f"connection refused: {reason}"
             log.error("broker refused the connection: %s", reason)
             return
+        if self._resume_only and self.subscriptions:
+            _result, self._pending_unsubscribe = client.unsubscribe([topic for topic, _qos in self.subscriptions])
+            return
         if self.subscriptions:
             # "connected" only once the broker has granted the subscriptions: evidence published
             # before that would find no subscriber on a session's first connection.
@@ -260,6 +273,13 @@ class MqttTransport:
             return
         self.connected.set()
         log.info("connected to broker and subscribed", extra={"client_id": self.address.client_id})
+
+    def _on_unsubscribe(self, _client: mqtt.Client, _userdata: object, mid: int, _reason_codes: object,
+                        _props: object) -> None:
+        if mid == self._pending_unsubscribe:
+            self.connected.set()
+            log.info("resumed the session and unsubscribed: draining what it holds",
+                     extra={"client_id": self.address.client_id})
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                        _props: object) -> None:

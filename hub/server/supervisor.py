@@ -128,10 +128,10 @@ def run_workers(settings: Settings, count: int, stop: threading.Event, verbosity
 
     ``count == 1`` runs the worker in this process (its exceptions propagate). Raises :class:`CrashLoopError`
     when a worker is in a crash loop (all workers are stopped first). Worker identities at or above ``count``
-    that held a persistent session are drained and ended (``retire_workers``) on a thread, beside the workers:
-    a retired identity stays a member of the shared subscription until its session ends, so it takes its turn
-    of the live evidence while it drains, and the workers must not wait for it (they did: their share of the
-    evidence queued for as long as the drain lasted, up to its 300 s limit under a steady load).
+    that held a persistent session are drained and ended (``retire_workers``) on a thread, beside the workers,
+    so the workers never wait for a drain. The drain resumes the retired session unsubscribed: the broker
+    adds no live evidence to it, and it ends about ``quiet_s`` after the queued backlog is decided (before,
+    it stayed a member of the shared subscription and took its turn of the live evidence for up to 300 s).
     """
     drainer = threading.Thread(target=retire_workers, args=(settings, count, stop), name="retire-drain",
                                daemon=True)

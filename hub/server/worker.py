@@ -215,11 +215,12 @@ class HubWorker:
                 stop_http()
 
     def drain(self, stop: threading.Event, *, quiet_s: float = 2.0, limit_s: float = 300.0) -> int:
-        """Retire this worker's identity (``serve`` with fewer workers than before): decide and acknowledge
-        what its persistent session holds, like any batch, until nothing has come for ``quiet_s``; then end
-        the session, so the broker queues nothing more for it. Returns the evidence processed."""
+        """Retire this worker's identity (``serve`` with fewer workers than before): resume its persistent
+        session unsubscribed, so the broker adds nothing new to it (MQTT 5 §3.10.4), decide and acknowledge
+        what the session holds, like any batch, until nothing has come for ``quiet_s``; then end the session.
+        Returns the evidence processed."""
         self._stop = stop
-        self.transport.start()
+        self.transport.start(resume_only=True)  # unsubscribed: the live traffic goes to the workers
         started = last = time.monotonic()
         try:
             while not stop.is_set() and time.monotonic() - started < limit_s:
