@@ -69,6 +69,7 @@ class Settings:
     anomaly_interval_s: float = 30.0
     anomaly_threshold: float = 1.0
     anomaly_settle_s: float = 2.0
+    anomaly_process: bool = True
     # Bounded storage (hub/appraisal/storage.py, hub/appraisal/retention.py, docs/RELIABILITY.md): per device and
     # minute, how many rejected messages get a verdict row, keeping at most rejected_bytes_per_min of evidence
     # between them (the rest are only counted); verdicts, audit
@@ -366,6 +367,8 @@ SETTING_HELP: dict[str, str] = {
     "anomaly_interval_s": "Period of the anomaly detection pass on worker 0, in seconds; 0: off.",
     "anomaly_threshold": "Score at which an anomaly finding opens.",
     "anomaly_settle_s": "How long a verdict must be visible before an anomaly pass reads it, in seconds.",
+    "anomaly_process": "Run the leader's anomaly pass in a process of its own, which shares no interpreter lock "
+                       "with the evidence loop; false: on a thread of the leader.",
 }
 
 

@@ -9,7 +9,11 @@ batch size follows the measured cost per evidence.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -179,7 +183,7 @@ def test_the_batch_size_follows_the_measured_cost(env: HubEnv) -> None:
 def test_a_slow_anomaly_pass_does_not_hold_up_evidence(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     from hub.anomaly.watch import PassResult
 
-    worker, fake = _worker(env, anomaly_interval_s=30.0)
+    worker, fake = _worker(env, anomaly_interval_s=30.0, anomaly_process=False)
     worker._next_watch_at = 0.0  # the leader's pass is due
     release, started = threading.Event(), threading.Event()
 
@@ -194,10 +198,55 @@ def test_a_slow_anomaly_pass_does_not_hold_up_evidence(env: HubEnv, monkeypatch:
     assert started.wait(5) and not release.is_set()
     assert _verdicts(env, A) == 1
     release.set()
-    assert worker._watch_thread is not None
-    worker._watch_thread.join(5)
+    worker.passes.close(5)
     worker.step()  # the finished pass is applied between batches
     assert 'attest_devices{status="trusted"} 1.0' in _metrics_text(worker)
+
+
+def test_the_anomaly_pass_runs_in_a_process_of_its_own_and_is_applied_between_batches(env: HubEnv) -> None:
+    """The default: the pass runs in a spawned process (no interpreter lock shared with the evidence loop);
+    its result comes back through a pipe and is applied by the loop."""
+    worker, fake = _worker(env, anomaly_interval_s=30.0)
+    assert worker.settings.anomaly_process
+    fake.batches.append([incoming(A, env.evidence(A))])
+    worker.step()
+    assert _verdicts(env, A) == 1
+    worker._next_watch_at = 0.0  # the leader's pass is due: it reads the verdict just committed
+    worker.step()
+    assert worker.passes.busy
+    process = worker.passes._process  # type: ignore[union-attr]
+    assert process is not None and process.pid != os.getpid()
+    deadline = time.monotonic() + 30
+    while worker.passes.busy and time.monotonic() < deadline:
+        worker.step()  # nothing to decide: the loop polls the pass between (empty) batches
+        time.sleep(0.05)
+    assert not worker.passes.busy
+    text = _metrics_text(worker)
+    assert 'attest_devices{status="trusted"} 1.0' in text, text
+    worker.passes.close(10)
+    assert not process.is_alive()
+
+
+def test_a_dead_pass_process_is_reported_and_started_again(env: HubEnv, caplog: pytest.LogCaptureFixture) -> None:
+    worker, _fake = _worker(env, anomaly_interval_s=30.0)
+    worker.passes.start()
+    process = worker.passes._process  # type: ignore[union-attr]
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    process.join(10)
+    with caplog.at_level(logging.ERROR):
+        assert worker.passes.finished() == []
+    assert "anomaly pass process" in caplog.text
+    assert not worker.passes.busy
+    worker.passes.start()  # the next period: a new process
+    assert worker.passes._process is not None and worker.passes._process.pid != process.pid  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    results: list[object] = []
+    while not results and time.monotonic() < deadline:
+        results = list(worker.passes.finished())
+        time.sleep(0.05)
+    assert results and results[0].processed >= 0  # type: ignore[attr-defined]
+    worker.passes.close(10)
 
 
 def _metrics_text(worker: HubWorker) -> str:

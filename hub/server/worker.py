@@ -55,6 +55,7 @@ from hub.server.announced import generation_message
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
+from hub.server.passes import ProcessPasses, ThreadPasses
 from hub.server.retained import TOPICS as RETAINED_TOPICS
 from hub.server.retained import RetainedGuard
 from hub.server.unknown import UnknownDeviceLog, dropped_log
@@ -176,8 +177,9 @@ class HubWorker:
                                   command_ttl_s=settings.command_ttl_s)
         self._next_watch_at = 0.0
         self._next_prune_at = 0.0
-        self._watch_thread: threading.Thread | None = None
-        self._watch_results: deque[PassResult] = deque()  # finished passes, applied by the evidence loop
+        self.passes: ProcessPasses | ThreadPasses = (
+            ProcessPasses(settings, f"anomaly-w{index}") if settings.anomaly_process
+            else ThreadPasses(self._run_pass, f"anomaly-w{index}"))
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
         self._in_flight: deque[_InFlight] = deque()
         self._committed: OrderedDict[bytes, None] = OrderedDict()
@@ -205,8 +207,7 @@ class HubWorker:
                 self.step()
         finally:
             self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
-            if self._watch_thread is not None:
-                self._watch_thread.join(30)
+            self.passes.close()
             if self.is_leader:
                 self._step_generation(wait=True)  # a clean stop: a copy taken before it is behind from now on
             self.transport.stop()
@@ -495,28 +496,19 @@ class HubWorker:
             log.warning("the broker did not acknowledge generation %d's checkpoint", record.generation)
 
     def _keep_watch(self) -> None:
-        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period, on a
-        thread of their own: the evidence loop does not wait for a pass; it applies a finished pass's result
-        (metrics, broker enforcement, commands) between its batches."""
-        while self._watch_results:
-            self._apply_watch(self._watch_results.popleft())
+        """Leader: the anomaly pass (hub/anomaly/watch.py) and the devices-by-status gauge, each period, in a
+        process of its own (hub/server/passes.py): the evidence loop does not wait for a pass; it applies a
+        finished pass's result (metrics, broker enforcement, commands) between its batches."""
+        for result in self.passes.finished():
+            self._apply_watch(result)
         now = time.monotonic()
-        if now < self._next_watch_at or (self._watch_thread is not None and self._watch_thread.is_alive()):
+        if now < self._next_watch_at or self.passes.busy:
             return
         self._next_watch_at = now + (self.settings.anomaly_interval_s or 30.0)
-        self._watch_thread = threading.Thread(target=self._watch_pass, name=f"anomaly-w{self.index}", daemon=True)
-        self._watch_thread.start()
+        self.passes.start()
 
-    def _watch_pass(self) -> None:
-        try:
-            result = self.watch.run_pass() if self.settings.anomaly_interval_s else fleet_counts(self.store)
-        except StoreError as exc:
-            log.error("anomaly pass failed (retried next period): %s", exc)
-            return
-        except Exception:  # a bug in the pass must not end the leader silently
-            log.exception("anomaly pass failed (retried next period)")
-            return
-        self._watch_results.append(result)
+    def _run_pass(self) -> PassResult:
+        return self.watch.run_pass() if self.settings.anomaly_interval_s else fleet_counts(self.store)
 
     def _apply_watch(self, result: PassResult) -> None:
         export_anomalies(self.metrics, result)
