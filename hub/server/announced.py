@@ -17,6 +17,7 @@ production broker (broker_config/acl, HUB_ACL_TOPICS); devices read ``hub/epoch`
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from hub.config import Settings
 from hub.crypto.cbor_strict import CborError, loads_strict
 from hub.crypto.cose import CoseError, decode_sign1, sign1, verify_sign1
 from hub.crypto.keys import PrivateKey, PublicKey
+
+log = logging.getLogger(__name__)
 
 
 class BrokerUnreachable(RuntimeError):
@@ -124,8 +127,13 @@ def announced(settings: Settings, hub_key: PublicKey, timeout: float = 5.0) -> A
             raise BrokerUnreachable("no subscription to the epoch and generation topics")
         done.wait(0.5)  # retained messages follow the SUBACK at once; none means no checkpoint yet
     finally:
-        if tls:  # leave worker 0's session with the subscriptions it had (sent before the DISCONNECT)
-            client.unsubscribe(list(readers))
+        if tls:  # leave worker 0's session with the subscriptions it had: wait for the UNSUBACK, since a
+            # DISCONNECT written right behind the UNSUBSCRIBE sometimes left them in the session
+            unsubscribed = threading.Event()
+            client.on_unsubscribe = lambda *_args: unsubscribed.set()
+            _result, _mid = client.unsubscribe(list(readers))
+            if not unsubscribed.wait(timeout):
+                log.warning("the broker did not confirm the end of the checkpoint subscriptions in %.0f s", timeout)
         client.disconnect()
         client.loop_stop()
     return Announced(found.get(wire.EPOCH_TOPIC), found.get(wire.GENERATION_TOPIC))
