@@ -330,3 +330,59 @@ def test_a_conflict_after_the_quarantine_committed_decides_only_the_rest_again(e
     assert sorted(d.device_id for d in outcome.decisions) == [A, B]
     assert _verdicts(env, A) == 1 and _verdicts(env, B) == 1
     assert env.device(B).status == "quarantined" and env.device(A).reboots == 1
+
+
+def _overlapping(env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> tuple[HubWorker, FakeTransport, list[bool]]:
+    """A worker with a backlog (so it overlaps), whose commits take 0.3 s; returns, per ``prepare``, whether
+    a commit was under way on the commit thread meanwhile."""
+    worker, fake = _worker(env)
+    fake.inbox.put(incoming(A, b""))  # more is waiting: the worker overlaps commit and verification
+    committing = threading.Event()
+    during: list[bool] = []
+    complete, prepare = worker.pipeline.complete, worker.pipeline.prepare
+
+    def slow_complete(prepared: object, urgent: object = None) -> object:
+        committing.set()
+        time.sleep(0.3)
+        return complete(prepared, urgent)  # type: ignore[arg-type]
+
+    def watched_prepare(batch: list[Incoming]) -> object:
+        if worker._committing is not None:
+            committing.wait(5)
+        during.append(worker._committing is not None and not worker._committing.done())
+        return prepare(batch)
+
+    monkeypatch.setattr(worker.pipeline, "complete", slow_complete)
+    monkeypatch.setattr(worker.pipeline, "prepare", watched_prepare)
+    return worker, fake, during
+
+
+def test_a_batch_commits_on_the_commit_thread_while_the_next_is_verified(
+        env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker, fake, during = _overlapping(env, monkeypatch)
+    fake.batches += [[incoming(A, env.evidence(A))], [incoming(B, env.evidence(B))]]
+    worker.step()  # batch 1 prepared and handed to the commit thread
+    assert worker._committing is not None and _verdicts(env, A) == 0
+    worker.step()  # batch 2 verified while batch 1 commits, then committed in turn
+    worker._finish_commit()
+    assert during == [False, True]
+    assert _verdicts(env, A) == 1 and _verdicts(env, B) == 1
+    assert [r["status"] for r in env.verdicts(A) + env.verdicts(B)] == ["affirming", "affirming"]
+    fake.puback_all()
+    worker._settle()
+    assert len(fake.acked) == 2, "both batches acknowledged once committed and published"
+
+
+def test_a_device_in_two_overlapping_batches_is_decided_on_its_state_as_committed(
+        env: HubEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 2 reads device A's row while batch 1 (with A's previous evidence) has not committed yet; it is
+    decided on the row batch 1 committed (the worker's cache), not on the stale read: no conflict, no replay."""
+    worker, fake, during = _overlapping(env, monkeypatch)
+    first, second = env.evidence(A), env.evidence(A)
+    fake.batches += [[incoming(A, first)], [incoming(A, second)]]
+    worker.step()
+    worker.step()
+    worker._finish_commit()
+    assert during == [False, True]
+    assert [r["status"] for r in env.verdicts(A)] == ["affirming", "affirming"], env.verdicts(A)
+    assert worker.pipeline.conflicts == 0

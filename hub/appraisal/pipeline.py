@@ -22,6 +22,12 @@ Stages, in order, for a batch:
 5. the caller publishes the returned messages, then acknowledges the batch:
    nothing is acknowledged before its verdict is committed and its result signed.
 
+``prepare`` runs stages 1 and 2 and ``complete`` the rest, so a worker can verify
+one batch while it commits the batch before (hub/server/worker.py): ``complete``
+takes the rows committed meanwhile from the worker's cache and verifies again
+what was verified with an anchor that changed, and step 4's check still catches
+anything else that moved.
+
 Evidence errors become negative verdicts; only ``StoreError`` (an
 infrastructure fault) escapes, and then nothing of the batch is acknowledged.
 """
@@ -103,6 +109,18 @@ class _Routed:
     anchor: TrustAnchor | None = None
     anchor_revoked: bool = False
     cached_row: _AnchorRow | None = None  # set when the anchor came from the worker's cache, not a read
+    verified_row: _AnchorRow | None = None  # the row whose anchor verified it
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch routed and verified (``Pipeline.prepare``), waiting to be decided and committed."""
+
+    routed: list[_Routed]
+    outcome: BatchOutcome
+    rows: dict[str, DeviceRecord]
+    """The device rows the anchors came from, as read or cached at ``prepare``."""
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +185,17 @@ class Pipeline:
         """Decide and commit ``batch``. With ``urgent``: when some of its devices get a quarantine and others
         do not, those devices' decisions commit first in a transaction of their own and ``urgent`` is called
         with them and their messages (to publish the commands) before the rest of the batch commits."""
+        return self.complete(self.prepare(batch), urgent)
+
+    def prepare(self, batch: Sequence[Incoming]) -> Prepared:
+        """Stages 1 and 2: route, read the anchors (the worker's cache of committed rows, one read for the
+        rest; no lock) and verify. Writes nothing and leaves the decider alone, so it may run on one thread
+        while ``complete`` commits the batch before on another (the worker overlaps them)."""
         outcome = BatchOutcome()
         routed = [r for r in (self._route(m, outcome) for m in batch) if r is not None]
         if not routed:
-            return outcome
-        ids = {r.device_id for r in routed}
-        rows, cached = self._rows(ids)
+            return Prepared(routed, outcome, {}, self.clock())
+        rows, cached = self._rows({r.device_id for r in routed})
         now = self.clock()
         mac0 = {r.device_id for r in routed if is_mac0(r.message.payload)}
         anchors = {i: (row, self._anchor(row, now, i in mac0))
@@ -181,7 +204,20 @@ class Pipeline:
             row, anchor = anchors.get(item.device_id, (None, None))
             item.anchor_revoked = row is not None and row.revoked
             item.cached_row = row if item.device_id in cached else None
+            item.verified_row = row
             self._verify(item, anchor)
+        return Prepared(routed, outcome, rows, now)
+
+    def complete(self, prepared: Prepared, urgent: Urgent | None = None) -> BatchOutcome:
+        """Stages 3 to 5 of a prepared batch: decide, sign, commit (see ``process``). Rows this worker
+        committed after ``prepare`` read them (the batch before, when the two overlapped) are taken from its
+        cache, and evidence verified with an anchor that changed meanwhile is verified again. Raises
+        ``StoreError``: nothing of the batch is then committed (or only its quarantines, given to ``urgent``)."""
+        outcome, routed, now = prepared.outcome, prepared.routed, prepared.now
+        if not routed:
+            return outcome
+        rows = self._refresh(prepared)
+        ids = {r.device_id for r in routed}
         try:
             devices = self._decide_unlocked(routed, rows, now, outcome, urgent)
         except _Conflict as conflict:
@@ -196,6 +232,26 @@ class Pipeline:
         for decision in outcome.decisions:
             outcome.publishes.extend(decision.publishes)
         return outcome
+
+    def _refresh(self, prepared: Prepared) -> dict[str, DeviceRecord]:
+        """The prepared rows, each replaced by this worker's cached copy where that differs (committed since
+        ``prepare`` read it); evidence whose anchor changed with it is verified again."""
+        rows = prepared.rows
+        changed: dict[str, DeviceRecord] = {}
+        for device_id, record in list(rows.items()):
+            cached = self._committed.get(device_id)
+            if cached is not None and cached != record.snapshot():
+                rows[device_id] = changed[device_id] = DeviceRecord(*cached)  # type: ignore[arg-type]
+        for item in prepared.routed:
+            device = changed.get(item.device_id)
+            if device is None:
+                continue
+            anchor_row = _AnchorRow.of(device)
+            if anchor_row != item.verified_row:
+                item.claims, item.error, item.anchor_revoked = None, None, anchor_row.revoked
+                item.cached_row = item.verified_row = anchor_row
+                self._verify(item, self._anchor(anchor_row, prepared.now, is_mac0(item.message.payload)))
+        return rows
 
     def _decide_unlocked(self, routed: Sequence[_Routed], devices: dict[str, DeviceRecord], now: float,
                          outcome: BatchOutcome, urgent: Urgent | None = None) -> dict[str, DeviceRecord]:
@@ -288,7 +344,8 @@ class Pipeline:
         """The batch's device rows (no lock held): from the worker's cache of rows as it last committed them,
         and one read for the others; and the ids that came from the cache. Either may be stale; the commit
         compares them with the rows locked in the database (and ``_recheck_cached`` verifies again)."""
-        devices = {i: DeviceRecord(*self._committed[i]) for i in ids if i in self._committed}  # type: ignore[arg-type]
+        hits = ((i, self._committed.get(i)) for i in ids)  # get: the committing thread may evict meanwhile
+        devices = {i: DeviceRecord(*row) for i, row in hits if row is not None}  # type: ignore[arg-type]
         cached = set(devices)
         missing = ids - cached
         if missing:
@@ -464,7 +521,10 @@ def _bounded_put(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
         cache[key] = value
         return
     while cache and len(cache) >= limit:
-        del cache[next(iter(cache))]
+        try:
+            del cache[next(iter(cache))]
+        except (KeyError, RuntimeError, StopIteration):  # changed by the other stage's thread meanwhile
+            continue
     if limit > 0:
         cache[key] = value
 

@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -33,7 +34,7 @@ from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_c
 from hub.appraisal.liveness import sweep_missed
 from hub.appraisal.messages import epoch_message
 from hub.appraisal.operations import OperationError, read_policy_announcement
-from hub.appraisal.pipeline import BatchOutcome, Pipeline, Urgent
+from hub.appraisal.pipeline import BatchOutcome, Pipeline, Prepared, Urgent
 from hub.appraisal.ratelimit import RateLimiter
 from hub.appraisal.retention import RetentionError, prune
 from hub.appraisal.storage import RejectionTally, StorageRules
@@ -182,6 +183,9 @@ class HubWorker:
             else ThreadPasses(self._run_pass, f"anomaly-w{index}"))
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
         self._in_flight: deque[_InFlight] = deque()
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-w{index}")
+        self._committing: Future[BatchOutcome | None] | None = None
+        """The batch being decided and committed on the commit thread while the next is verified."""
         self._committed: OrderedDict[bytes, None] = OrderedDict()
         """Digests of evidence this worker committed lately (bounded): a broker redelivery of one is acknowledged
         without a second decision."""
@@ -206,6 +210,8 @@ class HubWorker:
             while not stop.is_set():
                 self.step()
         finally:
+            self._finish_commit()
+            self._committer.shutdown()
             self._settle(until=time.monotonic() + 5.0)  # what is still unacknowledged is redelivered to this identity
             self.passes.close()
             if self.is_leader:
@@ -227,10 +233,11 @@ class HubWorker:
             while not stop.is_set() and time.monotonic() - started < limit_s:
                 before = self.health.processed + self.redelivered
                 self.step()
-                if self.health.processed + self.redelivered != before or self._in_flight:
+                if self.health.processed + self.redelivered != before or self._in_flight or self._committing:
                     last = time.monotonic()
                 elif time.monotonic() - last >= quiet_s:
                     break
+            self._finish_commit()
             self._settle(until=time.monotonic() + 10.0)
             if not self._in_flight and not stop.is_set():
                 self.transport.end_session()
@@ -246,7 +253,45 @@ class HubWorker:
         return self.health.processed
 
     def step(self) -> None:
-        """One turn of the loop: epoch upkeep, then one batch (if any arrived)."""
+        """One turn of the loop: upkeep, then one batch (if any arrived).
+
+        When more evidence is already waiting behind a batch, the batch is decided and committed on the
+        worker's commit thread while the next turn routes and verifies the next one (``Pipeline.prepare``):
+        the commit's waits for the database (most of it on PostgreSQL) overlap that work. Upkeep, control
+        messages and redelivered evidence wait for the commit under way, so they see its state; with nothing
+        waiting, the turn ends only when its batch is committed."""
+        if self._committing is None:
+            self._upkeep()
+        batch = self.transport.next_batch(self.batch_limit(self.transport.inbox.qsize()),
+                                          self.settings.batch_wait_ms / 1000.0,
+                                          idle_s=0.0 if self._committing else 0.02 if self._in_flight else 0.2)
+        if not batch:
+            self._finish_commit()
+            return
+        control = [m for m in batch if m.topic.startswith(wire.HUB_ROOT + "/")]
+        if control or any(m.redelivered for m in batch) or self._committing is None:
+            self._finish_commit()
+            self._take(batch, control)
+            return
+        prepared = self.pipeline.prepare(batch)  # while the batch before commits
+        self._finish_commit()
+        self._upkeep()
+        self._commit_prepared(batch, prepared)
+
+    def _commit_prepared(self, evidence: list[Incoming], prepared: Prepared) -> None:
+        if self.transport.inbox.qsize() == 0:  # nothing to overlap with: commit now
+            self._process_until_committed(evidence, prepared)
+        else:
+            self._committing = self._committer.submit(self._process_until_committed, evidence, prepared)
+
+    def _finish_commit(self) -> None:
+        """Wait for the batch under way on the commit thread (its exceptions are raised here)."""
+        if self._committing is not None:
+            committing, self._committing = self._committing, None
+            committing.result()
+
+    def _upkeep(self) -> None:
+        """Health, metrics, the leader's periodic duties, broker enforcement sync, acknowledgements."""
         self.health.broker_connected = self.transport.connected.is_set()
         self.view.last_tick = time.monotonic()
         self.view.broker_connected = self.health.broker_connected
@@ -267,12 +312,9 @@ class HubWorker:
         if not self._enforcement_synced:
             self._sync_enforcement()
         self._settle()
-        batch = self.transport.next_batch(self.batch_limit(self.transport.inbox.qsize()),
-                                          self.settings.batch_wait_ms / 1000.0,
-                                          idle_s=0.02 if self._in_flight else 0.2)
-        if not batch:
-            return
-        control = [m for m in batch if m.topic.startswith(wire.HUB_ROOT + "/")]
+
+    def _take(self, batch: list[Incoming], control: list[Incoming]) -> None:
+        """A batch with nothing under way on the commit thread: control messages, redeliveries, evidence."""
         evidence = [m for m in batch if not m.topic.startswith(wire.HUB_ROOT + "/")]
         for message in control:
             self._on_announcement(message)
@@ -288,7 +330,7 @@ class HubWorker:
             self.transport.ack([m for m in again if m.token not in waiting])
             evidence = [m for m in evidence if not (m.redelivered and _digest(m) in self._committed)]
         if evidence:
-            self._process_until_committed(evidence)
+            self._commit_prepared(evidence, self.pipeline.prepare(evidence))
 
     def batch_limit(self, backlog: int = 0) -> int:
         """Evidence per batch: what takes about ``batch_budget_ms`` at the measured cost, within [8, batch_max];
@@ -325,7 +367,7 @@ class HubWorker:
             self.transport.ack(head.batch)
             record_batch(self.metrics, head.batch, head.outcome, head.commit_s, head.classes)
 
-    def _process_until_committed(self, batch: list[Incoming]) -> BatchOutcome | None:
+    def _process_until_committed(self, batch: list[Incoming], prepared: Prepared | None = None) -> BatchOutcome | None:
         """Process and commit ``batch``, retrying while the database cannot commit; None if stopped
         meanwhile (nothing of the batch acknowledged: the broker redelivers it to this identity).
 
@@ -338,8 +380,12 @@ class HubWorker:
             started = time.monotonic()
             todo = [m for m in batch if id(m) not in early.messages]
             try:
-                outcome = self.pipeline.process(todo, early.callback(self))
+                if prepared is not None:  # the first try; a retry verifies again
+                    outcome = self.pipeline.complete(prepared, early.callback(self))
+                else:
+                    outcome = self.pipeline.process(todo, early.callback(self))
             except StoreError as exc:
+                prepared = None
                 self.health.database_ok = False
                 self.health.last_error = str(exc)
                 self.view.database_ok, self.view.last_error = False, str(exc)  # not ready, still alive
