@@ -9,7 +9,9 @@ encodings reused), then times, in this process:
   state kept in memory (the product) and with a full recomputation each pass
   (``incremental=False``: what every pass cost before);
 - the delay the pass imposes on another thread of the same process (the GIL):
-  a thread doing 1 ms units of CPU work meanwhile; its worst gap over 1 ms.
+  a thread doing 1 ms units of CPU work meanwhile; its worst gap over 1 ms;
+- the same delay with the pass in a process of its own (``ProcessPasses``, the
+  product's default, ``anomaly_process = true``), after ``--new`` new verdicts.
 
 CPU is ``time.thread_time`` of the pass's thread, wall is ``perf_counter``.
 Figures are reported, never asserted.
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,13 @@ from bench import loadgen
 from bench.stage import enrol_bulk
 from device_sim.commands import Epoch
 from hub.anomaly.stats import DetectorConfig
-from hub.anomaly.watch import AnomalyWatch
+from hub.anomaly.watch import AnomalyWatch, PassResult
 from hub.config import load_settings
 from hub.crypto.hubkeys import load_hub_keys
 from hub.crypto.hubstate import open_store
 from hub.reference.values import References
 from hub.server.localhub import prepare_state
+from hub.server.passes import ProcessPasses
 from hub.store import Store
 from hub.store.db import VERDICTS
 
@@ -96,6 +100,24 @@ def _gil_delay(fn: Callable[[], object]) -> dict[str, float]:
     return {"worst_ms": round(worst * 1000, 1), "added_ms": round(total * 1000, 1), "units": units}
 
 
+def _process_delay(passes: ProcessPasses) -> dict[str, float]:
+    """One pass in the pass process (the product's default) while this thread does 1 ms units of CPU work."""
+    worst = total = 0.0
+    units = 0
+    passes.start()
+    results: list[PassResult] = []
+    while not results:
+        start = time.perf_counter()
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+        late = time.perf_counter() - start - 0.001
+        worst, total, units = max(worst, late), total + max(0.0, late), units + 1
+        results = list(passes.finished())
+    return {"worst_ms": round(worst * 1000, 1), "added_ms": round(total * 1000, 1), "units": units,
+            "verdicts_read": results[0].processed}
+
+
 def run(devices: int, verdicts: int, new: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = prepare_state(load_settings(None, environ={}, state_dir=Path(tmp)))
@@ -132,6 +154,16 @@ def run(devices: int, verdicts: int, new: int) -> dict[str, Any]:
                               "thread_delay_nothing_new": gil_quiet, "thread_delay_with_new": gil_new}
                 print(f"{label}: nothing new {quiet}, {new} new {fresh}; another thread delayed by "
                       f"{gil_quiet} / {gil_new}", flush=True)
+            passes = ProcessPasses(replace(settings, anomaly_settle_s=0.0), "anomaly-bench")
+            try:
+                while _process_delay(passes)["verdicts_read"]:
+                    pass  # its first passes read what is stored
+                _insert(store, _verdict_rows(added, new, devices, evidence, t0))
+                added += new
+                out["process_delay_with_new"] = _process_delay(passes)
+            finally:
+                passes.close()
+            print(f"pass process: this thread delayed by {out['process_delay_with_new']} ({new} new)", flush=True)
             return out
         finally:
             store.close()

@@ -56,6 +56,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def rss_bytes(pid: int) -> int:
     fields = _stat(pid)
     return 0 if fields is None else int(fields[21]) * _PAGE
@@ -101,8 +108,8 @@ class HubProcess:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                workers.append(pid)
+            if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline and _parent(pid) == self.pid:
+                workers.append(pid)  # the leader's anomaly pass process is a worker's child: not a worker
         return workers
 
     def usage(self) -> HubUsage:

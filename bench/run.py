@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, memory, report, stages
+from bench import anomaly, loadgen, memory, report, stages
 from bench.rawverify import raw_verify_per_cpu_s
 from bench.scenarios import Cursor, DrainResult, drain, start_hub, steady
 from bench.stage import enrol_bulk, open_stage
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(stages.markdown(stage_table), flush=True)
     memory_figure = memory.measure(devices=1_000 if args.tiny else 5_000 if small else 100_000)
     print(memory.markdown(memory_figure), flush=True)
+    anomaly_figure = anomaly.run(*((300, 1_000, 200) if args.tiny else (1_000, 20_000, 6_000) if small
+                                   else (4_000, 118_000, 6_000)))
     pool = loadgen.KeyPool.make()
     work = Path(tempfile.mkdtemp(prefix="attest-bench-"))
     try:
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     host = {**machine(), "loadavg_at_start": load_before}  # other work on the machine skews latency figures
     data = report.assemble(raw, databases, asdict(plan), host, quick=args.quick or args.tiny,
-                           seconds=time.time() - started, stages=stage_table, memory=memory_figure)
+                           seconds=time.time() - started, stages=stage_table, memory=memory_figure,
+                           anomaly=anomaly_figure)
     (out_dir / "latest.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (out_dir / "latest.md").write_text(report.markdown(data))
     print(report.markdown(data))
