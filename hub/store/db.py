@@ -472,8 +472,9 @@ class Store:
             conn.execute(DEVICES.insert(), [r.values() for r in records])
 
     def latest_evidence(self, conn: Connection, schemes: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Per device, its latest authenticated, appraised verdict of one of ``schemes`` (with the evidence bytes)."""
-        wanted = (VERDICTS.c.authenticated.is_(True), VERDICTS.c.status != "rejected",
+        """Per device, its latest authenticated, appraised verdict of one of ``schemes`` (with the evidence bytes);
+        not a late one (action ``late``: older evidence judged after newer)."""
+        wanted = (VERDICTS.c.authenticated.is_(True), VERDICTS.c.status != "rejected", VERDICTS.c.action != "late",
                   VERDICTS.c.scheme.in_(sorted(set(schemes))))
         latest = select(func.max(VERDICTS.c.id).label("id")).where(*wanted).group_by(VERDICTS.c.device_id).subquery()
         rows = conn.execute(select(VERDICTS).join(latest, VERDICTS.c.id == latest.c.id))
