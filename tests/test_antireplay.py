@@ -20,6 +20,8 @@ from hub.appraisal.pipeline import Pipeline
 from hub.crypto.cose import decode_sign1
 from hub.crypto.freshness import epoch_nonce
 from hub.schemes import SchemeRegistry, default_schemes
+from hub.server.metrics import HubMetrics
+from hub.server.observe import record_batch
 
 W = antireplay.DEFAULT_WIDTH
 A = "smart-meter-0001"
@@ -124,6 +126,16 @@ def test_late_evidence_is_judged_and_published_but_moves_nothing_back(env: HubEn
     # its copy is a duplicate (row 13), re-published not retained; judged again it would be a replay
     again = pipeline.process([incoming(A, evidence(env, 3))])
     assert only(again).status == "duplicate" and [p.retain for p in publishes_on(again, wire.RESULT)] == [False]
+
+
+def test_late_evidence_is_counted_in_a_metric_and_not_as_a_rejection(env: HubEnv) -> None:
+    pipeline = env.pipeline()
+    pipeline.process([incoming(A, evidence(env, 5))])
+    batch = [incoming(A, evidence(env, s)) for s in (3, 4)]
+    metrics = HubMetrics()
+    record_batch(metrics, batch, pipeline.process(batch), 0.0, {})
+    assert metrics.registry.get_sample_value("attest_evidence_late_total") == 2
+    assert metrics.registry.get_sample_value("attest_evidence_rejected_total", {"reason": "replay"}) is None
 
 
 def test_late_evidence_names_itself_in_the_result(env: HubEnv) -> None:
