@@ -93,6 +93,13 @@ def test_a_row_without_a_window_or_a_narrower_one_counts_the_unknown_as_judged()
     assert place((1, 9), (1, 10), narrow, 1) == REPLAY  # width 1: no window, as before it existed
 
 
+def test_a_replay_says_why() -> None:
+    assert antireplay.why_replay((1, 9), (2, 3), W) == "counter (1, 9) is not above (2, 3): an earlier boot"
+    assert antireplay.why_replay((2, 3 - W + 64), (2, 3 + 64), W).endswith("bottom of the window of 64")
+    assert antireplay.why_replay((2, 2), (2, 3), W) == "counter (2, 2) is not above (2, 3): judged already"
+    assert antireplay.why_replay((2, 2), (2, 3), 1) == "counter (2, 2) is not above (2, 3)"
+
+
 def test_a_jump_of_the_counter_costs_nothing() -> None:
     """A TPM's seq is its clock in ms: a jump far beyond the window leaves only the mark, in W bits."""
     started = time.perf_counter()

@@ -58,6 +58,20 @@ def judged(counter: tuple[int, int], mark: tuple[int, int], bitmap: bytes | None
     return value.to_bytes(_size(width), "little")
 
 
+def why_replay(counter: tuple[int, int], mark: tuple[int, int], width: int) -> str:
+    """Why ``counter``, placed ``REPLAY``, is one: for the verdict's problem (docs/PROTOCOL.md#counter-and-replay).
+    A counter in the window whose bit is set is named "judged already" (a different piece signed with a
+    counter already used, or the copy of one whose verdict was pruned)."""
+    text = f"counter {counter} is not above {mark}"
+    if counter == mark or width <= 1:
+        return text
+    if counter[0] != mark[0]:
+        return f"{text}: an earlier boot"
+    if mark[1] - counter[1] >= width:
+        return f"{text}: at or below the bottom of the window of {width}"
+    return f"{text}: judged already"
+
+
 def bits(bitmap: bytes | None, width: int) -> int:
     """The window as an integer of ``width`` bits; bits the stored bitmap does not hold count as judged."""
     if bitmap is None:

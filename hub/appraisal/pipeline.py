@@ -422,7 +422,7 @@ class Pipeline:
             placed = antireplay.place(claims.counter, mark, device.seq_window, width)
             if placed == antireplay.REPLAY:
                 return self.decider.reject(conn, ctx, claims.dedup_key,
-                                           EvidenceError("replay", _replay_detail(claims.counter, mark, width),
+                                           EvidenceError("replay", antireplay.why_replay(claims.counter, mark, width),
                                                          authenticated=True), seen, device=device)
             late = placed == antireplay.LATE
         fresh = check_nonce(self.keys.nonce_secret, claims.nonce, item.device_id, epoch)
@@ -447,18 +447,6 @@ class Pipeline:
             return False
         self._nonces.append((nonce, device_id))
         return True
-
-
-def _replay_detail(counter: tuple[int, int], mark: tuple[int, int], width: int) -> str:
-    """Why ``counter`` is a replay against ``mark`` and its window of ``width`` (hub/appraisal/antireplay.py)."""
-    text = f"counter {counter} is not above {mark}"
-    if counter == mark or width <= 1:
-        return text
-    if counter[0] != mark[0]:
-        return f"{text}: an earlier boot"
-    if mark[1] - counter[1] >= width:
-        return f"{text}: at or below the bottom of the window of {width}"
-    return f"{text}: judged already"
 
 
 def _in_counter_order(routed: list[_Routed]) -> list[_Routed]:
