@@ -27,6 +27,9 @@ from hub import wire
 Clock = Callable[[], float]
 _TAMPERED_PROFILES = frozenset({Profile.TAMPERED, Profile.IGNORES_COMMANDS})
 REPLAY_RELEASE_AFTER = 2  # newer evidence published before the withheld one is replayed
+REPLAY_WINDOW = 64
+"""The hub's default anti-replay window (``Settings.replay_window``): a replay device skips this many sequence
+numbers after the one it withholds, so that released it is below the window (a replay), not late."""
 
 
 def signed_ref(raw: bytes) -> str:
@@ -233,6 +236,7 @@ class SimDevice:
         if self.profile is Profile.REPLAY and self._withheld is None and not self._replayed:
             self._seq += 1
             self._withheld = self._sign(nonce, self._seq, now, EvidenceKind.REPLAY)
+            self._seq += REPLAY_WINDOW - 1  # its next evidence is a whole window above the withheld one
         return record
 
     def _take_withheld(self) -> EvidenceRecord | None:

@@ -14,7 +14,7 @@ class Profile(StrEnum):
     HONEST = "honest"  # genuine firmware, enrolled key, fresh nonce, counter in order
     TAMPERED = "tampered"  # application image modified: its digest is in no manifest
     ROLLBACK = "rollback"  # runs release 1.0.0 (svn 1), below the minimum
-    REPLAY = "replay"  # withholds a signed evidence and publishes it after two newer ones
+    REPLAY = "replay"  # withholds a signed evidence, skips a window of seqs, publishes it after two newer ones
     FORGED = "forged"  # signs with a key that is not its enrolled key (kid still its id)
     IGNORES_COMMANDS = "ignores-commands"  # compromised: tampered app, obeys no state command, keeps sending data
 

@@ -97,6 +97,9 @@ class Settings:
     anchor_cache_max: int = 100_000
     key_cache_max: int = 4_096
     rate_limit_devices_max: int = 200_000
+    # Anti-replay window (hub/appraisal/antireplay.py, RFC 4303 §3.4.3): per device, the mark and the
+    # replay_window - 1 sequence numbers below it; evidence among them not yet judged is judged late.
+    replay_window: int = 64
     # HTTP API and web console (hub/server/api/, docs/OPERATIONS.md). ``serve`` serves them with /metrics on
     # metrics_port + N; ``attest-hub api`` alone on api_port. TLS when api_tls_cert is set; client
     # certificates issued by api_client_ca authenticate operators with api_client_cert_scope.
@@ -251,6 +254,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
         raise ConfigError("broker_enforcement = 'acl-file' needs broker_acl_file and broker_pid_file")
     if settings.anchor_cache_max < 0 or settings.key_cache_max < 0 or settings.rate_limit_devices_max < 1:
         raise ConfigError("anchor_cache_max and key_cache_max: at least 0; rate_limit_devices_max: at least 1")
+    if not 1 <= settings.replay_window <= 4096:
+        raise ConfigError("replay_window: must be 1 (no window) to 4096 sequence numbers")
     if settings.epoch_period_s < 1:
         raise ConfigError("epoch_period_s: must be at least 1 second")
     if settings.generation_period_s and settings.generation_period_s < 1:
@@ -346,6 +351,10 @@ SETTING_HELP: dict[str, str] = {
                      "again, about 10 µs per evidence); 0: none.",
     "rate_limit_devices_max": "Most devices a worker keeps a rate-limit bucket for (about 0.2 KB each; only buckets "
                               "not yet refilled are kept); beyond it the least recently seen is forgotten.",
+    "replay_window": "Anti-replay window (RFC 4303 §3.4.3) in sequence numbers, 1 to 4096: evidence up to "
+                     "`replay_window - 1` below a device's counter mark (same boot), never judged and with a fresh "
+                     "nonce, is judged late (its verdict and receipt, no state moved back); 1: none, every counter "
+                     "at or below the mark is a replay.",
     "api_host": "`attest-hub api`: the address the HTTP API and console listen on.",
     "api_port": "`attest-hub api`: the TCP port of the HTTP API and console (`serve` uses `metrics_port` + N).",
     "api_tls_cert": "HTTP API over TLS: the server certificate (PEM); empty: plain HTTP.",

@@ -138,12 +138,14 @@ def test_key_change_between_verify_and_commit_is_honoured(env: HubEnv) -> None:
 
 
 def test_replay_below_high_water_rejected(env: HubEnv) -> None:
+    """Withheld evidence released once the mark is a whole window (64) above it: a replay. Within the window
+    it would be judged late (tests/test_antireplay.py)."""
     withheld = env.evidence(A, env.claims(A, seq=2))
     pipeline = env.pipeline()
-    only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=5)))]))
+    only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=2 + 64)))]))
     decision = only(pipeline.process([incoming(A, withheld)]))
     assert decision.status == "rejected" and decision.reason == "replay"
-    assert env.device(A).seq == 5
+    assert env.device(A).seq == 66
 
 
 def test_new_boot_resets_the_sequence(env: HubEnv) -> None:
@@ -386,9 +388,9 @@ def _scenario(env: HubEnv, clock: Callable[[], float]) -> list[tuple[str, str, s
     nonce = env.challenge(B)
     steps = [
         [incoming(A, env.evidence(A, env.claims(A, seq=1)))],
-        [incoming(A, env.evidence(A, env.claims(A, seq=3)))],
-        [incoming(A, env.evidence(A, env.claims(A, seq=2)))],
-        [incoming(A, env.evidence(A, env.claims(A, seq=4, nonce=stale)))],
+        [incoming(A, env.evidence(A, env.claims(A, seq=70)))],
+        [incoming(A, env.evidence(A, env.claims(A, seq=2)))],  # below the anti-replay window: a replay
+        [incoming(A, env.evidence(A, env.claims(A, seq=71, nonce=stale)))],
         [incoming(B, env.evidence(B, env.claims(B, seq=1, nonce=nonce)))],
         [incoming(B, env.evidence(B, env.claims(B, seq=2, nonce=nonce)))],
         [incoming(B, env.evidence(B, {**env.claims(B, seq=3), wire.OEMBOOT: False}))],

@@ -139,6 +139,22 @@ def test_duplicate_evidence_on_postgresql_gets_no_second_verdict(tmp_path: Path)
     store.close()
 
 
+def test_late_evidence_from_another_worker_is_judged_and_its_window_kept_on_postgresql(tmp_path: Path) -> None:
+    """Worker one commits a device's newer evidence; worker two, which last saw the device before it, gets the
+    older piece: decided again under the lock, it is late (within the anti-replay window), and the window
+    (bytea) is stored with the mark."""
+    store, (first, second), factory = _pg_pipeline_env(tmp_path, 1)
+    one, two, three = (_incoming(factory.make(0)) for _ in range(3))
+    assert [d.action for d in second.process([one]).decisions] == ["affirm"]  # worker two caches the row at 1
+    assert [d.action for d in first.process([three]).decisions] == ["affirm"]
+    assert [(d.status, d.action) for d in second.process([two]).decisions] == [("affirming", "late")]
+    with store.reading() as conn:
+        device = store.devices(conn, [loadgen.device_id(0)])[loadgen.device_id(0)]
+    assert (device.bootcount, device.seq) == (1, 3) and device.seq_window == (0b111).to_bytes(8, "little")
+    assert [d.reason for d in second.process([_incoming(factory.make(0))]).decisions] == [""]
+    store.close()
+
+
 @pytest.mark.broker
 def test_two_workers_on_postgresql_through_mosquitto(broker: MosquittoProcess, tmp_path: Path) -> None:
     env = make_env(broker, tmp_path, 6, "honest:4,tampered:1,forged:1", database_url=fresh_pg_database())

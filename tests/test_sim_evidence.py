@@ -126,18 +126,18 @@ def test_replay_withholds_and_later_publishes_stale_evidence() -> None:
         rounds.append([claims_of(raw) for raw in device.evidence_due()])
     assert [[(c[-65537], c[10]) for c in r] for r in rounds] == [
         [(1, nonces[0])],
-        [(3, nonces[1])],
-        [(4, nonces[2]), (2, nonces[0])],  # stale: below the high-water mark 4, old nonce
-        [(5, nonces[3])],
+        [(66, nonces[1])],  # a whole anti-replay window (64) above the withheld seq 2
+        [(67, nonces[2]), (2, nonces[0])],  # stale: below the window of the high-water mark 67, old nonce
+        [(68, nonces[3])],
     ]
     for rnd in rounds:  # every evidence, the stale one too, is properly signed
         assert all(c[256] == device.ueid for c in rnd)
     assert [(r.seq, r.kind.value) for r in device.evidence_log] == [
         (1, "epoch"),
-        (3, "epoch"),
-        (4, "epoch"),
+        (66, "epoch"),
+        (67, "epoch"),
         (2, "replay"),
-        (5, "epoch"),
+        (68, "epoch"),
     ]
 
 

@@ -67,9 +67,9 @@ def test_forged_signature_is_kept_as_hash_only(env: HubEnv) -> None:
 
 def test_authenticated_evidence_keeps_its_bytes(env: HubEnv) -> None:
     pipeline = env.pipeline(clock=lambda: NOW)
-    raw = env.evidence(A, env.claims(A, seq=5))
+    raw = env.evidence(A, env.claims(A, seq=100))
     assert only(pipeline.process([incoming(A, raw)])).status == "affirming"
-    stale = env.evidence(A, env.claims(A, seq=2))  # signed, below the high-water mark: rejected, authenticated
+    stale = env.evidence(A, env.claims(A, seq=2))  # signed, below the anti-replay window: rejected, authenticated
     decision = only(pipeline.process([incoming(A, stale)]))
     assert decision.status == "rejected" and decision.authenticated and decision.reason == "replay"
     first, second = stored(env)
@@ -158,8 +158,8 @@ def test_the_budget_is_per_minute_and_spares_signed_evidence(env: HubEnv) -> Non
     pipeline.process([incoming(A, b"g4")])
     assert len(stored(env)) == 3  # two in the first minute, one in the second
     clock[0] += 60
-    assert only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=9)))])).status == "affirming"
-    for seq in (1, 2, 3):  # signed but below the high-water mark: rejected, authenticated
+    assert only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=100)))])).status == "affirming"
+    for seq in (1, 2, 3):  # signed but below the anti-replay window: rejected, authenticated
         pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=seq)))])
     statuses = [(v["status"], v["authenticated"], bool(v["evidence"])) for v in stored(env)]
     # signed evidence is evidence: every piece keeps its row and bytes, whatever the budget of unsigned rejections
@@ -181,7 +181,7 @@ def test_signed_rejections_each_get_a_row_and_a_receipt_whatever_the_budget(env:
     docs/PROTOCOL.md#receipts) for each piece: exactly one verdict per piece it signed, even past the budget."""
     pipeline = env.pipeline(clock=lambda: NOW)
     pipeline.decider.rejections = RejectionTally(rows_per_min=1, bytes_per_min=10)
-    only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=9)))]))
+    only(pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=100)))]))  # 1..3: below its window
     outcome = pipeline.process([incoming(A, env.evidence(A, env.claims(A, seq=s))) for s in (1, 2, 3)])
     assert [d.reason for d in outcome.decisions] == ["replay"] * 3
     results = publishes_on(outcome, wire.RESULT)

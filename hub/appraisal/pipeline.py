@@ -9,7 +9,10 @@ Stages, in order, for a batch:
 3. decide (no lock held): the batch's device rows, the epoch and the evidence
    already decided are read once; duplicates, replay and freshness are
    checked, the scheme appraises, policy picks the action, and the results
-   and commands are built and signed;
+   and commands are built and signed. A device's evidence within a batch is
+   decided in counter order; evidence below the device's mark but within its
+   anti-replay window and never judged is judged late (RFC 4303 §3.4.3,
+   hub/appraisal/antireplay.py);
 4. commit (one transaction, the only work under the write lock): the device
    rows, the epoch and the evidence already decided are read again under
    lock and must equal what step 3 decided on, challenge nonces are claimed,
@@ -46,6 +49,7 @@ from cryptography.x509 import Certificate
 from sqlalchemy import Connection
 
 from hub import wire
+from hub.appraisal import antireplay
 from hub.appraisal.ratelimit import RateLimiter
 from hub.appraisal.verdicts import Decider, Decision
 from hub.crypto.cose import CoseError, decode_sign1
@@ -155,6 +159,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         anchor_cache_max: int = 100_000,
         key_cache_max: int = 4_096,
+        replay_window: int = antireplay.DEFAULT_WIDTH,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -163,7 +168,8 @@ class Pipeline:
         self.rate_limiter = rate_limiter
         self.clock = clock
         self.ca_certificates = ca_certificates
-        self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s)
+        self.decider = Decider(store, keys, references, command_ttl_s=command_ttl_s, epoch_period_s=epoch_period_s,
+                               replay_window=replay_window)
         self.decider.platform_schemes = registry.platform_schemes
         self._key_cache: dict[str, PublicKey] = {}
         """PEM -> parsed public key (about 2.3 KB each with OpenSSL's object; a miss costs a parse, ~10 µs), at
@@ -217,6 +223,7 @@ class Pipeline:
         if not routed:
             return outcome
         rows = self._refresh(prepared)
+        routed = _in_counter_order(routed)
         ids = {r.device_id for r in routed}
         try:
             devices = self._decide_unlocked(routed, rows, now, outcome, urgent)
@@ -465,13 +472,16 @@ class Pipeline:
             return self.decider.duplicate(conn, ctx, device, claims,
                                           platform=item.scheme is not None and item.scheme.attests_platform)
         seen.add((item.device_id, claims.scheme, claims.dedup_key))
-        if claims.counter is not None and claims.counter <= (device.bootcount, device.seq):
-            return self.decider.reject(
-                conn, ctx, claims.dedup_key,
-                EvidenceError("replay", f"counter {claims.counter} is not above {(device.bootcount, device.seq)}",
-                              authenticated=True),
-                seen, device=device,
-            )
+        late = False
+        if claims.counter is not None:
+            mark = (device.bootcount, device.seq)
+            width = self.decider.replay_window
+            placed = antireplay.place(claims.counter, mark, device.seq_window, width)
+            if placed == antireplay.REPLAY:
+                return self.decider.reject(conn, ctx, claims.dedup_key,
+                                           EvidenceError("replay", antireplay.why_replay(claims.counter, mark, width),
+                                                         authenticated=True), seen, device=device)
+            late = placed == antireplay.LATE
         fresh = check_nonce(self.keys.nonce_secret, claims.nonce, item.device_id, epoch)
         if not fresh.ok:
             reason = "stale-nonce" if "stale" in fresh.problem else "bad-nonce"
@@ -482,7 +492,7 @@ class Pipeline:
                                        EvidenceError("nonce-reused", "challenge nonce was already used",
                                                      authenticated=True), seen, device=device)
         assert item.scheme is not None
-        return self.decider.appraise(conn, ctx, device, item.scheme, claims)
+        return self.decider.appraise(conn, ctx, device, item.scheme, claims, late=late)
 
 
     def _use_nonce(self, conn: Connection, nonce: bytes, device_id: str, now: float) -> bool:
@@ -494,6 +504,28 @@ class Pipeline:
             return False
         self._nonces.append((nonce, device_id))
         return True
+
+
+def _in_counter_order(routed: list[_Routed]) -> list[_Routed]:
+    """``routed`` with each device's evidence that carries a counter in counter order, in the places that
+    evidence held (everything else keeps its place): within one batch, older evidence is judged before newer
+    and is not late."""
+    places: dict[str, list[int]] = {}
+    for index, item in enumerate(routed):
+        if item.claims is not None and item.claims.counter is not None:
+            places.setdefault(item.device_id, []).append(index)
+    ordered = list(routed)
+    for indices in places.values():
+        if len(indices) > 1:
+            items = sorted((routed[i] for i in indices), key=_counter)
+            for index, item in zip(indices, items, strict=True):
+                ordered[index] = item
+    return ordered
+
+
+def _counter(item: _Routed) -> tuple[int, int]:
+    assert item.claims is not None and item.claims.counter is not None
+    return item.claims.counter
 
 
 def _unparsed_key(item: _Routed) -> str:

@@ -58,3 +58,11 @@ def after_verdict(status: str, hold: bool, tier: Tier, policy: Policy, *, platfo
     if not platform:
         return Transition(status, "affirm")
     return Transition(TRUSTED, "affirm")
+
+
+def escalates(status: str, hold: bool, step: Transition) -> bool:
+    """Whether ``step`` (of a late verdict: evidence older than the device's newest) only makes the device
+    stricter: into quarantine, or a quarantine that now needs an operator's release. Late evidence may do
+    that (a contraindication stands whatever came after it in the same boot) but never release a device,
+    mark it trusted or move it to warning: its status follows its newest evidence (docs/SECURITY.md row 1)."""
+    return step.status == QUARANTINED and (status != QUARANTINED or (step.hold and not hold))

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from hub import wire
-from hub.appraisal import transitions
+from hub.appraisal import antireplay, transitions
 from hub.appraisal.liveness import deadline_epoch
 from hub.appraisal.messages import Command, ResultClaims, result_from_verdict
 from hub.appraisal.remediation import plan_remediation
@@ -33,6 +33,8 @@ from hub.store.rejections import add_rejections
 REJECTED = "rejected"
 DUPLICATE = "duplicate"
 UNKNOWN_DEVICE = "unknown-device"
+LATE = "late"
+"""The action of a late verdict that moved nothing (evidence below the mark, within the anti-replay window)."""
 
 
 @dataclass(slots=True)
@@ -75,7 +77,7 @@ class PendingWrites:
 
 class Decider:
     def __init__(self, store: Store, keys: HubKeys, references: References, *, command_ttl_s: int,
-                 epoch_period_s: float = 300.0) -> None:
+                 epoch_period_s: float = 300.0, replay_window: int = antireplay.DEFAULT_WIDTH) -> None:
         self.store = store
         self.epoch = 0
         self.epoch_period_s = epoch_period_s
@@ -87,6 +89,8 @@ class Decider:
         self._command_signer = Signer(keys.signing_key, kid=self.kid)
         self.references = references
         self.command_ttl_s = command_ttl_s
+        self.replay_window = replay_window
+        """Width of each device's anti-replay window, in sequence numbers (``Settings.replay_window``)."""
         self.remediation = False  # send a remediate command when quarantining for firmware (Settings.remediation)
         self._verdicts: list[dict[str, Any]] = []
         self._commands: list[dict[str, Any]] = []
@@ -198,14 +202,19 @@ class Decider:
         """Is ``stored`` the device's newest non-rejected platform verdict (committed or in this batch)?"""
         device_id = stored["device_id"]
         pending = [v for v in self._verdicts if v["device_id"] == device_id and v["scheme"] in self.platform_schemes
-                   and v["status"] != REJECTED]
+                   and v["status"] != REJECTED and v["action"] != LATE]
         newest = pending[-1] if pending else self.store.standing_verdict(conn, device_id, self.platform_schemes)
         return newest is not None and (newest["scheme"], newest["dedup_key"]) == (stored["scheme"],
                                                                                    stored["dedup_key"])
 
     def appraise(
-        self, conn: Connection, ctx: Context, device: DeviceRecord, scheme: EvidenceScheme, claims: Claims
+        self, conn: Connection, ctx: Context, device: DeviceRecord, scheme: EvidenceScheme, claims: Claims,
+        *, late: bool = False,
     ) -> Decision:
+        """Appraise authenticated, fresh evidence and apply its verdict. ``late``: its counter is below the
+        device's mark, within the anti-replay window and not judged before (hub/appraisal/antireplay.py); it
+        gets its verdict, its result (never retained) and its bit in the window, but moves no state back: not
+        the mark, the firmware version or the scheme's state updates, and the status only to quarantine."""
         state = DeviceState(
             svn_high_water=device.svn_high_water, firmware_tier=device.tier, chain_head=device.chain_head,
             chain_bootcount=device.chain_bootcount, chain_seq=device.chain_seq,
@@ -215,16 +224,20 @@ class Decider:
         appraisal = scheme.appraise(claims, inputs)
         if claims.counter is not None:
             bootcount, seq = claims.counter
-            if device.bootcount >= 0 and bootcount > device.bootcount:
-                device.reboots += 1
-                self._audit.append(AuditDraft(ctx.now, "hub", "reboot", device.device_id,
-                                              {"from": device.bootcount, "to": bootcount}))
-            device.bootcount, device.seq = bootcount, seq
+            mark = (device.bootcount, device.seq)
+            device.seq_window = antireplay.judged(claims.counter, mark, device.seq_window, self.replay_window)
+            if not late:
+                if device.bootcount >= 0 and bootcount > device.bootcount:
+                    device.reboots += 1
+                    self._audit.append(AuditDraft(ctx.now, "hub", "reboot", device.device_id,
+                                                  {"from": device.bootcount, "to": bootcount}))
+                device.bootcount, device.seq = bootcount, seq
         manifest_ref = f"{manifest.device_class}#{manifest.sequence}" if manifest else None
-        if appraisal.firmware_version and claims.scheme in ("firmware", "tpm", "psa"):
+        if appraisal.firmware_version and claims.scheme in ("firmware", "tpm", "psa") and not late:
             device.firmware_version = appraisal.firmware_version
         decision = self._apply(ctx, device, appraisal.trust_vector, appraisal.problems, manifest_ref,
-                               claims.dedup_key, appraisal.state_updates, platform=scheme.attests_platform)
+                               claims.dedup_key, {} if late else appraisal.state_updates,
+                               platform=scheme.attests_platform, late=late)
         if appraisal.annotations:  # e.g. a PSA token's verification service and certification reference
             self._audit.append(AuditDraft(ctx.now, "hub", "annotations", device.device_id,
                                           {"scheme": claims.scheme, "evidence": claims.dedup_key,
@@ -239,13 +252,15 @@ class Decider:
 
     def _apply(
         self, ctx: Context, device: DeviceRecord, vector: TrustVector, problems: tuple[str, ...],
-        manifest_ref: str | None, dedup_key: str, updates: Any, *, platform: bool = True,
+        manifest_ref: str | None, dedup_key: str, updates: Any, *, platform: bool = True, late: bool = False,
     ) -> Decision:
         policy = self.references.policy(device.device_class)
         tier = vector.tier()
         step = transitions.after_verdict(device.status, device.quarantine_hold, tier, policy, platform=platform)
         if device.anomaly_hold and step.status == transitions.TRUSTED:  # an open anomaly finding (hub/anomaly/watch.py)
             step = replace(step, status=transitions.WARNING, action="warn" if step.action == "affirm" else step.action)
+        if late and not transitions.escalates(device.status, device.quarantine_hold, step):
+            return self._late(ctx, device, vector, problems, manifest_ref, dedup_key)
         decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, step.action,
                             ctx.trace_id, dedup_key)
         old_status = device.status
@@ -265,16 +280,29 @@ class Decider:
                                           {"key_version": device.key_version, "evidence": dedup_key}))
         self._touched.add(device.device_id)
         # Retained results state what the device runs; data verdicts are delivered live but do not replace it.
-        self._record(ctx, decision, manifest_ref, device.device_class, retain=platform)
+        self._record(ctx, decision, manifest_ref, device.device_class, retain=platform, late=late)
         reason = "; ".join(problems) if problems else f"attested {tier.label}"
         if step.command is not None:
             decision.publishes.append(self.command(device, step.command, reason, ctx.now, ctx.trace_id))
-        if old_status != device.status:
+        if old_status != device.status or late:
             self._audit.append(AuditDraft(ctx.now, "hub", "status", device.device_id,
                                           {"from": old_status, "to": device.status, "action": step.action,
-                                           "evidence": dedup_key, "scheme": ctx.scheme, "reason": reason}))
+                                           "evidence": dedup_key, "scheme": ctx.scheme, "reason": reason,
+                                           **({"late": True} if late else {})}))
         if step.command == wire.COMMAND_QUARANTINE and self.remediation and platform:
             self._remediate(ctx, device, vector, reason, dedup_key, decision)
+        return decision
+
+    def _late(self, ctx: Context, device: DeviceRecord, vector: TrustVector, problems: tuple[str, ...],
+              manifest_ref: str | None, dedup_key: str) -> Decision:
+        """A late verdict that does not escalate: stored and published with action ``late``, its result not
+        retained (it does not state what the device runs now: newer evidence did); the device only seen."""
+        tier = vector.tier()
+        decision = Decision(ctx.device_id, ctx.scheme, tier.label, True, tier, vector, problems, LATE, ctx.trace_id,
+                            dedup_key)
+        device.last_seen = ctx.now
+        self._touched.add(device.device_id)
+        self._record(ctx, decision, manifest_ref, device.device_class, retain=False, late=True)
         return decision
 
     def _remediate(self, ctx: Context, device: DeviceRecord, vector: TrustVector, reason: str, dedup_key: str,
@@ -306,7 +334,7 @@ class Decider:
         self._audit.append(draft)
 
     def _record(self, ctx: Context, decision: Decision, manifest_ref: str | None, device_class: str,
-                retain: bool) -> None:
+                retain: bool, late: bool = False) -> None:
         policy = self.references.policy(device_class)
         self._verdicts.append({
             "device_id": ctx.device_id, "scheme": ctx.scheme, "dedup_key": decision.evidence_ref,
@@ -320,7 +348,7 @@ class Decider:
         self._audit.append(AuditDraft(ctx.now, "hub", "verdict", ctx.device_id, {
             "scheme": ctx.scheme, "evidence": decision.evidence_ref, "status": decision.status,
             "action": decision.action, "problems": list(decision.problems), "manifest": manifest_ref,
-            "policy": policy.ref,
+            "policy": policy.ref, **({"late": True} if late else {}),
         }))
         result = ResultClaims(ctx.device_id, ctx.scheme, decision.trust_vector, decision.tier, int(ctx.now),
                               decision.problems, decision.evidence_ref, manifest_ref, policy.ref, decision.action,

@@ -23,6 +23,8 @@ class HubMetrics:
         self.rejected = Counter("attest_evidence_rejected", "Evidence rejected, by reason", ["reason"], registry=r)
         self.duplicates = Counter("attest_evidence_duplicates", "Redelivered evidence (no second verdict)",
                                   registry=r)
+        self.late = Counter("attest_evidence_late", "Evidence judged after newer evidence of its device (below "
+                            "its counter mark, within the anti-replay window)", registry=r)
         self.unknown_devices = Counter("attest_unknown_device_messages",
                                        "Evidence for device ids that are not enrolled (counted, not stored)",
                                        registry=r)

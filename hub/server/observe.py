@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from hub.anomaly.stats import KINDS
 from hub.anomaly.watch import PassResult
 from hub.appraisal.pipeline import BatchOutcome
-from hub.appraisal.verdicts import DUPLICATE, REJECTED, UNKNOWN_DEVICE
+from hub.appraisal.verdicts import DUPLICATE, LATE, REJECTED, UNKNOWN_DEVICE
 from hub.envelope import Incoming
 from hub.server.metrics import HubMetrics
 
@@ -36,7 +36,7 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
     verified: Counter[str] = Counter()
     verdicts: Counter[tuple[str, str]] = Counter()
     commands: Counter[str] = Counter()
-    duplicates = quarantines = releases = unknown = 0
+    duplicates = quarantines = releases = unknown = late = 0
     for decision in outcome.decisions:
         received[decision.scheme] += 1
         if decision.status == DUPLICATE:
@@ -49,6 +49,7 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
             continue
         verified[decision.scheme] += 1
         verdicts[(decision.status, classes.get(decision.device_id, "?"))] += 1
+        late += decision.action == LATE
         if decision.action == "quarantine":
             quarantines += 1
             metrics.time_to_quarantine.observe(now - first)
@@ -71,6 +72,8 @@ def record_batch(metrics: HubMetrics, batch: Sequence[Incoming], outcome: BatchO
         metrics.commands.labels(kind=kind).inc(count)
     if duplicates:
         metrics.duplicates.inc(duplicates)
+    if late:
+        metrics.late.inc(late)
     if quarantines:
         metrics.quarantines.inc(quarantines)
     if releases:

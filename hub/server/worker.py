@@ -138,6 +138,7 @@ class HubWorker:
             ca_certificates=load_anchors(settings.manufacturer_cas),
             epoch_period_s=settings.epoch_period_s,
             anchor_cache_max=settings.anchor_cache_max, key_cache_max=settings.key_cache_max,
+            replay_window=settings.replay_window,
         )
         leaves = sorted(self.registry.topic_leaves)
         subscriptions = [(f"$share/{SHARE_GROUP}/{wire.FLEET_ROOT}/+/{leaf}", 1) for leaf in leaves]

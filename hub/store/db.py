@@ -84,6 +84,9 @@ class DeviceRecord:
     chain_seq: int | None = None
     chain_head: bytes | None = None
     anomaly_hold: bool = False
+    seq_window: bytes | None = None
+    """The anti-replay window beside the mark ``(bootcount, seq)``: which of the sequence numbers below it were
+    judged (hub/appraisal/antireplay.py); None: all of them."""
 
     def values(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -112,6 +115,7 @@ def _device_row(row: Sequence[Any]) -> DeviceRecord:
     record.revoked, record.quarantine_hold = bool(record.revoked), bool(record.quarantine_hold)
     record.anomaly_hold = bool(record.anomaly_hold)
     record.ueid, record.chain_head = as_bytes(record.ueid), as_bytes(record.chain_head)
+    record.seq_window = as_bytes(record.seq_window)
     return record
 
 
@@ -283,12 +287,13 @@ class Store:
         return found
 
     def standing_verdict(self, conn: Connection, device_id: str, schemes: Iterable[str]) -> dict[str, Any] | None:
-        """The device's newest verdict of one of ``schemes`` that was not a rejection: the one whose result
-        stands retained on ``fleet/{id}/result`` when ``schemes`` are the platform schemes."""
+        """The device's newest verdict of one of ``schemes`` that was not a rejection nor late (action ``late``:
+        judged after newer evidence, hub/appraisal/antireplay.py): the one whose result stands retained on
+        ``fleet/{id}/result`` when ``schemes`` are the platform schemes."""
         row = conn.execute(
             select(VERDICTS)
             .where(VERDICTS.c.device_id == device_id, VERDICTS.c.scheme.in_(list(schemes)),
-                   VERDICTS.c.status != "rejected")
+                   VERDICTS.c.status != "rejected", VERDICTS.c.action != "late")
             .order_by(VERDICTS.c.id.desc())
             .limit(1)
         ).first()
@@ -467,8 +472,9 @@ class Store:
             conn.execute(DEVICES.insert(), [r.values() for r in records])
 
     def latest_evidence(self, conn: Connection, schemes: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Per device, its latest authenticated, appraised verdict of one of ``schemes`` (with the evidence bytes)."""
-        wanted = (VERDICTS.c.authenticated.is_(True), VERDICTS.c.status != "rejected",
+        """Per device, its latest authenticated, appraised verdict of one of ``schemes`` (with the evidence bytes);
+        not a late one (action ``late``: older evidence judged after newer)."""
+        wanted = (VERDICTS.c.authenticated.is_(True), VERDICTS.c.status != "rejected", VERDICTS.c.action != "late",
                   VERDICTS.c.scheme.in_(sorted(set(schemes))))
         latest = select(func.max(VERDICTS.c.id).label("id")).where(*wanted).group_by(VERDICTS.c.device_id).subquery()
         rows = conn.execute(select(VERDICTS).join(latest, VERDICTS.c.id == latest.c.id))

@@ -42,6 +42,10 @@ class Device(SQLModel, table=True):
     chain_head: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     anomaly_hold: bool = False
     """An open anomaly finding keeps the device at warning (policy ``anomaly = "warn"``, hub/anomaly/watch.py)."""
+    seq_window: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    """Anti-replay window (RFC 4303 §3.4.3) of the mark ``(bootcount, seq)``: bit d set once ``seq - d`` was
+    judged, little-endian (hub/appraisal/antireplay.py); NULL: every sequence number below the mark counts as
+    judged."""
 
 
 class Verdict(SQLModel, table=True):
