@@ -1,7 +1,7 @@
 """The leader's analysis pass: new verdicts in, findings opened and closed, device status by policy.
 
 Worker 0 (``HubWorker.is_leader``) runs ``AnomalyWatch.run_pass`` every
-``anomaly_interval_s`` on a thread of its own. A pass reads the verdicts
+``anomaly_interval_s`` in a process of its own (hub/server/passes.py). A pass reads the verdicts
 committed since the stored cursor (by any worker), folds them into the
 per-device state it keeps in memory (hub/anomaly/fleet.py: read from the
 database once), rescores the classes with something new, and in one
@@ -145,7 +145,7 @@ class AnomalyWatch:
         touched: set[str] = set()
         for n, event in enumerate(event_from_row(r) for r in rows):
             if n % _YIELD_EVERY == _YIELD_EVERY - 1:
-                time.sleep(0)  # let the evidence loop have the GIL (the pass runs on a thread of the same process)
+                time.sleep(0)  # let the evidence loop have the GIL (when the pass runs on a thread of the same process)
             device_class = classes.get(event.device_id)
             if device_class is None:
                 continue  # not enrolled: nothing to compare it with
