@@ -31,6 +31,9 @@ class Settings:
     hub_id: str = "hub"
     session_expiry_s: int = 3600
     operator_keys: tuple[str, ...] = ()
+    # ``serve`` refuses to start without operator keys (it would trust no manifest and quarantine nothing for
+    # firmware) unless this is true; then it warns at start and /healthz says so (hub/server/serve.py).
+    allow_no_operator_keys: bool = False
     manufacturer_cas: tuple[str, ...] = ()
     epoch_period_s: float = 300.0
     generation_period_s: float = 60.0
@@ -296,6 +299,9 @@ SETTING_HELP: dict[str, str] = {
                         "queuing evidence for a worker that is away, in seconds.",
     "operator_keys": "Public keys (PEM files) allowed to sign manifests and policies; comma-separated in the "
                      "environment.",
+    "allow_no_operator_keys": "`serve` starts without `operator_keys` (then no manifest or policy is trusted and "
+                              "nothing is quarantined for firmware; it warns at start and `/healthz` shows "
+                              "`no_operator_keys`); false: it refuses to start (exit 1).",
     "manufacturer_cas": "Manufacturer CA certificates (PEM files) that device certificate chains (x5chain) must "
                         "chain to; comma-separated in the environment.",
     "epoch_period_s": "How often worker 0 publishes a new signed epoch nonce, in seconds (at least 1); evidence "

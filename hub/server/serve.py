@@ -31,6 +31,22 @@ class ServeError(RuntimeError):
     """An infrastructure fault at start-up, or a crash loop; the message is one line."""
 
 
+NO_OPERATOR_KEYS = ("operator_keys is empty: the hub would trust no manifest or policy and quarantine nothing for "
+                    "firmware; set operator_keys (ATTEST_HUB_OPERATOR_KEYS) to the operators' public key files, or "
+                    "allow_no_operator_keys = true to serve without them")
+
+
+def refusal(settings: Settings) -> str | None:
+    """Why ``serve`` must not start on these settings (a configuration error, exit 1), or None.
+
+    Without operator keys no signed manifest or policy verifies, so every device would pass unappraised:
+    refused unless ``allow_no_operator_keys`` opts in (docs/SECURITY.md, fail closed).
+    """
+    if not settings.operator_keys and not settings.allow_no_operator_keys:
+        return NO_OPERATOR_KEYS
+    return None
+
+
 def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | None = None) -> None:
     """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
     directory's); ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on
@@ -92,6 +108,9 @@ def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosi
         except StoreError as exc:
             raise ServeError(str(exc)) from exc
         log.info(listening(settings, count))
+        if not settings.operator_keys:
+            log.warning("SERVING WITHOUT OPERATOR KEYS (allow_no_operator_keys = true): no manifest or policy is "
+                        "trusted and nothing is quarantined for firmware; /healthz shows no_operator_keys")
         try:
             run_workers(settings, count, stop, verbosity)
         except _FAULTS as exc:
