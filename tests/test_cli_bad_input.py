@@ -62,6 +62,16 @@ def test_every_out_path_in_a_missing_folder_is_one_line(env: HubEnv, tmp_path: P
     assert as_json.exit_code == 1 and json.loads(as_json.stdout)["exit_code"] == 1
 
 
+def test_an_enrolment_file_that_is_not_json_is_named_in_its_one_line(env: HubEnv, tmp_path: Path) -> None:
+    for name, content in (("fleet.txt", "not json at all\n"), ("fleet.json", '{"devices": [1, 2'),
+                          ("deep.json", "[" * 100_000)):
+        path = tmp_path / name
+        path.write_text(content)
+        result = run(env, "device", "enroll", "--file", str(path))
+        clean(result, 1, f"enrolment file {path}: not")
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_binary_files_given_for_text_are_refused_plainly(env: HubEnv, tmp_path: Path) -> None:
     binary = tmp_path / "m.cose"
     binary.write_bytes(b"\xd2\x84\xff\xfe" * 8)
