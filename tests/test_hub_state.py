@@ -78,6 +78,14 @@ def commands(tmp_path: Path) -> list[list[str]]:
     return [[part.replace("{enrol}", str(enrol)) for part in command] for command in DATABASE_COMMANDS]
 
 
+def test_a_state_dir_that_does_not_exist_is_refused_with_how_to_create_one(tmp_path: Path) -> None:
+    state = tmp_path / "no-hub"
+    for command in commands(tmp_path):
+        result = invoke(state, *command)
+        assert_refused(result, f"state dir {state} does not exist", f"attest-hub --state-dir {state} init")
+        assert not state.exists(), command  # nothing was created by a command other than init
+
+
 # --- item: an empty or foreign database is never a new hub -------------------------------------------
 
 

@@ -43,7 +43,9 @@ def _env(settings_env: dict[str, str]) -> dict[str, str]:
     (["--broker", "127.0.0.1:{port}"], "error: broker unreachable at 127.0.0.1:{port}: Connection refused"),
     (["--database-url", "postgresql://hub:secret@127.0.0.1:{port}/hub"], "error: cannot open database 127.0.0.1:"),
     (["--database-url", "mysql://hub:secret@127.0.0.1/hub"], "error: cannot open database 127.0.0.1/hub: no driver"),
-    (["--state-dir", "{tmp}/no-keys"], "error: cannot read {tmp}/no-keys/hub-signing.key.pem"),
+    (["--state-dir", "{tmp}"], "error: cannot read {tmp}/hub-signing.key.pem"),
+    (["--state-dir", "{tmp}/no-hub"], "error: state dir {tmp}/no-hub does not exist: run `attest-hub --state-dir "
+                                      "{tmp}/no-hub init`"),
 ])
 def test_an_infrastructure_fault_at_start_up_is_one_line_and_exit_3(tmp_path: Path, args: list[str],
                                                                     message: str) -> None:

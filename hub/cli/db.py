@@ -25,6 +25,7 @@ from hub.crypto.hubstate import (
     StateLocked,
     accept_restore,
     adopt_generation,
+    missing_state_dir_message,
     open_store,
 )
 from hub.server.announced import Announced, BrokerUnreachable, announced
@@ -39,6 +40,8 @@ def db() -> None:
 
 
 def _open(hub: HubContext) -> Store:
+    if not hub.settings.database_url and not hub.settings.state_dir.is_dir():
+        fail(missing_state_dir_message(hub.settings), code=3)
     try:
         return Store(hub.settings.effective_database_url, schema=False)
     except StoreError as exc:

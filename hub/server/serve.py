@@ -15,7 +15,7 @@ from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import StateLock, check_announced, open_store
+from hub.crypto.hubstate import StateLock, check_announced, missing_state_dir_message, open_store
 from hub.crypto.keys import KeyFileError
 from hub.server.announced import BrokerUnreachable, announced
 from hub.server.presence import wait_for_earlier_workers
@@ -52,6 +52,8 @@ def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | N
     directory's); ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on
     it; the broker accepts TCP; the database is not behind the epoch and generation this hub published
     (signed, retained) on the broker; else ServeError, one line (refused here once, not in each worker)."""
+    if not settings.state_dir.is_dir():
+        raise ServeError(missing_state_dir_message(settings))
     try:
         keys = load_hub_keys(settings)
         store = open_store(settings)
