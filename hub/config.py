@@ -7,6 +7,7 @@ object is passed down explicitly; nothing reads the environment later.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -154,16 +155,22 @@ class Settings:
     def masked(self) -> dict[str, object]:
         """For ``config show``: secrets and credentials in URLs masked."""
         shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        url = self.effective_database_url
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            url = f"{scheme}://{user}:***@{host}"
-        shown["database_url"] = url
+        shown["database_url"] = mask_url_password(self.effective_database_url)
         if self.broker_tls_key:
             shown["broker_tls_key"] = f"{self.broker_tls_key} (private key path)"
         return shown
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with its password, and only a password, shown as ``***``: the userinfo's (``user:password@``,
+    RFC 3986 section 3.2.1, read as SQLAlchemy reads a URL: the password runs to the first ``@``) and a
+    ``password=`` query parameter (libpq's); a URL without a password is returned unchanged."""
+    url = _USERINFO_PASSWORD.sub(r"\g<head>***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\g<1>***", url)
+
+
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[\w+]+://[^:/@]*:)[^@]+@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 _FIELD_TYPES = {f.name: f for f in fields(Settings)}

@@ -63,6 +63,23 @@ def test_an_infrastructure_fault_at_start_up_is_one_line_and_exit_3(tmp_path: Pa
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://hub@db.example:5432/hub", "postgresql://hub@db.example:5432/hub"),  # no password: nothing masked
+    ("postgresql://hub:@db.example/hub", "postgresql://hub:@db.example/hub"),  # an empty one
+    ("postgresql://hub:s3cret@db.example/hub", "postgresql://hub:***@db.example/hub"),
+    ("postgresql://db.example/hub?user=hub&password=s3cret&sslmode=require",
+     "postgresql://db.example/hub?user=hub&password=***&sslmode=require"),
+    ("postgresql://hub:s3cret@db.example/hub?application_name=a@b",
+     "postgresql://hub:***@db.example/hub?application_name=a@b"),
+])
+def test_the_start_up_line_masks_only_an_actual_password(url: str, shown: str) -> None:
+    from hub.config import load_settings
+    from hub.server.serve import listening
+
+    line = listening(load_settings(None, environ={}, database_url=url), 1)
+    assert f"database {shown};" in line and "s3cret" not in line, line
+
+
 # --- operator keys: fail closed ------------------------------------------------------------------------------
 
 def test_serve_without_operator_keys_refuses_to_start_in_one_line(tmp_path: Path) -> None:
