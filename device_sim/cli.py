@@ -6,22 +6,24 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from device_sim import firmware, keys
+from device_sim import bootcounts, firmware, keys
 from device_sim.device import SimDevice
 from device_sim.fleet import Fleet, FleetError, FleetTls
-from device_sim.profiles import MixError, build_fleet, enrolment
+from device_sim.profiles import MixError, build_fleet, device_ids, enrolment
 
 _console = Console(stderr=True)
 _UNBOUNDED_WIDTH = 10_000  # columns: wide enough for any table, which still takes only the width it needs
 
 
-def _fleet_or_fail(devices: int, profile: str, seed: str, bootcount: int) -> list[SimDevice]:
+def _fleet_or_fail(devices: int, profile: str, seed: str,
+                   bootcount: int | Mapping[str, int]) -> list[SimDevice]:
     try:
         return build_fleet(devices, profile, seed, bootcount=bootcount)
     except MixError as exc:
@@ -49,7 +51,10 @@ def main(verbose: int) -> None:
               help="Seconds; 0 runs until Ctrl-C.")
 @click.option("--connections", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--bootcount", type=click.IntRange(min=0), default=None,
-              help="Boot count of every device [default: now, unix seconds].")
+              help="Boot count of every device [default: each device's saved count + 1].")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where each device's boot count is kept between runs [default: $DEVICE_SIM_STATE_DIR, else "
+                   "$XDG_STATE_HOME/device-sim, else ~/.local/state/device-sim].")
 @click.option("--resend-after", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Re-send evidence without a receipt after SECONDS.")
 @click.option("--data/--no-data", default=True, show_default=True,
@@ -71,6 +76,7 @@ def run(
     duration: float,
     connections: int,
     bootcount: int | None,
+    state_dir: Path | None,
     resend_after: float | None,
     data: bool,
     tls_ca: Path | None,
@@ -78,11 +84,18 @@ def run(
     report_path: Path | None,
 ) -> None:
     """Connect the fleet and publish evidence every INTERVAL seconds."""
-    # Each run is a new boot whose count exceeds the previous run's, so the hub's
-    # (bootcount, seq) high-water mark from an earlier run does not reject it.
+    # Each run is one boot of every device, as on a real one: its saved boot count plus one, so the hub's
+    # (bootcount, seq) high-water mark from an earlier run does not reject it and the count climbs by one per
+    # run (the anomaly detector reads that climb as a boot rate).
     if report_path is not None and not report_path.parent.is_dir():
         raise click.BadParameter(f"directory {report_path.parent} does not exist", param_hint="--report")
-    devices = _fleet_or_fail(count, profile, seed, int(time.time()) if bootcount is None else bootcount)
+    _fleet_or_fail(count, profile, seed, 1)  # a bad --profile is refused before any count is taken
+    state = state_dir if state_dir is not None else bootcounts.default_state_dir()
+    try:
+        counts = bootcounts.boot(state, seed, [d for d, _ in device_ids(count)], bootcount)
+    except bootcounts.BootCountError as exc:
+        raise click.BadParameter(str(exc), param_hint="--state-dir") from exc
+    devices = _fleet_or_fail(count, profile, seed, counts)
     try:
         fleet = Fleet(host, port, devices, hub_key.read_bytes(), interval, connections, resend_after=resend_after,
                       data=data, tls=_tls(tls_ca, cert_dir, devices))
@@ -105,6 +118,10 @@ def run(
         pass
     finally:
         fleet.stop()
+        try:
+            bootcounts.record(state, seed, {d.device_id: d.bootcount for d in devices})
+        except bootcounts.BootCountError as exc:
+            _console.print(f"warning: {exc}")
     _summary(fleet)
     if report_path is not None:
         _write(report_path, json.dumps(fleet.report(), indent=2), "--report")

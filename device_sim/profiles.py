@@ -10,6 +10,7 @@ seed always give the same fleet. Device classes alternate (env-sensor, smart-met
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -121,8 +122,12 @@ def device_ids(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def build_fleet(n: int, mix: str = "demo", seed: str = keys.DEFAULT_SEED, *, bootcount: int = 1) -> list[SimDevice]:
-    """N simulated devices with profiles from ``mix``; deterministic in (n, mix, seed)."""
+def build_fleet(n: int, mix: str = "demo", seed: str = keys.DEFAULT_SEED, *,
+                bootcount: int | Mapping[str, int] = 1) -> list[SimDevice]:
+    """N simulated devices with profiles from ``mix``; deterministic in (n, mix, seed).
+
+    ``bootcount``: every device's boot count, or each device's by id (device_sim/bootcounts.py; 1 if absent).
+    """
     if n < 0:
         raise MixError("the number of devices cannot be negative")
     entries = parse_mix(mix)
@@ -134,7 +139,7 @@ def build_fleet(n: int, mix: str = "demo", seed: str = keys.DEFAULT_SEED, *, boo
             entries[pick].profile,
             seed=seed,
             version=entries[pick].version,
-            bootcount=bootcount,
+            bootcount=bootcount if isinstance(bootcount, int) else bootcount.get(device_id, 1),
             data_profile=entries[pick].data_profile,
         )
         for (device_id, cls), pick in zip(device_ids(n), picks, strict=True)

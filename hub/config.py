@@ -7,6 +7,7 @@ object is passed down explicitly; nothing reads the environment later.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -31,6 +32,9 @@ class Settings:
     hub_id: str = "hub"
     session_expiry_s: int = 3600
     operator_keys: tuple[str, ...] = ()
+    # ``serve`` refuses to start without operator keys (it would trust no manifest and quarantine nothing for
+    # firmware) unless this is true; then it warns at start and /healthz says so (hub/server/serve.py).
+    allow_no_operator_keys: bool = False
     manufacturer_cas: tuple[str, ...] = ()
     epoch_period_s: float = 300.0
     generation_period_s: float = 60.0
@@ -155,16 +159,22 @@ class Settings:
     def masked(self) -> dict[str, object]:
         """For ``config show``: secrets and credentials in URLs masked."""
         shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-        url = self.effective_database_url
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0]
-            url = f"{scheme}://{user}:***@{host}"
-        shown["database_url"] = url
+        shown["database_url"] = mask_url_password(self.effective_database_url)
         if self.broker_tls_key:
             shown["broker_tls_key"] = f"{self.broker_tls_key} (private key path)"
         return shown
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with its password, and only a password, shown as ``***``: the userinfo's (``user:password@``,
+    RFC 3986 section 3.2.1, read as SQLAlchemy reads a URL: the password runs to the first ``@``) and a
+    ``password=`` query parameter (libpq's); a URL without a password is returned unchanged."""
+    url = _USERINFO_PASSWORD.sub(r"\g<head>***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\g<1>***", url)
+
+
+_USERINFO_PASSWORD = re.compile(r"^(?P<head>[\w+]+://[^:/@]*:)[^@]+@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 _FIELD_TYPES = {f.name: f for f in fields(Settings)}
@@ -302,6 +312,9 @@ SETTING_HELP: dict[str, str] = {
                         "queuing evidence for a worker that is away, in seconds.",
     "operator_keys": "Public keys (PEM files) allowed to sign manifests and policies; comma-separated in the "
                      "environment.",
+    "allow_no_operator_keys": "`serve` starts without `operator_keys` (then no manifest or policy is trusted and "
+                              "nothing is quarantined for firmware; it warns at start and `/healthz` shows "
+                              "`no_operator_keys`); false: it refuses to start (exit 1).",
     "manufacturer_cas": "Manufacturer CA certificates (PEM files) that device certificate chains (x5chain) must "
                         "chain to; comma-separated in the environment.",
     "epoch_period_s": "How often worker 0 publishes a new signed epoch nonce, in seconds (at least 1); evidence "

@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: real Mosquitto brokers (development and mutual-TLS production configs)."""
+"""Shared pytest fixtures: real Mosquitto brokers (development and mutual-TLS production configs); every test's
+simulator boot counters in its own folder, never the user's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import pytest
 
 from hub.broker.process import MosquittoProcess, render_acl
 from hub.crypto import pki
+
+
+@pytest.fixture(autouse=True)
+def _sim_boot_counters(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device-sim run`` (in this process or a child) keeps its boot counters in a fresh folder per test."""
+    monkeypatch.setenv("DEVICE_SIM_STATE_DIR", str(tmp_path_factory.mktemp("device-sim")))
 
 
 @pytest.fixture

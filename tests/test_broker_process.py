@@ -162,3 +162,46 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+SHIPPED_CONFIGS = [*sorted((Path(__file__).resolve().parents[1] / "broker_config").glob("*.conf")),
+                   Path(__file__).resolve().parents[1] / "deploy" / "compose" / "mosquitto.conf",
+                   Path(__file__).resolve().parents[1] / "bench" / "broker.conf"]
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configurations_cap_the_packet_without_the_deprecated_limit(path: Path) -> None:
+    directives = [line.split() for line in path.read_text().splitlines() if line.strip() and
+                  not line.lstrip().startswith("#")]
+    assert not any(d[0] == "message_size_limit" for d in directives), f"{path}: deprecated since Mosquitto 2.0"
+    (limit,) = [int(d[1]) for d in directives if d[0] == "max_packet_size"]
+    assert limit >= 64 * 1024 + 1024, "the whole packet: a 64 KiB payload plus headroom for topic and properties"
+
+
+def test_dev_broker_starts_without_a_deprecation_note_and_caps_packets(broker: MosquittoProcess) -> None:
+    assert "message_size_limit" not in broker.stderr_path.read_text()
+    received: queue.Queue[int] = queue.Queue()
+    reader = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="size-reader", protocol=mqtt.MQTTv5)
+    reader.on_message = lambda _c, _u, msg: received.put(len(msg.payload))
+    reader.connect(broker.host, broker.port)
+    reader.subscribe("size/#", qos=1)
+    reader.loop_start()
+    try:
+        time.sleep(0.3)
+        for size in (64 * 1024, 70_000):  # a 64 KiB payload fits with its topic; 70 000 bytes do not
+            writer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"size-writer-{size}", protocol=mqtt.MQTTv5)
+            writer.connect(broker.host, broker.port)
+            writer.loop_start()
+            try:
+                writer.publish(f"size/{size}", b"\x00" * size, qos=1)
+                if size == 64 * 1024:
+                    assert received.get(timeout=5) == size
+                else:
+                    with pytest.raises(queue.Empty):
+                        received.get(timeout=1.0)
+            finally:
+                writer.disconnect()
+                writer.loop_stop()
+    finally:
+        reader.disconnect()
+        reader.loop_stop()

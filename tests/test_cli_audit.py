@@ -159,3 +159,29 @@ def test_report_summarises_the_fleet(env: HubEnv) -> None:
     human = run(env, "report")
     assert human.exit_code == 0 and "Open quarantines" in human.stdout and "env-sensor-0002" in human.stdout
     assert run(env, "report", "--silent-after", "soon").exit_code == 2
+
+
+def test_audit_show_into_a_pipe_keeps_every_line_whole(env: HubEnv) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+    from hub.server.localhub import DEMO_OPERATOR_KEY
+
+    populate(env)
+    device = "env-sensor-0001"
+    reason = "stolen from the depot on the night shift; " * 4 + "end of reason"
+    assert run(env, "device", "quarantine", device, "--reason", reason).exit_code == 0
+
+    def show(columns: str | None) -> str:
+        result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "audit", "show"],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), "COLUMNS": columns},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
+
+    piped = show(None)  # CliRunner's standard output is no terminal
+    (line,) = [line for line in piped.splitlines() if "end of reason" in line]
+    assert reason in line and device in line and len(line) > 200, piped
+    narrow = show("80")  # a width asked for is still kept
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
+

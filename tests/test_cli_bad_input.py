@@ -62,6 +62,30 @@ def test_every_out_path_in_a_missing_folder_is_one_line(env: HubEnv, tmp_path: P
     assert as_json.exit_code == 1 and json.loads(as_json.stdout)["exit_code"] == 1
 
 
+def test_an_enrolment_file_that_is_not_json_is_named_in_its_one_line(env: HubEnv, tmp_path: Path) -> None:
+    for name, content in (("fleet.txt", "not json at all\n"), ("fleet.json", '{"devices": [1, 2'),
+                          ("deep.json", "[" * 100_000)):
+        path = tmp_path / name
+        path.write_text(content)
+        result = run(env, "device", "enroll", "--file", str(path))
+        clean(result, 1, f"enrolment file {path}: not")
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("out", ["/proc/nope", "{tmp}/a-file/archive"])  # folders that cannot be created
+def test_prune_into_an_unwritable_folder_is_one_line_naming_it(env: HubEnv, tmp_path: Path, out: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    out = out.format(tmp=tmp_path)
+    result = run(env, "db", "prune", "--older-than", "0s", "--out", out)
+    clean(result, 1, out)
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    as_json = run(env, "db", "prune", "--older-than", "0s", "--out", out, "--json")
+    assert as_json.exit_code == 1 and out in json.loads(as_json.stdout)["error"]
+    configured = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "db", "prune", "--older-than",
+                                          "0s"], env={"ATTEST_HUB_RETENTION_DIR": out}, catch_exceptions=False)
+    clean(configured, 3, out)  # the hub's own archive folder: a fault of its host, like its key files
+
+
 def test_binary_files_given_for_text_are_refused_plainly(env: HubEnv, tmp_path: Path) -> None:
     binary = tmp_path / "m.cose"
     binary.write_bytes(b"\xd2\x84\xff\xfe" * 8)

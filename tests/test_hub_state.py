@@ -9,6 +9,7 @@ write lock.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from sqlmodel import SQLModel
 from hub.cli.main import cli
 from hub.config import load_settings
 from hub.crypto.hubstate import init_hub, open_store
+from hub.server.localhub import DEMO_OPERATOR_KEY
 from hub.store import Store
 from hub.store.db import SchemaError
 from hub.store.migrate import head_revision, revisions, upgrade
@@ -50,7 +52,8 @@ DATABASE_COMMANDS = [
 
 
 def invoke(state: Path, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["--state-dir", str(state), "--broker", "127.0.0.1:1", *args])
+    return CliRunner().invoke(cli, ["--state-dir", str(state), "--broker", "127.0.0.1:1", *args],
+                              env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)})
 
 
 def initialised(tmp_path: Path) -> Path:
@@ -73,6 +76,14 @@ def commands(tmp_path: Path) -> list[list[str]]:
     enrol = tmp_path / "enrol.json"
     enrol.write_text(ENROL)
     return [[part.replace("{enrol}", str(enrol)) for part in command] for command in DATABASE_COMMANDS]
+
+
+def test_a_state_dir_that_does_not_exist_is_refused_with_how_to_create_one(tmp_path: Path) -> None:
+    state = tmp_path / "no-hub"
+    for command in commands(tmp_path):
+        result = invoke(state, *command)
+        assert_refused(result, f"state dir {state} does not exist", f"attest-hub --state-dir {state} init")
+        assert not state.exists(), command  # nothing was created by a command other than init
 
 
 # --- item: an empty or foreign database is never a new hub -------------------------------------------
@@ -128,7 +139,8 @@ def test_serve_on_a_malformed_database_prints_one_line_without_a_traceback(tmp_p
     state = initialised(tmp_path)
     (state / "hub.db").write_bytes(b"garbage" * 1000)
     command = [str(Path(sys.executable).parent / "attest-hub"), "--state-dir", str(state), "--broker", "127.0.0.1:1"]
-    done = subprocess.run([*command, "serve"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*command, "serve"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)})
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 

@@ -188,6 +188,25 @@ def test_leader_prunes_on_a_schedule(env: HubEnv, tmp_path: Path) -> None:
     assert run(env, "audit", "verify").exit_code == 0
 
 
+def test_a_leader_whose_archive_cannot_be_created_logs_and_keeps_running(
+        env: HubEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    from hub.server.worker import HubWorker
+
+    history(env)
+    (tmp_path / "a-file").write_text("")
+    archive = tmp_path / "a-file" / "archive"  # under a file: cannot be created
+    settings = replace(env.settings, retention_days=1e-9, retention_dir=str(archive), retention_interval_s=3600.0)
+    worker = HubWorker(settings, 0)
+    try:
+        worker._keep_retention()  # an OSError here would end the leader's loop
+    finally:
+        worker.store.close()
+    assert any(f"cannot create the archive folder {archive}" in r.getMessage() for r in caplog.records)
+    assert len(env.verdicts(A)) > 1  # nothing pruned without its export
+
+
 def test_a_retention_interval_of_zero_is_refused() -> None:
     from hub.config import ConfigError, load_settings
 

@@ -43,7 +43,9 @@ def _env(settings_env: dict[str, str]) -> dict[str, str]:
     (["--broker", "127.0.0.1:{port}"], "error: broker unreachable at 127.0.0.1:{port}: Connection refused"),
     (["--database-url", "postgresql://hub:secret@127.0.0.1:{port}/hub"], "error: cannot open database 127.0.0.1:"),
     (["--database-url", "mysql://hub:secret@127.0.0.1/hub"], "error: cannot open database 127.0.0.1/hub: no driver"),
-    (["--state-dir", "{tmp}/no-keys"], "error: cannot read {tmp}/no-keys/hub-signing.key.pem"),
+    (["--state-dir", "{tmp}"], "error: cannot read {tmp}/hub-signing.key.pem"),
+    (["--state-dir", "{tmp}/no-hub"], "error: state dir {tmp}/no-hub does not exist: run `attest-hub --state-dir "
+                                      "{tmp}/no-hub init`"),
 ])
 def test_an_infrastructure_fault_at_start_up_is_one_line_and_exit_3(tmp_path: Path, args: list[str],
                                                                     message: str) -> None:
@@ -52,12 +54,72 @@ def test_an_infrastructure_fault_at_start_up_is_one_line_and_exit_3(tmp_path: Pa
     port = str(free_port())
     args = [a.format(port=port, tmp=tmp_path) for a in args]
     result = subprocess.run([*HUB, "--state-dir", str(tmp_path / "s"), "--broker", f"127.0.0.1:{port}", *args,
-                             "serve", "--workers", "2"], capture_output=True, text=True, timeout=60, env=_env({}))
+                             "serve", "--workers", "2"], capture_output=True, text=True, timeout=60,
+                            env=_env({"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)}))
     assert result.returncode == 3
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message.format(port=port, tmp=tmp_path)), lines[0]
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://hub@db.example:5432/hub", "postgresql://hub@db.example:5432/hub"),  # no password: nothing masked
+    ("postgresql://hub:@db.example/hub", "postgresql://hub:@db.example/hub"),  # an empty one
+    ("postgresql://hub:s3cret@db.example/hub", "postgresql://hub:***@db.example/hub"),
+    ("postgresql://db.example/hub?user=hub&password=s3cret&sslmode=require",
+     "postgresql://db.example/hub?user=hub&password=***&sslmode=require"),
+    ("postgresql://hub:s3cret@db.example/hub?application_name=a@b",
+     "postgresql://hub:***@db.example/hub?application_name=a@b"),
+])
+def test_the_start_up_line_masks_only_an_actual_password(url: str, shown: str) -> None:
+    from hub.config import load_settings
+    from hub.server.serve import listening
+
+    line = listening(load_settings(None, environ={}, database_url=url), 1)
+    assert f"database {shown};" in line and "s3cret" not in line, line
+
+
+# --- operator keys: fail closed ------------------------------------------------------------------------------
+
+def test_serve_without_operator_keys_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    subprocess.run([*HUB, "--state-dir", str(tmp_path / "s"), "init"], check=True, capture_output=True,
+                   env=_env({}))
+    result = subprocess.run([*HUB, "--state-dir", str(tmp_path / "s"), "--broker", f"127.0.0.1:{free_port()}",
+                             "serve"], capture_output=True, text=True, timeout=30, env=_env({}))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: configuration: operator_keys is empty"), lines[0]
+    assert "ATTEST_HUB_OPERATOR_KEYS" in lines[0] and "allow_no_operator_keys" in lines[0]
+
+
+@pytest.mark.broker
+def test_serve_without_operator_keys_when_allowed_warns_and_healthz_says_so(broker: MosquittoProcess,
+                                                                            tmp_path: Path) -> None:
+    import urllib.request
+
+    subprocess.run([*HUB, "--state-dir", str(tmp_path / "s"), "init"], check=True, capture_output=True,
+                   env=_env({}))
+    metrics = free_port()
+    env = _env({"ATTEST_HUB_ALLOW_NO_OPERATOR_KEYS": "true", "ATTEST_HUB_METRICS_PORT": str(metrics)})
+    proc, fd = _serve(env, ["--state-dir", str(tmp_path / "s"), "--broker", f"{broker.host}:{broker.port}",
+                            "serve"], terminal=False)
+    try:
+        output = _read_until(proc, fd, re.compile("WITHOUT OPERATOR KEYS"), 30)
+        health = None
+        deadline = time.monotonic() + 20
+        while health is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/healthz", timeout=5) as response:
+                    health = json.loads(response.read())
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        _stop(proc, fd)
+    warning = next(json.loads(line) for line in output.splitlines() if "WITHOUT OPERATOR KEYS" in line)
+    assert warning["level"] == "warning", warning
+    assert health is not None and health["no_operator_keys"] is True, health
 
 
 # --- restarts ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from device_sim.records import Profile
 from hub.appraisal.operations import Enrolment, OperationError, enrol, read_enrolment_csv
 from hub.cli.main import cli
 from hub.crypto.keys import load_public_pem, public_pem
+from hub.server.localhub import DEMO_OPERATOR_KEY
 
 env = env_fixture()
 
@@ -60,7 +61,8 @@ def test_a_secret_readable_by_others_is_refused_with_the_fix(tmp_path: Path, nam
     assert CliRunner().invoke(cli, ["--state-dir", str(state), "init"]).exit_code == 0
     os.chmod(state / name, loose)
     for command in (["serve"], ["hub-key"], ["device", "list"] if name == "audit-key.bin" else ["hub-key"]):
-        result = CliRunner().invoke(cli, ["--state-dir", str(state), "--broker", "127.0.0.1:1", *command])
+        result = CliRunner().invoke(cli, ["--state-dir", str(state), "--broker", "127.0.0.1:1", *command],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)})
         assert result.exit_code == 3, (command, result.output)
         assert f"permissions {loose:04o}" in result.output and f"chmod 600 '{state / name}'" in result.output
     os.chmod(state / name, 0o600)

@@ -142,21 +142,25 @@ def _check_lookalikes_and_shared_keys(store: Store, records: Sequence[DeviceReco
                  "or one extracted key impersonates every device that shares it")
 
 
-def read_enrolment_file(text: str) -> list[Enrolment]:
+def read_enrolment_file(text: str, name: str = "") -> list[Enrolment]:
     """The simulator's (and a manufacturer's) enrolment JSON: {"devices": [{device_id, device_class,
     public_key_pem, ueid (hex, optional)}]}. Every entry needs its public key (a device enrolled from a file
-    has no other way to authenticate); OperationError names the entry and what is missing."""
+    has no other way to authenticate); OperationError names the file (``name``), the entry and what is wrong."""
+    label = f"enrolment file {name}" if name else "enrolment file"
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise OperationError(f"enrolment file: not JSON ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise OperationError(f"{label}: not JSON (invalid at line {exc.lineno}, column {exc.colno}); expected "
+                             'the object {"devices": [...]} that device-sim enrol writes') from exc
+    except RecursionError as exc:
+        raise OperationError(f"{label}: not an enrolment document (nested too deeply)") from exc
     devices = data.get("devices") if isinstance(data, dict) else None
     if not isinstance(devices, list):
-        raise OperationError('enrolment file: expected a JSON object {"devices": [{"device_id": ..., '
+        raise OperationError(f'{label}: expected a JSON object {{"devices": [{{"device_id": ..., '
                              '"device_class": ..., "public_key_pem": ...}, ...]}')
     entries = []
     for number, d in enumerate(devices, 1):
-        where = f"enrolment file, device {number}"
+        where = f"{label}, device {number}"
         if not isinstance(d, dict):
             raise OperationError(f"{where}: expected an object with device_id, device_class and public_key_pem")
         missing = [k for k in ("device_id", "device_class", "public_key_pem") if not d.get(k)]
@@ -180,7 +184,7 @@ def read_enrolment_bytes(data: bytes, name: str, base_dir: Path) -> list[Enrolme
         raise OperationError(f"enrolment file {name}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if name.lower().endswith(".csv"):
         return read_enrolment_csv(text, base_dir)
-    return read_enrolment_file(text)
+    return read_enrolment_file(text, name)
 
 
 def read_enrolment_csv(text: str, base_dir: Path) -> list[Enrolment]:

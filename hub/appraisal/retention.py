@@ -51,6 +51,10 @@ class RetentionError(RuntimeError):
     """The archive cannot be written or a stored checkpoint cannot be read."""
 
 
+class ArchiveError(RetentionError):
+    """The archive folder cannot be created or one of its files cannot be written; names the path and why."""
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The pruned prefix of the audit log: of the hub chain its entries seq 1..``through`` and the last one's
@@ -92,8 +96,12 @@ class PruneResult:
 def prune(store: Store, keys: HubKeys, archive: Path, cutoff: float, *, chunk: int = 5000,
           max_chunks: int = 1_000_000, now: float | None = None) -> PruneResult:
     """Export and delete what is older than ``cutoff`` (Unix seconds). Raises ``StoreError`` (database) or
-    ``RetentionError`` (archive); what was deleted before the error stays exported and checkpointed."""
-    archive.mkdir(parents=True, exist_ok=True)
+    ``RetentionError`` (``ArchiveError``: the archive cannot be written); what was deleted before the error
+    stays exported and checkpointed."""
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"cannot create the archive folder {archive}: {_reason(exc)}") from exc
     result = PruneResult(cutoff)
     budget = max_chunks
     budget -= _prune_verdicts(store, archive, cutoff, chunk, budget, result)
@@ -257,6 +265,11 @@ def _verdict_line(row: Mapping[str, Any]) -> str:
     return json.dumps(out, sort_keys=True)
 
 
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return reason[:1].lower() + reason[1:]
+
+
 def _write(path: Path, lines: Iterable[str]) -> str:
     """Write ``lines`` to ``path`` durably (temporary file, fsync, rename); the file's SHA-256 (hex)."""
     data = "".join(line + "\n" for line in lines).encode()
@@ -274,5 +287,5 @@ def _write(path: Path, lines: Iterable[str]) -> str:
         finally:
             os.close(directory)
     except OSError as exc:
-        raise RetentionError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise ArchiveError(f"cannot write {path}: {_reason(exc)}") from exc
     return hashlib.sha256(data).hexdigest()

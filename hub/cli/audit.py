@@ -19,7 +19,7 @@ from hub.appraisal.report import FleetReport, build_report, format_age, parse_du
 from hub.appraisal.retention import chain_starts
 from hub.audit import GENESIS, ChainState, by_chain, verify_export, verify_log
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table, json_time
+from hub.cli.output import Column, format_table, json_time, output_width
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
@@ -182,7 +182,7 @@ def _print_entries(rows: list[dict[str, Any]]) -> None:
     columns = [Column("id"), Column("time (UTC)"), Column("actor", drop=1), Column("action"), Column("device"),
                Column("detail", wrap=True)]
     click.echo(format_table(columns, [[str(r["id"]), r["at"], r["actor"], r["action"], r["device_id"] or "-",
-                                       _detail(r["detail"])] for r in rows]), nl=False)
+                                       _detail(r["detail"])] for r in rows], output_width()), nl=False)
 
 
 def _detail(detail: Mapping[str, object]) -> str:

@@ -14,7 +14,7 @@ import click
 
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, HubKeys, load_hub_keys
-from hub.crypto.hubstate import open_store
+from hub.crypto.hubstate import missing_state_dir_message, open_store
 from hub.envelope import Outgoing
 from hub.store import Store, StoreError
 
@@ -44,6 +44,8 @@ class HubContext:
             self._store = None
 
     def keys(self) -> HubKeys:
+        if not self.settings.state_dir.is_dir():  # the keys live there: say how to make one, not "no such file"
+            fail(missing_state_dir_message(self.settings), code=3)
         try:
             return load_hub_keys(self.settings)
         except HubKeyError as exc:

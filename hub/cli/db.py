@@ -15,7 +15,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.appraisal.report import parse_duration
-from hub.appraisal.retention import RetentionError, prune
+from hub.appraisal.retention import ArchiveError, RetentionError, prune
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
 from hub.crypto.hubkeys import HubKeyError, owner_only
 from hub.crypto.hubstate import (
@@ -25,6 +25,7 @@ from hub.crypto.hubstate import (
     StateLocked,
     accept_restore,
     adopt_generation,
+    missing_state_dir_message,
     open_store,
 )
 from hub.server.announced import Announced, BrokerUnreachable, announced
@@ -39,6 +40,8 @@ def db() -> None:
 
 
 def _open(hub: HubContext) -> Store:
+    if not hub.settings.database_url and not hub.settings.state_dir.is_dir():
+        fail(missing_state_dir_message(hub.settings), code=3)
     try:
         return Store(hub.settings.effective_database_url, schema=False)
     except StoreError as exc:
@@ -156,7 +159,8 @@ def db_prune(hub: HubContext, older_than: str | None, out: Path | None) -> None:
 
     The audit chain stays verifiable: the pruned prefix is summed up in a checkpoint signed with the hub
     key, from which `attest-hub audit verify` starts; each exported audit file verifies on its own with
-    `attest-hub audit verify --file`. The leader worker does the same every retention_interval_s.
+    `attest-hub audit verify --file`. The leader worker does the same every retention_interval_s. An --out
+    folder that cannot be created or written ends in one line and exit 1 (the configured retention_dir: 3).
 
     \b
     Example: attest-hub db prune --older-than 90d --out /srv/hub-archive
@@ -175,6 +179,8 @@ def db_prune(hub: HubContext, older_than: str | None, out: Path | None) -> None:
     store = hub.store()
     try:
         result = prune(store, keys, archive, time.time() - age)
+    except ArchiveError as exc:  # a folder the operator named (--out) is their input; the configured one, the host's
+        fail(str(exc), code=1 if out is not None else 3)
     except (StoreError, RetentionError) as exc:
         fail(str(exc), code=3)
     data = {"cutoff": result.cutoff, "verdicts": result.verdicts, "audit_entries": result.audit,

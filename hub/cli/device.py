@@ -91,7 +91,7 @@ def enroll(hub: HubContext, file: Path | None, device_id: str | None, device_cla
         fail("--mac-key enrols one device by --id and --class, without --key, --ca-issued, --cert or --file")
     try:
         if file is not None:
-            entries = read_enrolment_bytes(file.read_bytes(), file.name, file.parent)
+            entries = read_enrolment_bytes(file.read_bytes(), str(file), file.parent)
         elif cert_path is not None and device_class:
             anchors = load_anchors(hub.settings.manufacturer_cas)
             entries = [enrolment_from_certificate(cert_path.read_text(), device_class, anchors, ueid_bytes)]

@@ -120,14 +120,18 @@ def serve(hub: HubContext, workers: int | None) -> None:
 
     On a terminal it logs one line per verdict (device, verdict, action, reason); elsewhere JSON lines. -q: only
     warnings and errors; -v, -vv: debug. A broker or database that cannot be reached at start-up ends it with one
-    line and exit code 3; so does a worker that keeps dying right after each start.
+    line and exit code 3; so does a worker that keeps dying right after each start. Without operator_keys it
+    refuses to start (exit 1) unless allow_no_operator_keys is set.
 
     \b
     Example:
       attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
     """
-    from hub.server.serve import ServeError, serve_forever
+    from hub.server.serve import ServeError, refusal, serve_forever
 
+    problem = refusal(hub.settings)
+    if problem is not None:
+        fail(f"configuration: {problem}", code=1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 import shutil
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
 
-__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "json_time", "terminal_width"]
+__all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "json_time", "output_width",
+           "terminal_width"]
 
 
 def iso_time(at: float | None, local: bool = False) -> str:
@@ -39,6 +42,17 @@ def json_time(at: float | None) -> str | None:
 def terminal_width() -> int:
     """Columns of the terminal (``COLUMNS`` first); 80 when unknown, at least 40."""
     return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+UNBOUNDED_WIDTH = 1_000_000  # columns: every line whole, however long
+
+
+def output_width() -> int:
+    """Columns a table may use on standard output: the terminal's (or ``COLUMNS``) on a terminal or when
+    ``COLUMNS`` is set; otherwise (a pipe, a file) unbounded, so ``grep`` and ``less -S`` see whole lines."""
+    if os.environ.get("COLUMNS") or sys.stdout.isatty():
+        return terminal_width()
+    return UNBOUNDED_WIDTH
 
 
 @dataclass(frozen=True, slots=True)

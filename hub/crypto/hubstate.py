@@ -165,7 +165,11 @@ def _snapshot(store: Store, conn: Connection) -> Generation:
 def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool = True) -> Store:
     """The hub's store, with the audit key, checked: schema at head (no DDL), not behind the generation.
 
-    Raises ``StoreError`` (``SchemaError``, ``RollbackError``) with a one-line message, or ``HubKeyError``."""
+    Raises ``StoreError`` (``SchemaError``, ``RollbackError``) with a one-line message, or ``HubKeyError``; a
+    state directory that does not exist (with the default SQLite database in it) is a StoreError that says how to
+    create one, not SQLite's "unable to open database file"."""
+    if not settings.database_url and not settings.state_dir.is_dir():
+        raise StoreError(missing_state_dir_message(settings))
     try:
         store = Store(settings.effective_database_url, max_pages=max_pages)
     except SchemaError as exc:
@@ -180,6 +184,12 @@ def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool
         store.close()
         raise
     return store
+
+
+def missing_state_dir_message(settings: Settings) -> str:
+    where = settings.state_dir
+    return (f"state dir {where} does not exist: run `attest-hub --state-dir {where} init` to create a hub there, "
+            "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
 
 
 def empty_database_message(settings: Settings) -> str:

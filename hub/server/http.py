@@ -26,6 +26,7 @@ class HealthView:
         self.database_ok = True
         self.last_tick = time.monotonic()
         self.last_error = ""
+        self.no_operator_keys = False  # served without operator keys (allow_no_operator_keys): nothing trusted
 
     def alive(self) -> bool:
         return time.monotonic() - self.last_tick < self.stall_s
@@ -35,7 +36,8 @@ class HealthView:
 
     def as_json(self) -> dict[str, object]:
         return {"alive": self.alive(), "ready": self.ready(), "broker_connected": self.broker_connected,
-                "database_ok": self.database_ok, "last_error": self.last_error}
+                "database_ok": self.database_ok, "last_error": self.last_error,
+                "no_operator_keys": self.no_operator_keys}
 
 
 def serve_http(host: str, port: int, registry: CollectorRegistry, health: HealthView, settings: Settings,

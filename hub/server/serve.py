@@ -15,7 +15,7 @@ from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import StateLock, check_announced, open_store
+from hub.crypto.hubstate import StateLock, check_announced, missing_state_dir_message, open_store
 from hub.crypto.keys import KeyFileError
 from hub.server.announced import BrokerUnreachable, announced
 from hub.server.presence import wait_for_earlier_workers
@@ -31,11 +31,29 @@ class ServeError(RuntimeError):
     """An infrastructure fault at start-up, or a crash loop; the message is one line."""
 
 
+NO_OPERATOR_KEYS = ("operator_keys is empty: the hub would trust no manifest or policy and quarantine nothing for "
+                    "firmware; set operator_keys (ATTEST_HUB_OPERATOR_KEYS) to the operators' public key files, or "
+                    "allow_no_operator_keys = true to serve without them")
+
+
+def refusal(settings: Settings) -> str | None:
+    """Why ``serve`` must not start on these settings (a configuration error, exit 1), or None.
+
+    Without operator keys no signed manifest or policy verifies, so every device would pass unappraised:
+    refused unless ``allow_no_operator_keys`` opts in (docs/SECURITY.md, fail closed).
+    """
+    if not settings.operator_keys and not settings.allow_no_operator_keys:
+        return NO_OPERATOR_KEYS
+    return None
+
+
 def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | None = None) -> None:
     """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
     directory's); ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on
     it; the broker accepts TCP; the database is not behind the epoch and generation this hub published
     (signed, retained) on the broker; else ServeError, one line (refused here once, not in each worker)."""
+    if not settings.state_dir.is_dir():
+        raise ServeError(missing_state_dir_message(settings))
     try:
         keys = load_hub_keys(settings)
         store = open_store(settings)
@@ -92,6 +110,9 @@ def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosi
         except StoreError as exc:
             raise ServeError(str(exc)) from exc
         log.info(listening(settings, count))
+        if not settings.operator_keys:
+            log.warning("SERVING WITHOUT OPERATOR KEYS (allow_no_operator_keys = true): no manifest or policy is "
+                        "trusted and nothing is quarantined for firmware; /healthz shows no_operator_keys")
         try:
             run_workers(settings, count, stop, verbosity)
         except _FAULTS as exc:

@@ -173,6 +173,7 @@ class HubWorker:
         self.metrics = HubMetrics(f"w{index}")
         self.guard = RetainedGuard(self.keys.public_key)
         self.view = HealthView()
+        self.view.no_operator_keys = not settings.operator_keys
         self._next_epoch_at = 0.0
         self._next_generation_at = 0.0
         self.watch = AnomalyWatch(self.store, self.keys, self.references, detector_config(settings),

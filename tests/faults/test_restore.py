@@ -33,7 +33,7 @@ from hub.broker.process import MosquittoProcess
 from hub.cli.main import cli
 from hub.config import Settings
 from hub.crypto.hubstate import RollbackError, read_generation
-from hub.server.localhub import LocalHub
+from hub.server.localhub import DEMO_OPERATOR_KEY, LocalHub
 from hub.server.worker import HubWorker
 from tests.e2e import make_env
 from tests.faults.rig import FAST_HUB, FaultReport, HubProcess, wait_until
@@ -77,7 +77,8 @@ def _serve_refusal(base: list[str]) -> str:
     """``attest-hub serve`` must refuse at once: exit 3 and one line naming the restore procedure."""
     try:
         done = subprocess.run([str(Path(sys.executable).parent / "attest-hub"), *base, "serve"],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)})
     except subprocess.TimeoutExpired as exc:
         raise AssertionError("serve started on a restored database") from exc
     lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
