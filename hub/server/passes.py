@@ -3,7 +3,8 @@
 The pass (hub/anomaly/watch.py) is pure Python: on a thread it shares the leader's GIL with the evidence
 loop, and a pass with many new verdicts (after a drain of tens of thousands, about 65 µs each) held the
 loop's batches back for as long. In a process of its own it takes no time from the evidence loop on a
-machine with a core to spare, and shares only the database with it. Either way the evidence loop never
+machine with a core to spare, and shares only the database with it; it runs at a lower priority
+(``PASS_NICENESS``), so where no core is spare the kernel runs the workers first. Either way the evidence loop never
 waits for a pass: it starts one when it is due and applies a finished pass's result (metrics, broker
 enforcement, signed commands) between its batches (``HubWorker._keep_watch``).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
 from collections import deque
@@ -31,6 +33,9 @@ from hub.store import StoreError
 
 log = logging.getLogger(__name__)
 _RUN = "run"
+PASS_NICENESS = 10
+"""Added to the pass process's nice value: a pass is background work, and on a machine without a core to
+spare (a first pass over tens of thousands of verdicts takes a core for seconds) the workers go first."""
 
 
 class ThreadPasses:
@@ -167,6 +172,7 @@ def pass_process_main(settings: Settings, conn: multiprocessing.connection.Conne
     from hub.server.presence import die_with_parent, hold_presence
 
     die_with_parent()
+    os.nice(PASS_NICENESS)  # background work: the kernel gives the workers the cores first
     hold_presence(settings)  # a new serve waits for this process as for a worker (hub/server/presence.py)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the leader stops us
     keys = load_hub_keys(settings)
