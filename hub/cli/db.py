@@ -25,6 +25,7 @@ from hub.crypto.hubstate import (
     StateLocked,
     accept_restore,
     adopt_generation,
+    check_wal,
     open_store,
 )
 from hub.server.announced import Announced, BrokerUnreachable, announced
@@ -40,6 +41,7 @@ def db() -> None:
 
 def _open(hub: HubContext) -> Store:
     try:
+        check_wal(hub.settings)  # SQLite would apply a stale WAL at the first read and keep it at the close
         return Store(hub.settings.effective_database_url, schema=False)
     except StoreError as exc:
         fail(str(exc), code=3)
