@@ -28,7 +28,8 @@ from device_sim.fleet import Fleet
 from hub.broker.process import MosquittoProcess
 from hub.cli.main import cli
 from hub.config import Settings, load_settings
-from hub.crypto.hubstate import open_store, stamp_database, step_generation
+from hub.crypto.hubstate import open_store, read_marks, stamp_database, step_generation
+from hub.store.wal import sqlite_files
 from tests.e2e import make_env
 from tests.faults.rig import FAST_HUB, HubProcess, wait_until
 
@@ -254,4 +255,8 @@ def test_serve_starts_after_a_kill_9_with_its_own_wal_and_loses_no_verdict(
             wait_until(lambda: _verdicts(db) >= len(before) + 2, 15, "verdicts after the restart")
     finally:
         second.stop()
+    # a clean stop leaves every write in the file, no log beside it, and the file's mark the one recorded
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
+    files = sqlite_files(env.settings.effective_database_url)
+    assert files is not None and read_marks(env.settings) == (files.mark(),)
     assert _invoke(env.settings.state_dir, "audit", "verify").exit_code == 0
