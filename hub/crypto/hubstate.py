@@ -92,7 +92,7 @@ class StateLock:
                 break
             except OSError as exc:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-                if holder or attempt == 9:  # no holder named: maybe a moment's probe (``held``), so retry
+                if (holder and _alive(holder[0])) or attempt == 9:  # else maybe a moment's probe (``held``): retry
                     os.close(fd)
                     who = f"`attest-hub {' '.join(holder[1:])}` (pid {holder[0]})" if holder else "another process"
                     raise StateLocked(f"the state dir {self.path.parent} is in use by {who}: stop it first (one "
@@ -130,6 +130,17 @@ class StateLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process named in the lock file lives (a holder killed by SIGKILL leaves its pid there)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True  # not ours to signal, or unreadable: take it as alive
+    return True
 
 
 @dataclass(frozen=True, slots=True)

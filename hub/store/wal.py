@@ -37,6 +37,7 @@ from sqlalchemy.exc import ArgumentError
 
 WAL_HEADER_BYTES = 32  # a WAL this short holds no frame (fileformat2 section 4.1)
 _MARK_OFFSET = 60  # the database header's user_version (fileformat2 section 1.3.13)
+_HEADER_BYTES = 100  # the database header (fileformat2 section 1.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +55,10 @@ class WalFiles:
         return self.database.with_name(self.database.name + "-shm")
 
     def leftover(self) -> bool:
-        """True if a WAL with at least one frame lies beside the database (empty or header-only: nothing to apply)."""
+        """True if a WAL with at least one frame lies where the database is or was (empty or header-only:
+        nothing to apply)."""
         try:
-            return self.database.is_file() and self.wal.stat().st_size > WAL_HEADER_BYTES
+            return self.wal.stat().st_size > WAL_HEADER_BYTES
         except OSError:
             return False
 
@@ -89,6 +91,12 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
     compared). Reads only; the file and the WAL are left as they are. Cost: one header read, and a
     ``quick_check`` of the whole database when the mark agrees (a full read of every page). Raises
     ``sqlite3.OperationalError`` if the database cannot be read at all (permissions, I/O, locked)."""
+    try:
+        size = files.database.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size < _HEADER_BYTES:  # SQLite would build a database out of the log alone
+        return "the database file is missing or empty"
     if marks is not None:
         found = files.mark()
         if found not in marks:

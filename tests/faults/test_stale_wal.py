@@ -10,6 +10,7 @@ file (an honest crash) is checked, checkpointed, and nothing in it is lost.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from device_sim.fleet import Fleet
 from hub.broker.process import MosquittoProcess
 from hub.cli.main import cli
 from hub.config import Settings, load_settings
-from hub.crypto.hubstate import open_store, read_marks, stamp_database, step_generation
+from hub.crypto.hubstate import StateLock, StateLocked, open_store, read_marks, stamp_database, step_generation
 from hub.store.wal import sqlite_files
 from tests.e2e import make_env
 from tests.faults.rig import FAST_HUB, HubProcess, wait_until
@@ -148,6 +150,25 @@ def test_a_backup_from_this_run_older_than_a_checkpoint_is_refused_by_quick_chec
         assert _files(db) == before
 
 
+def test_a_wal_whose_database_file_was_removed_is_refused_not_turned_into_a_database(tmp_path: Path) -> None:
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    db = state / "hub.db"
+    _served(settings)
+    _crash_writing(db, 50)
+    wal = _digest(Path(f"{db}-wal"))
+    for emptied in (False, True):
+        db.unlink(missing_ok=True)
+        if emptied:
+            db.write_bytes(b"")
+        for command in (["device", "list"], ["db", "upgrade"], ["init"]):
+            line = _assert_refused(state, *command)
+            assert "missing or empty" in line, line
+        assert _digest(Path(f"{db}-wal")) == wal
+        assert db.exists() == emptied and (not emptied or db.stat().st_size == 0)
+
+
 def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(tmp_path: Path) -> None:
     state = tmp_path / "hub"
     assert _invoke(state, "init").exit_code == 0
@@ -162,6 +183,32 @@ def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0, "the WAL was checkpointed"
     assert _read_only(db, "SELECT count(*) FROM hub_state WHERE key LIKE 'filler:%'") == written
     assert _invoke(state, "audit", "verify").exit_code == 0
+
+
+def test_the_lock_probe_of_a_command_does_not_refuse_a_serve_starting_at_that_moment(tmp_path: Path) -> None:
+    """A command probes ``hub.lock`` (a shared flock for a moment) to see whether a hub serves; a ``serve``
+    taking the lock during that moment retries instead of refusing, also when a killed hub's pid is still
+    written in the file; a live holder is refused at once."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (state / "hub.lock").write_text(f"{dead.pid} serve\n")  # what a SIGKILLed serve leaves
+    probe = os.open(state / "hub.lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.05, os.close, (probe,)).start()
+    lock = StateLock(settings, "serve").acquire()
+    try:
+        subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+            from hub.config import load_settings
+            from hub.crypto.hubstate import StateLock
+            assert StateLock.held(load_settings(None, environ={{}}, state_dir={str(state)!r}))
+        """)], check=True, timeout=60)  # another process sees the hub serving
+        with pytest.raises(StateLocked, match=f"pid {os.getpid()}"):
+            StateLock(settings, "serve").acquire()
+    finally:
+        lock.release()
 
 
 # --- the same through `attest-hub serve`, a fleet and a real broker --------------------------------------------
