@@ -15,9 +15,11 @@ So a leftover WAL is judged here *before* any read-write connection opens:
   mark is not the one this hub's WAL was written on;
 - the database as SQLite would see it, read through a read-only connection
   (which can neither checkpoint nor delete the WAL), passes
-  ``PRAGMA quick_check`` (https://www.sqlite.org/pragma.html#pragma_quick_check):
+  ``PRAGMA integrity_check`` (https://www.sqlite.org/pragma.html#pragma_integrity_check):
   pages of an older file under newer b-tree pages from the WAL show as
-  misplaced or unused pages.
+  misplaced or unused pages, or as an index (from the WAL) whose entries the
+  table (from the older file) does not have; ``quick_check`` sees the first
+  kind only, and the check runs once after a crash, so the full one is used.
 
 A WAL that passes is the hub's own (a crash, or a backup taken after the last
 checkpoint, which the WAL brings up to date); ``adopt`` then checkpoints it,
@@ -89,7 +91,8 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
 
     ``marks``: the marks the state directory allows in the file (None: none recorded, the mark is not
     compared). Reads only; the file and the WAL are left as they are. Cost: one header read, and a
-    ``quick_check`` of the whole database when the mark agrees (a full read of every page). Raises
+    ``integrity_check`` of the whole database when the mark agrees (every page read, every index entry looked
+    up in its table; measured in docs/RELIABILITY.md). Raises
     ``sqlite3.OperationalError`` if the database cannot be read at all (permissions, I/O, locked)."""
     try:
         size = files.database.stat().st_size
@@ -104,7 +107,7 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
                     "was replaced")
     conn = sqlite3.connect(f"file:{quote(str(files.database))}?mode=ro", uri=True, timeout=5.0)
     try:
-        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)").fetchall()]
     except sqlite3.OperationalError:  # cannot open, locked, I/O: a fault, not a verdict on the files
         raise
     except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -113,7 +116,7 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
         conn.close()
     if rows != ["ok"]:
         first = " ".join(" ".join(rows).replace("*** in database main ***", "").split())
-        return f"the two together fail SQLite's quick_check: {first[:160]}"
+        return f"the two together fail SQLite's integrity_check: {first[:160]}"
     return None
 
 
