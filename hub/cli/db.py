@@ -25,6 +25,7 @@ from hub.crypto.hubstate import (
     StateLocked,
     accept_restore,
     adopt_generation,
+    check_wal,
     missing_state_dir_message,
     open_store,
 )
@@ -43,6 +44,7 @@ def _open(hub: HubContext) -> Store:
     if not hub.settings.database_url and not hub.settings.state_dir.is_dir():
         fail(missing_state_dir_message(hub.settings), code=3)
     try:
+        check_wal(hub.settings)  # SQLite would apply a stale WAL at the first read and keep it at the close
         return Store(hub.settings.effective_database_url, schema=False)
     except StoreError as exc:
         fail(str(exc), code=3)

@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -42,6 +45,9 @@ from hub.crypto.hubkeys import HubKeyError, init_state, owner_only, read_secret,
 from hub.store import Store, StoreError
 from hub.store.db import AUDIT, SchemaError
 from hub.store.migrate import schema_state, upgrade
+from hub.store.wal import WalFiles, adopt, foreign_wal, new_mark, sqlite_files, stamp
+
+log = logging.getLogger(__name__)
 
 RESTORE_DOC = 'docs/OPERATIONS.md, "Restoring the database"'
 
@@ -56,6 +62,11 @@ class NothingToAccept(StoreError):
 
 class StateLocked(StoreError):
     """Another process holds the state directory's lock: a hub is serving on it, or a restore is accepted."""
+
+
+class StaleWal(StoreError):
+    """A SQLite write-ahead log beside the database that does not belong to it (left by a crashed hub beside a
+    database restored from a backup): the hub does not open the two together."""
 
 
 class StateLock:
@@ -75,18 +86,38 @@ class StateLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 200).decode(errors="replace").split()
-            os.close(fd)
-            who = f"`attest-hub {' '.join(holder[1:])}` (pid {holder[0]})" if holder else "another process"
-            raise StateLocked(f"the state dir {self.path.parent} is in use by {who}: stop it first (one hub per "
-                              "state dir)") from exc
+        for attempt in range(10):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                if (holder and _alive(holder[0])) or attempt == 9:  # else maybe a moment's probe (``held``): retry
+                    os.close(fd)
+                    who = f"`attest-hub {' '.join(holder[1:])}` (pid {holder[0]})" if holder else "another process"
+                    raise StateLocked(f"the state dir {self.path.parent} is in use by {who}: stop it first (one "
+                                      "hub per state dir)") from exc
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {self.command}\n".encode())
         self._fd = fd
         return self
+
+    @staticmethod
+    def held(settings: Settings) -> bool:
+        """Whether another process holds the lock now: a shared ``flock`` tried and dropped at once (``acquire``
+        retries briefly past such a probe). Never creates the file."""
+        try:
+            fd = os.open(settings.state_dir / "hub.lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's lock
+        return False
 
     def release(self) -> None:
         if self._fd is not None:
@@ -99,6 +130,17 @@ class StateLock:
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process named in the lock file lives (a holder killed by SIGKILL leaves its pid there)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, OSError):
+        return True  # not ours to signal, or unreadable: take it as alive
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +204,18 @@ def _snapshot(store: Store, conn: Connection) -> Generation:
                       last_id, head if last_id else GENESIS, tuple(chains))
 
 
-def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool = True) -> Store:
-    """The hub's store, with the audit key, checked: schema at head (no DDL), not behind the generation.
+def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool = True,
+               locked: bool = False) -> Store:
+    """The hub's store, with the audit key, checked: a leftover SQLite WAL belongs to the database
+    (``check_wal``; ``locked``: the caller holds :class:`StateLock`), schema at head (no DDL), not behind the
+    generation.
 
-    Raises ``StoreError`` (``SchemaError``, ``RollbackError``) with a one-line message, or ``HubKeyError``; a
-    state directory that does not exist (with the default SQLite database in it) is a StoreError that says how to
-    create one, not SQLite's "unable to open database file"."""
+    Raises ``StoreError`` (``StaleWal``, ``SchemaError``, ``RollbackError``) with a one-line message, or
+    ``HubKeyError``; a state directory that does not exist (with the default SQLite database in it) is a
+    StoreError that says how to create one, not SQLite's "unable to open database file"."""
     if not settings.database_url and not settings.state_dir.is_dir():
         raise StoreError(missing_state_dir_message(settings))
+    check_wal(settings, locked=locked)
     try:
         store = Store(settings.effective_database_url, max_pages=max_pages)
     except SchemaError as exc:
@@ -190,6 +236,74 @@ def missing_state_dir_message(settings: Settings) -> str:
     where = settings.state_dir
     return (f"state dir {where} does not exist: run `attest-hub --state-dir {where} init` to create a hub there, "
             "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
+
+
+def marks_path(settings: Settings) -> Path:
+    """``state_dir/db-mark.json``: the marks the SQLite database file's header may hold (hub/store/wal.py)."""
+    return settings.state_dir / "db-mark.json"
+
+
+def read_marks(settings: Settings) -> tuple[int, ...] | None:
+    """The recorded marks, newest last, or None if none was recorded (a hub that never served, PostgreSQL)."""
+    path = marks_path(settings)
+    try:
+        data = json.loads(path.read_text())
+        return tuple(int(m) for m in data["marks"]) or None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}): delete it (the next `attest-hub serve` writes it "
+                         "again)") from exc
+
+
+def check_wal(settings: Settings, *, locked: bool = False) -> None:
+    """Refuse (``StaleWal``) a SQLite WAL left beside the database that does not belong to it; adopt (checkpoint)
+    one that does. A WAL is left only by a hub that did not stop cleanly: while another process holds the state
+    directory's lock (``serve``) the WAL is that hub's live one and is not looked at, unless ``locked`` (the
+    caller holds the lock itself). Nothing is written before the verdict: the check reads the database through
+    a read-only connection (hub/store/wal.py ``foreign_wal``), which can neither checkpoint nor delete the WAL."""
+    files = sqlite_files(settings.effective_database_url)
+    if files is None or not files.leftover() or (not locked and StateLock.held(settings)):
+        return
+    try:
+        problem = foreign_wal(files, read_marks(settings))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot check the write-ahead log {files.wal}: {exc}") from exc
+    if problem is not None:
+        raise StaleWal(stale_wal_message(files, problem))
+    try:
+        adopt(files)
+    except sqlite3.Error as exc:  # left for the next opening to check again; opening the store reports real faults
+        log.warning("the write-ahead log %s was not checkpointed: %s", files.wal, exc)
+
+
+def stale_wal_message(files: WalFiles, problem: str) -> str:
+    return (f"database {files.database}: the write-ahead log {files.wal.name} beside it does not belong to it "
+            f"({problem}): a restored database with a stale write-ahead log, which SQLite would apply to it; the "
+            f"hub will not open them together. Move {files.wal.name} and {files.shm.name} aside (keep them), then "
+            f"run `attest-hub db accept-restore` ({RESTORE_DOC})")
+
+
+def stamp_database(settings: Settings) -> None:
+    """Stamp a new mark in the SQLite database file and record it (hub/store/wal.py ``stamp``): at a start and a
+    clean stop of ``serve`` and after ``accept-restore``, with :class:`StateLock` held. The old and the new mark
+    are recorded first, so a crash during the stamp leaves a file whose mark is accepted; the old one is dropped
+    once the checkpoint has put the new one into the file. Raises ``StoreError``."""
+    files = sqlite_files(settings.effective_database_url)
+    if files is None or not files.database.is_file():
+        return
+    mark = new_mark()
+    try:
+        with owner_only():
+            write_secret(marks_path(settings), _marks_json((files.mark(), mark)))
+            if stamp(files, mark):
+                write_secret(marks_path(settings), _marks_json((mark,)))
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot stamp database {files.database}: {exc}") from exc
+
+
+def _marks_json(marks: tuple[int | None, ...]) -> bytes:
+    return (json.dumps({"marks": [m for m in marks if m is not None]}) + "\n").encode()
 
 
 def empty_database_message(settings: Settings) -> str:
@@ -278,6 +392,7 @@ def init_hub(settings: Settings) -> str:
     (``SchemaError``): the database was lost, not new."""
     belongs = settings.hub_key_path.exists() or settings.generation_path.exists()
     init_state(settings)
+    check_wal(settings)  # an existing database with a stale WAL beside it is refused, not opened
     with owner_only():  # a new SQLite file (and its -wal, -shm) is created owner-only
         store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages, schema=False)
         try:
@@ -341,7 +456,7 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
     except HubKeyError as exc:
         raise StoreError(str(exc)) from exc
     recorded = read_generation(settings)
-    store = open_store(settings, check_generation=False)
+    store = open_store(settings, check_generation=False, locked=True)
     try:
         with store.reading() as conn:
             current = int(store.get_state(conn, "generation") or 0)
@@ -382,5 +497,6 @@ def accept_restore(settings: Settings, actor: str = "operator", *, announced_epo
                                               after.chains))
     finally:
         store.close()
+    stamp_database(settings)  # the restored file gets this hub's mark: a WAL written on it from now on is its own
     return RestoreAccepted(snap.generation, recorded.generation if recorded else 0, generation, snap.epoch,
                            issued + 1, lost)

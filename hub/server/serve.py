@@ -15,7 +15,7 @@ from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import StateLock, check_announced, missing_state_dir_message, open_store
+from hub.crypto.hubstate import StateLock, check_announced, missing_state_dir_message, open_store, stamp_database
 from hub.crypto.keys import KeyFileError
 from hub.server.announced import BrokerUnreachable, announced
 from hub.server.presence import wait_for_earlier_workers
@@ -101,12 +101,17 @@ def listening(settings: Settings, count: int) -> str:
 
 def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosity: int = 1) -> None:
     """Pre-flight, one start-up line, then the workers until ``stop``; infrastructure faults as ServeError.
-    The state directory's lock is held from the pre-flight until the workers have stopped."""
+    The state directory's lock is held from the pre-flight until the workers have stopped; the SQLite database
+    is stamped (hub/crypto/hubstate.py ``stamp_database``) before the workers start and after they stop."""
     lock = StateLock(settings, "serve")
     try:
         preflight(settings, lock=lock)
         try:
             wait_for_earlier_workers(settings)  # of a serve whose supervisor was killed (hub/server/presence.py)
+        except StoreError as exc:
+            raise ServeError(str(exc)) from exc
+        try:
+            stamp_database(settings)  # the database file and the WAL the workers write belong together
         except StoreError as exc:
             raise ServeError(str(exc)) from exc
         log.info(listening(settings, count))
@@ -117,6 +122,10 @@ def serve_forever(settings: Settings, count: int, stop: threading.Event, verbosi
             run_workers(settings, count, stop, verbosity)
         except _FAULTS as exc:
             raise ServeError(str(exc)) from exc
+        try:
+            stamp_database(settings)  # a clean stop: every write in the file, the WAL empty, a new mark
+        except StoreError as exc:
+            log.warning("%s", exc)
     finally:
         lock.release()
     log.info("stopped")

@@ -1,0 +1,155 @@
+"""SQLite's write-ahead log left beside a database: tell the hub's own from a stale one, without applying it.
+
+SQLite checks a WAL's frames only against the WAL header's salts and checksums
+(https://www.sqlite.org/fileformat2.html, section 4 "The Write-Ahead Log"),
+never against the database file: a ``hub.db-wal`` left by a crashed hub
+beside a ``hub.db`` restored from an older backup is replayed on top of it,
+and the first connection that closes checkpoints the mix into ``hub.db``.
+So a leftover WAL is judged here *before* any read-write connection opens:
+
+- the database header's ``user_version`` (4 bytes, big-endian, at offset 60 of
+  the file; section 1.3.13) holds a *mark* the hub stamps when it knows the
+  file and its WAL agree (``stamp``: checkpointed to an empty WAL at a start and
+  a clean stop of ``serve`` and after ``db accept-restore``); the state
+  directory records the marks that may stand in the file. A file with another
+  mark is not the one this hub's WAL was written on;
+- the database as SQLite would see it, read through a read-only connection
+  (which can neither checkpoint nor delete the WAL), passes
+  ``PRAGMA integrity_check`` (https://www.sqlite.org/pragma.html#pragma_integrity_check):
+  pages of an older file under newer b-tree pages from the WAL show as
+  misplaced or unused pages, or as an index (from the WAL) whose entries the
+  table (from the older file) does not have; ``quick_check`` sees the first
+  kind only, and the check runs once after a crash, so the full one is used.
+
+A WAL that passes is the hub's own (a crash, or a backup taken after the last
+checkpoint, which the WAL brings up to date); ``adopt`` then checkpoints it,
+so later commands do not check it again.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+WAL_HEADER_BYTES = 32  # a WAL this short holds no frame (fileformat2 section 4.1)
+_MARK_OFFSET = 60  # the database header's user_version (fileformat2 section 1.3.13)
+_HEADER_BYTES = 100  # the database header (fileformat2 section 1.3)
+
+
+@dataclass(frozen=True, slots=True)
+class WalFiles:
+    """A SQLite database file and its ``-wal`` and ``-shm`` companions."""
+
+    database: Path
+
+    @property
+    def wal(self) -> Path:
+        return self.database.with_name(self.database.name + "-wal")
+
+    @property
+    def shm(self) -> Path:
+        return self.database.with_name(self.database.name + "-shm")
+
+    def leftover(self) -> bool:
+        """True if a WAL with at least one frame lies where the database is or was (empty or header-only:
+        nothing to apply)."""
+        try:
+            return self.wal.stat().st_size > WAL_HEADER_BYTES
+        except OSError:
+            return False
+
+    def mark(self) -> int | None:
+        """The mark in the database file's header (not the WAL's), or None if the file has no full header."""
+        try:
+            with self.database.open("rb") as handle:
+                handle.seek(_MARK_OFFSET)
+                raw = handle.read(4)
+        except OSError:
+            return None
+        return int.from_bytes(raw, "big", signed=True) if len(raw) == 4 else None
+
+
+def sqlite_files(url: str) -> WalFiles | None:
+    """The files of a SQLite database URL (``sqlite:///path``), or None for another dialect or memory."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return WalFiles(Path(parsed.database))
+
+
+def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
+    """Why the leftover WAL does not belong to the database file, or None if it does.
+
+    ``marks``: the marks the state directory allows in the file (None: none recorded, the mark is not
+    compared). Reads only; the file and the WAL are left as they are. Cost: one header read, and a
+    ``integrity_check`` of the whole database when the mark agrees (every page read, every index entry looked
+    up in its table; measured in docs/RELIABILITY.md). Raises
+    ``sqlite3.OperationalError`` if the database cannot be read at all (permissions, I/O, locked)."""
+    try:
+        size = files.database.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    if size < _HEADER_BYTES:  # SQLite would build a database out of the log alone
+        return "the database file is missing or empty"
+    if marks is not None:
+        found = files.mark()
+        if found not in marks:
+            return (f"the file's mark {found} is not the mark {marks[-1]} this hub last stamped on it, so the file "
+                    "was replaced")
+    conn = sqlite3.connect(f"file:{quote(str(files.database))}?mode=ro", uri=True, timeout=5.0)
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)").fetchall()]
+    except sqlite3.OperationalError:  # cannot open, locked, I/O: a fault, not a verdict on the files
+        raise
+    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
+        return f"the two together are not a database ({exc})"
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        first = " ".join(" ".join(rows).replace("*** in database main ***", "").split())
+        return f"the two together fail SQLite's integrity_check: {first[:160]}"
+    return None
+
+
+def _connect(files: WalFiles) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(files.database), isolation_level=None, timeout=0.0)
+    conn.execute("PRAGMA busy_timeout=0")  # a live reader or writer: give up, never wait
+    return conn
+
+
+def adopt(files: WalFiles) -> bool:
+    """Checkpoint a WAL found to belong to the database into it (TRUNCATE: the WAL is then empty); False if a
+    live connection kept it from completing (it is checked again next time). Raises ``sqlite3.Error``."""
+    conn = _connect(files)
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        conn.close()
+    return not busy
+
+
+def new_mark() -> int:
+    """A random mark for ``stamp``: a positive signed 32-bit value (never 0, SQLite's default)."""
+    return secrets.randbelow(2**31 - 1) + 1
+
+
+def stamp(files: WalFiles, mark: int, timeout_s: float = 5.0) -> bool:
+    """Write ``mark`` into the database header and checkpoint it into the file; True if the checkpoint
+    completed (the file itself now holds the mark and the WAL is empty). Raises ``sqlite3.Error``."""
+    conn = sqlite3.connect(str(files.database), isolation_level=None, timeout=timeout_s)
+    try:
+        conn.execute(f"PRAGMA user_version = {int(mark)}")
+        conn.execute("PRAGMA busy_timeout=0")
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    finally:
+        conn.close()
+    return not busy
