@@ -77,6 +77,20 @@ def _timed(fn: Callable[[], object]) -> dict[str, float]:
             "wall_ms": round((time.perf_counter() - wall) * 1000, 1)}
 
 
+def _delay_while(busy: Callable[[], bool]) -> dict[str, float]:
+    """Do 1 ms units of CPU work on this thread while ``busy()``; how late the units ran, worst and in all."""
+    worst = total = 0.0
+    units = 0
+    while busy():
+        start = time.perf_counter()
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+        late = time.perf_counter() - start - 0.001
+        worst, total, units = max(worst, late), total + max(0.0, late), units + 1
+    return {"worst_ms": round(worst * 1000, 1), "added_ms": round(total * 1000, 1), "units": units}
+
+
 def _gil_delay(fn: Callable[[], object]) -> dict[str, float]:
     """Run ``fn`` on a thread while this one does 1 ms units of CPU work; the worst and total delay."""
     done = threading.Event()
@@ -86,36 +100,22 @@ def _gil_delay(fn: Callable[[], object]) -> dict[str, float]:
         done.set()
 
     thread = threading.Thread(target=target)
-    worst = total = 0.0
-    units = 0
     thread.start()
-    while not done.is_set():
-        start = time.perf_counter()
-        end = time.thread_time() + 0.001
-        while time.thread_time() < end:
-            pass
-        late = time.perf_counter() - start - 0.001
-        worst, total, units = max(worst, late), total + max(0.0, late), units + 1
+    delay = _delay_while(lambda: not done.is_set())
     thread.join()
-    return {"worst_ms": round(worst * 1000, 1), "added_ms": round(total * 1000, 1), "units": units}
+    return delay
 
 
 def _process_delay(passes: ProcessPasses) -> dict[str, float]:
     """One pass in the pass process (the product's default) while this thread does 1 ms units of CPU work."""
-    worst = total = 0.0
-    units = 0
-    passes.start()
     results: list[PassResult] = []
-    while not results:
-        start = time.perf_counter()
-        end = time.thread_time() + 0.001
-        while time.thread_time() < end:
-            pass
-        late = time.perf_counter() - start - 0.001
-        worst, total, units = max(worst, late), total + max(0.0, late), units + 1
-        results = list(passes.finished())
-    return {"worst_ms": round(worst * 1000, 1), "added_ms": round(total * 1000, 1), "units": units,
-            "verdicts_read": results[0].processed}
+
+    def busy() -> bool:
+        results.extend(passes.finished())
+        return not results
+
+    passes.start()
+    return {**_delay_while(busy), "verdicts_read": results[0].processed}
 
 
 def run(devices: int, verdicts: int, new: int) -> dict[str, Any]:
