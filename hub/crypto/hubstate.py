@@ -281,7 +281,8 @@ def stale_wal_message(files: WalFiles, problem: str) -> str:
     return (f"database {files.database}: the write-ahead log {files.wal.name} beside it does not belong to it "
             f"({problem}): a restored database with a stale write-ahead log, which SQLite would apply to it; the "
             f"hub will not open them together. Move {files.wal.name} and {files.shm.name} aside (keep them), then "
-            f"run `attest-hub db accept-restore` ({RESTORE_DOC})")
+            f"run `attest-hub db accept-restore`; if it finds nothing to accept, the backup is from the last "
+            f"generation period and what the hub accepted after it is lost ({RESTORE_DOC})")
 
 
 def stamp_database(settings: Settings) -> None:
