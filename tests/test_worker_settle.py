@@ -223,6 +223,7 @@ def test_the_anomaly_pass_runs_in_a_process_of_its_own_and_is_applied_between_ba
     assert not worker.passes.busy
     text = _metrics_text(worker)
     assert 'attest_devices{status="trusted"} 1.0' in text, text
+    assert Path(f"/proc/{process.pid}/comm").read_text().strip() == "anomaly-pass"  # what ps and top show
     worker.passes.close(10)
     assert not process.is_alive()
 
@@ -368,6 +369,9 @@ def test_a_batch_commits_on_the_commit_thread_while_the_next_is_verified(
     assert during == [False, True]
     assert _verdicts(env, A) == 1 and _verdicts(env, B) == 1
     assert [r["status"] for r in env.verdicts(A) + env.verdicts(B)] == ["affirming", "affirming"]
+    committer = worker._committer._threads  # type: ignore[attr-defined]
+    assert [Path(f"/proc/{os.getpid()}/task/{t.native_id}/comm").read_text().strip() for t in committer] == [
+        "commit-w0"], "top -H shows the commit thread by name"
     fake.puback_all()
     worker._settle()
     assert len(fake.acked) == 2, "both batches acknowledged once committed and published"

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hub.envelope import Incoming, Outgoing
+from hub.osthread import name_thread
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class MqttTransport:
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                     _props: object) -> None:
+        name_thread(f"mqtt-{self.address.client_id}")  # paho's network thread, for top -H and the bench
         if getattr(reason, "is_failure", False):
             self.last_error = f"connection refused: {reason}"
             log.error("broker refused the connection: %s", reason)

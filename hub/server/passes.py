@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 
 from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_counts
 from hub.config import Settings
+from hub.osthread import name_thread
 from hub.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ThreadPasses:
         self._thread.start()
 
     def _pass(self) -> None:
+        name_thread(self._name)
         result = _guarded(self._run_pass)
         if result is not None:
             self._done.append(result)
@@ -172,6 +174,7 @@ def pass_process_main(settings: Settings, conn: multiprocessing.connection.Conne
     from hub.server.presence import die_with_parent, hold_presence
 
     die_with_parent()
+    name_thread("anomaly-pass")  # this process's only busy thread: ps and top show it by this name
     os.nice(PASS_NICENESS)  # background work: the kernel gives the workers the cores first
     hold_presence(settings)  # a new serve waits for this process as for a worker (hub/server/presence.py)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the leader stops us

@@ -47,6 +47,7 @@ from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import HubKeys, load_hub_keys
 from hub.crypto.hubstate import open_store, step_generation
 from hub.envelope import Incoming, Outgoing
+from hub.osthread import name_thread
 from hub.reference.identity import load_anchors
 from hub.reference.manifests import ManifestError
 from hub.reference.policy import PolicyError
@@ -185,7 +186,8 @@ class HubWorker:
             else ThreadPasses(self._run_pass, f"anomaly-w{index}"))
         self._stop = threading.Event()  # replaced by run()'s: a retry loop must not outlive a stop
         self._in_flight: deque[_InFlight] = deque()
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-w{index}")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-w{index}", initializer=name_thread,
+                                             initargs=(f"commit-w{index}",))
         self._committing: Future[BatchOutcome | None] | None = None
         """The batch being decided and committed on the commit thread while the next is verified."""
         self._committed: OrderedDict[bytes, None] = OrderedDict()
