@@ -228,6 +228,19 @@ def test_the_anomaly_pass_runs_in_a_process_of_its_own_and_is_applied_between_ba
     assert not process.is_alive()
 
 
+def test_a_pass_process_whose_leader_stopped_mid_pass_ends_quietly(
+        env: HubEnv, capfd: pytest.CaptureFixture[str]) -> None:
+    """The leader stops (closes its end of the pipe) while a pass runs: the process has nobody to send its
+    result to and ends with exit code 0, without a traceback on the hub's output."""
+    worker, _ = _worker(env, anomaly_interval_s=30.0)
+    worker.passes.start()  # the process is spawned and asked for a pass
+    process = worker.passes._process  # type: ignore[union-attr]
+    assert process is not None
+    worker.passes.close(30)  # at once: the pass is still to come or under way when the pipe closes
+    assert process.exitcode == 0
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_dead_pass_process_is_reported_and_started_again(env: HubEnv, caplog: pytest.LogCaptureFixture) -> None:
     worker, _fake = _worker(env, anomaly_interval_s=30.0)
     worker.passes.start()

@@ -194,7 +194,11 @@ def pass_process_main(settings: Settings, conn: multiprocessing.connection.Conne
                 conn.recv()
             except (EOFError, OSError):
                 return
-            conn.send(_guarded(run_pass))
+            result = _guarded(run_pass)
+            try:
+                conn.send(result)
+            except OSError:  # the leader stopped during the pass (BrokenPipeError): nobody to tell
+                return
     finally:
         store.close()
         conn.close()
