@@ -56,6 +56,41 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+THREAD_ROLES = ("evidence loop", "commit thread", "MQTT network thread", "anomaly pass", "other threads")
+"""How ``thread_cpu`` groups a hub's threads, by the OS names the hub gives them (hub/osthread.py)."""
+
+
+def _role(pid: int, tid: int, name: str, workers: set[int]) -> str:
+    if name.startswith("commit-"):
+        return "commit thread"
+    if name.startswith("mqtt-"):
+        return "MQTT network thread"
+    if name.startswith("anomaly-"):
+        return "anomaly pass"
+    if tid == pid and pid in workers:
+        return "evidence loop"  # a worker's main thread: route, verify, batching, acknowledgement
+    return "other threads"  # supervisor, metrics and HTTP threads, the resource tracker
+
+
+def thread_cpu(pids: list[int], workers: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) of every thread of ``pids``, summed by role (``THREAD_ROLES``)."""
+    totals = dict.fromkeys(THREAD_ROLES, 0.0)
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            totals[_role(pid, tid, name, set(workers))] += (int(fields[11]) + int(fields[12])) / _TICK
+    return totals
+
+
 def _parent(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -111,6 +146,10 @@ class HubProcess:
             if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline and _parent(pid) == self.pid:
                 workers.append(pid)  # the leader's anomaly pass process is a worker's child: not a worker
         return workers
+
+    def thread_usage(self) -> dict[str, float]:
+        """CPU seconds so far by thread role (``THREAD_ROLES``), over the serve process and its descendants."""
+        return thread_cpu(descendants(self.pid), self.worker_pids())
 
     def usage(self) -> HubUsage:
         return HubUsage(cpu_seconds(descendants(self.pid)), tuple(rss_bytes(p) for p in self.worker_pids()))

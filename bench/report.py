@@ -175,4 +175,29 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"| {stage} | {us:.0f} | {us / stage_table['bare_verify_us']:.2f} |")
         lines.append(f"| bare ES256 verify / sign | {stage_table['bare_verify_us']:.0f} / "
                      f"{stage_table['bare_sign_us']:.0f} | 1.00 |")
+    lines += _thread_table(data)
     return "\n".join(lines) + "\n"
+
+
+def _thread_table(data: dict[str, Any]) -> list[str]:
+    """The whole hub's CPU per evidence in the one-worker drain, by thread (bench/hubproc.py THREAD_ROLES):
+    where the time outside the in-process stages goes."""
+    columns = {}
+    for name, db in data["databases"].items():
+        one = next((d for d in db.get("drain", []) if d["workers"] == 1 and d.get("thread_cpu_s")), None)
+        if one is not None and one["messages"]:
+            columns[name] = {role: s * 1e6 / one["messages"] for role, s in one["thread_cpu_s"].items()}
+            whole = one["hub_cpu_s"] * 1e6 / one["messages"]
+            columns[name]["threads that ended during the drain"] = max(0.0, whole - sum(columns[name].values()))
+            columns[name]["whole hub"] = whole
+    if not columns:
+        return []
+    raw = data["raw_verify_per_cpu_s"]
+    bare = 1e6 / raw if raw else 0.0
+    names = list(columns)
+    lines = ["", "## Whole hub, by thread (drain, 1 worker, µs of CPU per evidence; /proc per-thread times)", "",
+             "| thread | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for role in next(iter(columns.values())):
+        lines.append(f"| {role} | " + " | ".join(f"{columns[n].get(role, 0.0):.0f}" for n in names) + " |")
+    lines.append("| raw ES256 verify (same run) | " + " | ".join(f"{bare:.0f}" for _ in names) + " |")
+    return lines

@@ -63,6 +63,8 @@ class DrainResult:
     broker_cpu_s: float
     db_server_cpu_s: float
     statuses: dict[str, int] = field(default_factory=dict)
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)
+    """The hub's CPU over the drain by thread role (bench/hubproc.py ``THREAD_ROLES``)."""
 
     @property
     def throughput(self) -> float:
@@ -133,18 +135,19 @@ def drain(stage: Stage, cursor: Cursor, workers: int, messages: int, bad_share: 
     try:
         while stage.verdict_count() == baseline:
             time.sleep(0.02)
-        t0, cpu0 = time.perf_counter(), hub.usage().cpu_s
+        t0, cpu0, threads0 = time.perf_counter(), hub.usage().cpu_s, hub.thread_usage()
         b0, d0 = cpu_seconds([broker_pid]), cpu_seconds(_postgres_pids())
         deadline = t0 + 600
         while stage.verdict_count() < baseline + messages and time.perf_counter() < deadline:
             time.sleep(0.02)
-        t1, cpu1 = time.perf_counter(), hub.usage().cpu_s
+        t1, cpu1, threads1 = time.perf_counter(), hub.usage().cpu_s, hub.thread_usage()
         b1, d1 = cpu_seconds([broker_pid]), cpu_seconds(_postgres_pids())
     finally:
         hub.stop()
     done = stage.verdict_count() - baseline
     return DrainResult(workers, done, sum(1 for i in items if i.bad), t1 - t0, cpu1 - cpu0, b1 - b0,
-                       d1 - d0 if stage.database == "postgresql" else 0.0, _statuses(stage, baseline_id))
+                       d1 - d0 if stage.database == "postgresql" else 0.0, _statuses(stage, baseline_id),
+                       {role: round(max(0.0, threads1[role] - threads0.get(role, 0.0)), 3) for role in threads1})
 
 
 @dataclass

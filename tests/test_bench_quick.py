@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.hubproc import THREAD_ROLES
 from bench.run import main
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
@@ -18,7 +19,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 def test_bench_writes_every_figure_for_both_stores(tmp_path: Path) -> None:
     assert main(["--tiny", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "latest.json").read_text())
-    assert (tmp_path / "latest.md").read_text().startswith("# Benchmark results")
+    report = (tmp_path / "latest.md").read_text()
+    assert report.startswith("# Benchmark results") and "## Whole hub, by thread" in report
     assert data["raw_verify_per_cpu_s"] > 0
     assert {"cpu", "cores", "memory_gb", "python", "loadavg_at_start"} <= set(data["machine"])
     assert set(data["summary"]) == {"sqlite", "postgresql"}
@@ -32,6 +34,9 @@ def test_bench_writes_every_figure_for_both_stores(tmp_path: Path) -> None:
         for drain in data["databases"][store]["drain"]:
             assert drain["messages"] == 200, "every queued evidence got a verdict"
             assert drain["bad"] > 0 and drain["statuses"].get("rejected", 0) == drain["bad"]
+            threads = drain["thread_cpu_s"]
+            assert set(threads) == set(THREAD_ROLES)
+            assert 0 < sum(threads.values()) <= drain["hub_cpu_s"] + 0.05  # 10 ms ticks: a tiny drain is coarse
         for scale in data["databases"][store]["scale"]:
             assert scale["completed"] == scale["published"], "a result for every published evidence"
             assert scale["quarantined"] == scale["probes"] > 0, "every contraindicated probe was quarantined"
