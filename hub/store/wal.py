@@ -24,12 +24,25 @@ So a leftover WAL is judged here *before* any read-write connection opens:
 A WAL that passes is the hub's own (a crash, or a backup taken after the last
 checkpoint, which the WAL brings up to date); ``adopt`` then checkpoints it,
 so later commands do not check it again.
+
+The check writes none of ``hub.db``, ``hub.db-wal`` and ``hub.db-shm``, so a refused pair is left exactly as
+the operator found it (contents and modification times). A read-only connection still writes the wal-index in
+``-shm`` (it rebuilds it after a crash); the reader opens ``-shm`` read-only instead (the ``readonly_shm`` URI
+parameter of SQLite's unix VFS, src/os_unix.c, since 3.22), and with no live connection to vouch for that
+index SQLite does not trust it and reads the WAL into heap memory (src/wal.c, ``SQLITE_READONLY_CANTINIT``).
+Without a ``-shm`` file SQLite would create one: the two files are then read through hard links (or copies,
+where the filesystem has none) in a private folder beside them, where it creates its own.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -90,9 +103,9 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
     """Why the leftover WAL does not belong to the database file, or None if it does.
 
     ``marks``: the marks the state directory allows in the file (None: none recorded, the mark is not
-    compared). Reads only; the file and the WAL are left as they are. Cost: one header read, and a
-    ``integrity_check`` of the whole database when the mark agrees (every page read, every index entry looked
-    up in its table; measured in docs/RELIABILITY.md). Raises
+    compared). Reads only: the file, the WAL and ``-shm`` are left as they are (``_reading``). Cost: one header
+    read, and a ``integrity_check`` of the whole database when the mark agrees (every page read, every index
+    entry looked up in its table; measured in docs/RELIABILITY.md). Raises
     ``sqlite3.OperationalError`` if the database cannot be read at all (permissions, I/O, locked)."""
     try:
         size = files.database.stat().st_size
@@ -105,19 +118,48 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
         if found not in marks:
             return (f"the file's mark {found} is not the mark {marks[-1]} this hub last stamped on it, so the file "
                     "was replaced")
-    conn = sqlite3.connect(f"file:{quote(str(files.database))}?mode=ro", uri=True, timeout=5.0)
-    try:
-        rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)").fetchall()]
-    except sqlite3.OperationalError:  # cannot open, locked, I/O: a fault, not a verdict on the files
-        raise
-    except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
-        return f"the two together are not a database ({exc})"
-    finally:
-        conn.close()
+    with _reading(files) as uri:
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)").fetchall()]
+        except sqlite3.OperationalError:  # cannot open, locked, I/O: a fault, not a verdict on the files
+            raise
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
+            return f"the two together are not a database ({exc})"
+        finally:
+            conn.close()
     if rows != ["ok"]:
         first = " ".join(" ".join(rows).replace("*** in database main ***", "").split())
         return f"the two together fail SQLite's integrity_check: {first[:160]}"
     return None
+
+
+@contextmanager
+def _reading(files: WalFiles) -> Iterator[str]:
+    """A URI that reads the database with its WAL applied, writing none of the three files (module doc): the
+    files themselves with ``-shm`` opened read-only, or, with no ``-shm``, links to them in a private folder
+    beside them, removed afterwards. Raises ``sqlite3.OperationalError`` if neither can be made."""
+    if files.shm.exists():
+        yield f"file:{quote(str(files.database))}?mode=ro&readonly_shm=1"
+        return
+    try:
+        folder = tempfile.mkdtemp(prefix=".wal-check-", dir=files.database.parent)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"cannot read {files.wal} without a -shm file: {exc}") from exc
+    view = WalFiles(Path(folder) / files.database.name)
+    try:
+        for source, link in ((files.database, view.database), (files.wal, view.wal)):
+            try:
+                os.link(source, link)
+            except OSError:  # no hard links here: a copy reads the same
+                shutil.copyfile(source, link)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise sqlite3.OperationalError(f"cannot read {files.wal} without a -shm file: {exc}") from exc
+    try:
+        yield f"file:{quote(str(view.database))}?mode=ro"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _connect(files: WalFiles) -> sqlite3.Connection:

@@ -4,8 +4,9 @@ SQLite replays a WAL on whatever database file lies beside it (it checks the fra
 header only), and the first connection to close checkpoints the mix into the file. An operator who copies a
 backup over ``hub.db`` after a crash but leaves ``hub.db-wal`` and ``hub.db-shm`` gets an older file under
 newer pages: a corrupt or silently inconsistent database. Every command, ``serve`` and ``db accept-restore``
-included, refuses that pair in one line (exit 3) and leaves both files as they were; a WAL that belongs to its
-file (an honest crash) is checked, checkpointed, and nothing in it is lost.
+included, refuses that pair in one line (exit 3) and leaves the database, the WAL and ``-shm`` as they were
+(contents and modification times); a WAL that belongs to its file (an honest crash) is checked, checkpointed,
+and nothing in it is lost.
 """
 
 from __future__ import annotations
@@ -46,8 +47,15 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def _files(db: Path) -> dict[str, str | None]:
-    return {suffix: _digest(Path(f"{db}{suffix}")) for suffix in ("", "-wal")}
+def _files(db: Path) -> dict[str, tuple[str, int] | None]:
+    """Each of the three files' digest and modification time (ns), None if absent; and the folder's names."""
+    found: dict[str, tuple[str, int] | None] = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{db}{suffix}")
+        found[suffix] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) \
+            if path.exists() else None
+    found["folder: " + " ".join(sorted(p.name for p in db.parent.iterdir()))] = None
+    return found
 
 
 def _read_only(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -121,7 +129,7 @@ def test_a_backup_from_an_earlier_run_restored_beside_the_crashed_hubs_wal_is_re
                     ["db", "accept-restore"], ["init"]):
         line = _assert_refused(state, *command)
         assert "mark" in line, line  # the file is not the one the hub last stamped
-        assert _files(db) == before, f"{command}: the refusal changed hub.db or its WAL"
+        assert _files(db) == before, f"{command}: the refusal changed hub.db, its WAL or -shm"
 
     for suffix in ("-wal", "-shm"):  # the documented way out
         Path(f"{db}{suffix}").rename(tmp_path / f"aside{suffix}")
@@ -194,6 +202,35 @@ def test_a_wal_whose_database_file_was_removed_is_refused_not_turned_into_a_data
             assert "missing or empty" in line, line
         assert _digest(Path(f"{db}-wal")) == wal
         assert db.exists() == emptied and (not emptied or db.stat().st_size == 0)
+
+
+def test_without_a_shm_file_the_check_creates_none_and_still_tells_its_own_wal_from_a_stale_one(
+        tmp_path: Path) -> None:
+    """SQLite creates ``-shm`` to read a WAL: the check reads the two through links in a folder of its own."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    db = state / "hub.db"
+    _served(settings)
+    backup = tmp_path / "backup.db"
+    shutil.copy(db, backup)  # during this run: the mark agrees
+    (base,) = _read_only(db, "SELECT count(*) FROM audit")
+    _audit_rows(db, 0, 400, 300)  # a checkpoint past the backup: only integrity_check tells
+    Path(f"{db}-shm").unlink()
+    stale = tmp_path / "stale"
+    shutil.copytree(state, stale)
+    _restore_leaving_the_wal(backup, stale / "hub.db")
+    before = _files(stale / "hub.db")
+    assert before["-shm"] is None
+    line = _assert_refused(stale, "device", "list")
+    assert "integrity_check" in line, line
+    assert _files(stale / "hub.db") == before, "no -shm and no folder was left behind"
+
+    listed = _invoke(state, "device", "list")
+    assert listed.exit_code == 0, listed.output
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0, "the WAL was checkpointed"
+    assert _read_only(db, "SELECT count(*) FROM audit") == [(int(base[0]) + 400,)]  # type: ignore[call-overload]
+    assert not [p.name for p in state.iterdir() if p.name.startswith(".wal-check")]
 
 
 def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(tmp_path: Path) -> None:
