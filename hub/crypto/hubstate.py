@@ -278,11 +278,12 @@ def check_wal(settings: Settings, *, locked: bool = False) -> None:
 
 
 def stale_wal_message(files: WalFiles, problem: str) -> str:
-    return (f"database {files.database}: the write-ahead log {files.wal.name} beside it does not belong to it "
-            f"({problem}): a restored database with a stale write-ahead log, which SQLite would apply to it; the "
-            f"hub will not open them together. Move {files.wal.name} and {files.shm.name} aside (keep them), then "
-            f"run `attest-hub db accept-restore`; if it finds nothing to accept, the backup is from the last "
-            f"generation period and what the hub accepted after it is lost ({RESTORE_DOC})")
+    """One line: what is wrong (``problem`` says why, SQLite's own words at most once), then the remedy."""
+    return (f"database {files.database}: a restored database with a stale write-ahead log: {files.wal.name} "
+            f"beside it does not belong to it ({problem}) and SQLite would apply it, so the hub will not open the "
+            f"two. Move {files.wal.name} and {files.shm.name} aside (keep them), then run `attest-hub db "
+            f"accept-restore`; if it finds nothing to accept, the backup is from the last generation period and "
+            f"what the hub accepted after it is lost ({RESTORE_DOC})")
 
 
 def stamp_database(settings: Settings) -> None:

@@ -121,15 +121,15 @@ def foreign_wal(files: WalFiles, marks: tuple[int, ...] | None) -> str | None:
     with _reading(files) as uri:
         conn = sqlite3.connect(uri, uri=True, timeout=5.0)
         try:
-            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(3)").fetchall()]
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(1)").fetchall()]
         except sqlite3.OperationalError:  # cannot open, locked, I/O: a fault, not a verdict on the files
             raise
         except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB
             return f"the two together are not a database ({exc})"
         finally:
             conn.close()
-    if rows != ["ok"]:
-        first = " ".join(" ".join(rows).replace("*** in database main ***", "").split())
+    if rows != ["ok"]:  # integrity_check(1): the first problem only, said once
+        first = " ".join(rows[0].replace("*** in database main ***", "").split())
         return f"the two together fail SQLite's integrity_check: {first[:160]}"
     return None
 

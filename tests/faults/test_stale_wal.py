@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -182,6 +183,8 @@ def test_a_backup_from_this_run_older_than_a_checkpoint_is_refused_by_integrity_
     for command in (["device", "list"], ["db", "accept-restore"]):
         line = _assert_refused(state, *command)
         assert found in line, line
+        sqlite_said = re.findall(r"Page \d+:|wrong # of entries|missing from index|never used", line)
+        assert len(sqlite_said) == 1, f"SQLite's detail once, not {sqlite_said}: {line}"
         assert _files(db) == before_files
 
 
