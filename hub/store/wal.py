@@ -69,13 +69,14 @@ class WalFiles:
     def shm(self) -> Path:
         return self.database.with_name(self.database.name + "-shm")
 
-    def leftover(self) -> bool:
-        """True if a WAL with at least one frame lies where the database is or was (empty or header-only:
-        nothing to apply)."""
+    def leftover(self) -> int:
+        """The size in bytes of a WAL with at least one frame where the database is or was, else 0 (none, empty
+        or header-only: nothing to apply)."""
         try:
-            return self.wal.stat().st_size > WAL_HEADER_BYTES
+            size = self.wal.stat().st_size
         except OSError:
-            return False
+            return 0
+        return size if size > WAL_HEADER_BYTES else 0
 
     def mark(self) -> int | None:
         """The mark in the database file's header (not the WAL's), or None if the file has no full header."""
