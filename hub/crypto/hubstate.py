@@ -315,13 +315,15 @@ def check_wal(settings: Settings, *, locked: bool = False) -> WalRecovered | Non
     one that does and return the crash recovery, logged once as a warning (the caller records it in the audit
     log: ``open_store``, ``record_recovery``); None when there was nothing to recover. A WAL is left only by a hub
     that did not stop cleanly: while another process holds the state directory's lock (``serve``) the WAL is that
-    hub's live one and is not looked at, unless ``locked`` (the caller holds the lock itself). Nothing is written
+    hub's live one and is not looked at, unless ``locked`` (the caller holds the lock itself); nor is one that a
+    live connection has open (``WalFiles.in_use``: ``attest-hub api``, another command), which passed this check
+    when it opened the database, and which no crash left. Nothing is written
     before the verdict: the check reads the database through a read-only connection (hub/store/wal.py
     ``foreign_wal``), which can neither checkpoint nor delete the WAL. A checkpoint that a live connection kept
     from completing is no recovery yet: the next opening checks the WAL again."""
     files = sqlite_files(settings.effective_database_url)
     size = files.leftover() if files is not None else 0
-    if files is None or not size or (not locked and StateLock.held(settings)):
+    if files is None or not size or (not locked and StateLock.held(settings)) or files.in_use():
         return None
     try:
         problem = foreign_wal(files, read_marks(settings))

@@ -36,10 +36,12 @@ where the filesystem has none) in a private folder beside them, where it creates
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
 import sqlite3
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +55,8 @@ from sqlalchemy.exc import ArgumentError
 WAL_HEADER_BYTES = 32  # a WAL this short holds no frame (fileformat2 section 4.1)
 _MARK_OFFSET = 60  # the database header's user_version (fileformat2 section 1.3.13)
 _HEADER_BYTES = 100  # the database header (fileformat2 section 1.3)
+_SHM_DMS = 128  # the -shm byte every connection holds a shared lock on (src/os_unix.c, UNIX_SHM_DMS)
+_FLOCK = "@hhqqi4x"  # struct flock on LP64 Linux: l_type, l_whence, l_start, l_len, l_pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,26 @@ class WalFiles:
         except OSError:
             return 0
         return size if size > WAL_HEADER_BYTES else 0
+
+    def in_use(self) -> bool:
+        """Whether a live connection (of any process, this one included) has the database open: SQLite holds a
+        shared lock on the ``-shm`` file's DMS byte (offset 128, src/os_unix.c ``UNIX_SHM_DMS``) for as long as
+        a connection has the WAL open, and the kernel drops it when the process ends, however it ends. Such a WAL
+        is that connection's own, not one left by a crash. Asked with an open-file-description lock query
+        (``F_OFD_GETLK``, Linux), which also sees this process's own locks; never takes a lock."""
+        try:
+            fd = os.open(self.shm, os.O_RDONLY)
+        except OSError:
+            return False  # no -shm: no connection has the WAL open
+        try:
+            query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS, 1, 0)
+            answer = fcntl.fcntl(fd, getattr(fcntl, "F_OFD_GETLK", fcntl.F_GETLK), query)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        kind: int = struct.unpack(_FLOCK, answer)[0]
+        return kind != fcntl.F_UNLCK
 
     def mark(self) -> int | None:
         """The mark in the database file's header (not the WAL's), or None if the file has no full header."""

@@ -270,6 +270,37 @@ def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(
     assert _invoke(state, "audit", "verify").exit_code == 0
 
 
+def test_a_wal_a_live_connection_holds_is_no_crash_to_recover_until_its_process_dies(tmp_path: Path) -> None:
+    """``attest-hub api`` or another command has the database open without the state dir's lock: its WAL is not
+    checked, checkpointed or recorded as a crash recovery; once that process is killed it is one."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    db = state / "hub.db"
+    _served(_settings(state))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys, time
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        for i in range(50):
+            conn.execute("INSERT INTO hub_state (key, value) VALUES (?, 'x')", (f"live:{{i}}",))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        wal = _digest(Path(f"{db}-wal"))
+        listed = _invoke(state, "device", "list")
+        assert listed.exit_code == 0 and "crash recovery" not in listed.stderr, listed.stderr
+        assert _digest(Path(f"{db}-wal")) == wal, "the live connection's WAL was left to it"
+        assert _recoveries(state) == []
+    finally:
+        writer.kill()  # a crash: the kernel drops its locks, the WAL stays
+        writer.communicate()
+    listed = _invoke(state, "device", "list")
+    assert listed.exit_code == 0 and "crash recovery" in listed.stderr, listed.stderr
+    assert len(_recoveries(state)) == 1
+
+
 def test_the_lock_probe_of_a_command_does_not_refuse_a_serve_starting_at_that_moment(tmp_path: Path) -> None:
     """A command probes ``hub.lock`` (a shared flock for a moment) to see whether a hub serves; a ``serve``
     taking the lock during that moment retries instead of refusing, also when a killed hub's pid is still
