@@ -287,9 +287,29 @@ def record_recovery(settings: Settings, recovered: WalRecovered | None) -> None:
 
 
 def missing_state_dir_message(settings: Settings) -> str:
+    """One line for a state directory that is not a directory: it does not exist, or something else is there."""
     where = settings.state_dir
-    return (f"state dir {where} does not exist: run `attest-hub --state-dir {where} init` to create a hub there, "
+    what = "is not a directory" if where.exists() else "does not exist"
+    return (f"state dir {where} {what}: run `attest-hub --state-dir {where} init` to create a hub there, "
             "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
+
+
+def state_dir_problem(settings: Settings) -> str | None:
+    """Why the state directory cannot be a serving hub's, or None: it is missing or not a directory, this user
+    cannot read and write it (``serve`` writes its lock, the generation record and the database mark there), or
+    it holds no hub (neither the hub's signing key nor its generation record: ``init`` was never run there).
+    Checked before anything else, so a wrong ``--state-dir`` is reported as such, not as a missing key file."""
+    where = settings.state_dir
+    if not where.is_dir():
+        return missing_state_dir_message(settings)
+    if not os.access(where, os.R_OK | os.W_OK | os.X_OK):
+        return (f"state dir {where} is not readable and writable by this user (uid {os.geteuid()}): run the hub as "
+                "the user that owns it, or give it to that user")
+    if not settings.hub_key_path.exists() and not settings.generation_path.exists():
+        return (f"state dir {where} holds no hub (no {settings.hub_key_path.name}, no "
+                f"{settings.generation_path.name}): run `attest-hub --state-dir {where} init` to create one there, "
+                "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
+    return None
 
 
 def marks_path(settings: Settings) -> Path:
