@@ -36,12 +36,10 @@ where the filesystem has none) in a private folder beside them, where it creates
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import shutil
 import sqlite3
-import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +54,7 @@ WAL_HEADER_BYTES = 32  # a WAL this short holds no frame (fileformat2 section 4.
 _MARK_OFFSET = 60  # the database header's user_version (fileformat2 section 1.3.13)
 _HEADER_BYTES = 100  # the database header (fileformat2 section 1.3)
 _SHM_DMS = 128  # the -shm byte every connection holds a shared lock on (src/os_unix.c, UNIX_SHM_DMS)
-_FLOCK = "@hhqqi4x"  # struct flock on LP64 Linux: l_type, l_whence, l_start, l_len, l_pid
+_LOCKS = "/proc/locks"  # the kernel's table of file locks (proc(5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,21 +84,26 @@ class WalFiles:
         """Whether a live connection (of any process, this one included) has the database open: SQLite holds a
         shared lock on the ``-shm`` file's DMS byte (offset 128, src/os_unix.c ``UNIX_SHM_DMS``) for as long as
         a connection has the WAL open, and the kernel drops it when the process ends, however it ends. Such a WAL
-        is that connection's own, not one left by a crash. Asked with an open-file-description lock query
-        (``F_OFD_GETLK``, Linux), which also sees this process's own locks; never takes a lock."""
+        is that connection's own, not one left by a crash.
+
+        Read from the kernel's lock table (``/proc/locks``, proc(5)), never by opening ``-shm``: closing any
+        descriptor of a file drops every POSIX lock this process holds on it, a live connection's too. False
+        where the table cannot be read (not Linux): the WAL is then checked as a leftover."""
         try:
-            fd = os.open(self.shm, os.O_RDONLY)
-        except OSError:
-            return False  # no -shm: no connection has the WAL open
-        try:
-            query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _SHM_DMS, 1, 0)
-            answer = fcntl.fcntl(fd, getattr(fcntl, "F_OFD_GETLK", fcntl.F_GETLK), query)
+            shm = os.stat(self.shm)
+            table = Path(_LOCKS).read_text(encoding="ascii", errors="replace")
         except OSError:
             return False
-        finally:
-            os.close(fd)
-        kind: int = struct.unpack(_FLOCK, answer)[0]
-        return kind != fcntl.F_UNLCK
+        inode = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+        for line in table.splitlines():
+            fields = line.split()  # "1: POSIX ADVISORY READ 4242 fe:00:2146710 128 128"; a waiter has "->"
+            if len(fields) < 8 or fields[1] == "->" or fields[5] != inode:
+                continue
+            start, end = fields[6], fields[7]
+            if start.isdigit() and int(start) <= _SHM_DMS and (end == "EOF" or (end.isdigit()
+                                                                                   and int(end) >= _SHM_DMS)):
+                return True
+        return False
 
     def mark(self) -> int | None:
         """The mark in the database file's header (not the WAL's), or None if the file has no full header."""

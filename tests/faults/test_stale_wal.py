@@ -301,6 +301,29 @@ def test_a_wal_a_live_connection_holds_is_no_crash_to_recover_until_its_process_
     assert len(_recoveries(state)) == 1
 
 
+def test_a_connection_of_this_process_keeps_its_wal_and_its_lock(tmp_path: Path) -> None:
+    """A command run in a process that has the database open (the demo, a test) sees that connection's WAL as
+    live, every time: asking for the lock must not drop it (closing any descriptor of ``-shm`` would)."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    _served(settings)
+    files = sqlite_files(settings.effective_database_url)
+    assert files is not None
+    store = open_store(settings)
+    try:
+        with store.transaction() as conn:
+            store.set_state(conn, "note", "written by this process")
+        assert files.leftover() and files.in_use()
+        for _ in range(3):
+            listed = _invoke(state, "device", "list")
+            assert listed.exit_code == 0 and "crash recovery" not in listed.stderr, listed.stderr
+        assert files.in_use(), "this process still holds its connection's lock"
+    finally:
+        store.close()
+    assert not files.in_use()
+
+
 def test_the_lock_probe_of_a_command_does_not_refuse_a_serve_starting_at_that_moment(tmp_path: Path) -> None:
     """A command probes ``hub.lock`` (a shared flock for a moment) to see whether a hub serves; a ``serve``
     taking the lock during that moment retries instead of refusing, also when a killed hub's pid is still
