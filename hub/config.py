@@ -350,7 +350,9 @@ SETTING_HELP: dict[str, str] = {
     "rejected_bytes_per_min": "Per device and minute, at most this many bytes of rejected evidence are kept.",
     "retention_days": "Verdicts, audit entries and rejection counts older than this many days are exported and "
                       "pruned (`db prune`, and the leader on a schedule); 0: kept forever.",
-    "retention_dir": "Folder of the exported JSON Lines files; empty: `state_dir/archive`.",
+    "retention_dir": "Folder of the exported JSON Lines files; empty: `state_dir/archive`. When it is set, or "
+                     "`retention_days` is on the leader, `serve` creates it at start and refuses to start (exit 1) "
+                     "if it cannot create or write it.",
     "retention_interval_s": "How often the leader prunes, in seconds, when `retention_days` is set.",
     "batch_budget_ms": "While the queue is short, a batch is cut so its processing takes about this many "
                        "milliseconds (its size follows the measured cost per evidence, at most `batch_max`).",

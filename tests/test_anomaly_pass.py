@@ -216,3 +216,28 @@ def test_export_fills_the_leader_gauges() -> None:
     assert value("attest_anomaly_findings", {"kind": anomaly.CADENCE}) == 0
     assert value("attest_devices", {"status": "trusted"}) == 11
     assert value("attest_devices", {"status": "warning"}) is None, "a status no device has any more is dropped"
+
+
+def test_cli_list_into_a_pipe_keeps_one_finding_per_line(env: HubEnv, leader: Leader) -> None:
+    """Off a terminal nothing is wrapped or cut: one line per finding, the explanation whole."""
+    looper = "env-sensor-building-7-floor-3-east-wing-rack-12-slot-04"
+    env.add_device(looper, CLASS)
+    clock = Clock()
+    pipeline = env.pipeline(clock=clock)
+    rounds(env, pipeline, clock, 16, reboot=looper)
+    leader.run(clock.t + 2)
+
+    def run(*args: str, columns: str | None = None) -> str:
+        result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), *args],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), "COLUMNS": columns},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
+
+    (finding,) = json.loads(run("anomalies", "--json"))
+    assert finding["device_id"] == looper and len(finding["explanation"]) > 60
+    piped = run("anomalies").splitlines()  # CliRunner's standard output is no terminal
+    assert len(piped) == 2, piped  # the header and the finding
+    assert looper in piped[1] and finding["explanation"] in piped[1] and "since" in piped[0], piped
+    narrow = run("anomalies", columns="80").splitlines()  # a terminal's width is still kept
+    assert all(len(line) <= 80 for line in narrow) and len(narrow) > 2, narrow

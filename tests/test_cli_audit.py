@@ -185,3 +185,29 @@ def test_audit_show_into_a_pipe_keeps_every_line_whole(env: HubEnv) -> None:
     narrow = show("80")  # a width asked for is still kept
     assert all(len(line) <= 80 for line in narrow.splitlines()), narrow
 
+
+
+def test_report_into_a_pipe_keeps_every_line_whole(env: HubEnv) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+    from hub.server.localhub import DEMO_OPERATOR_KEY
+
+    populate(env)
+    device = "env-sensor-0001"
+    reason = "stolen from the depot on the night shift; " * 4 + "end of reason"
+    assert run(env, "device", "quarantine", device, "--reason", reason).exit_code == 0
+
+    def report(columns: str | None) -> str:
+        result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "report"],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), "COLUMNS": columns},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
+
+    piped = report(None)  # CliRunner's standard output is no terminal
+    (line,) = [line for line in piped.splitlines() if "end of reason" in line]
+    assert reason in line and device in line and len(line) > 200, piped
+    assert "    reason: " not in piped, piped  # nothing moved under its row
+    narrow = report("80")  # a width asked for is still kept
+    assert all(len(line) <= 80 for line in narrow.splitlines()), narrow

@@ -119,3 +119,39 @@ def test_show_names_manifest_and_policy_of_each_verdict(env: HubEnv) -> None:
     assert data["status"] == "quarantined"
     assert data["verdicts"][0]["manifest"] == "env-sensor#1" and data["verdicts"][0]["policy"] == "env-sensor@1"
     assert run(env, "device", "show", "nobody").exit_code == 1
+
+
+LONG_ID = "env-sensor-" + "building-7-floor-3-east-wing-rack-12-slot-04"  # 55 characters, within the 64 allowed
+
+
+def test_list_into_a_pipe_keeps_one_device_per_line(env: HubEnv) -> None:
+    """Off a terminal (a pipe, a file) nothing is wrapped or cut, so ``grep`` and ``wc -l`` count devices."""
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+    from hub.server.localhub import DEMO_OPERATOR_KEY
+
+    env.add_device(LONG_ID, firmware.ENV_SENSOR, Profile.TAMPERED)
+    env.add_device("env-sensor-0001", firmware.ENV_SENSOR)
+    env.add_device("smart-meter-0001", firmware.SMART_METER)
+    pipeline = env.pipeline()
+    for device_id in (LONG_ID, "env-sensor-0001"):
+        pipeline.process([incoming(device_id, env.devices[device_id].make_evidence(env.epoch_nonce))])
+
+    def listed(columns: str | None) -> str:
+        result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "device", "list"],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), "COLUMNS": columns},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
+
+    rows = json.loads(run(env, "device", "list", "--json").stdout)
+    (problems,) = [r["problems"] for r in rows if r["device_id"] == LONG_ID]
+    piped = listed(None)  # CliRunner's standard output is no terminal
+    lines = piped.splitlines()
+    assert len(lines) == 1 + 3, piped  # the header and one line per device
+    (line,) = [line for line in lines if LONG_ID in line]
+    assert "; ".join(problems) in line and "quarantined" in line and "firmware" in lines[0], piped
+    assert len(line) > 120
+    narrow = listed("80")  # a width asked for (a terminal's) is still kept: the problems go under the row
+    assert "class" not in narrow.splitlines()[0] and "    problems: " in narrow, narrow

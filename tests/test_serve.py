@@ -43,7 +43,8 @@ def _env(settings_env: dict[str, str]) -> dict[str, str]:
     (["--broker", "127.0.0.1:{port}"], "error: broker unreachable at 127.0.0.1:{port}: Connection refused"),
     (["--database-url", "postgresql://hub:secret@127.0.0.1:{port}/hub"], "error: cannot open database 127.0.0.1:"),
     (["--database-url", "mysql://hub:secret@127.0.0.1/hub"], "error: cannot open database 127.0.0.1/hub: no driver"),
-    (["--state-dir", "{tmp}"], "error: cannot read {tmp}/hub-signing.key.pem"),
+    (["--state-dir", "{tmp}"], "error: state dir {tmp} holds no hub (no hub-signing.key.pem, no generation.json): "
+                               "run `attest-hub --state-dir {tmp} init`"),
     (["--state-dir", "{tmp}/no-hub"], "error: state dir {tmp}/no-hub does not exist: run `attest-hub --state-dir "
                                       "{tmp}/no-hub init`"),
 ])
@@ -61,6 +62,86 @@ def test_an_infrastructure_fault_at_start_up_is_one_line_and_exit_3(tmp_path: Pa
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message.format(port=port, tmp=tmp_path)), lines[0]
     assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def _serve_once(state: Path, environ: dict[str, str]) -> tuple[int, str]:
+    """``serve`` with an unreachable broker: its exit code and its one line (no traceback)."""
+    result = subprocess.run([*HUB, "--broker", f"127.0.0.1:{free_port()}", "serve"], capture_output=True,
+                            text=True, timeout=60, env=_env({"ATTEST_HUB_STATE_DIR": str(state), **environ}))
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return result.returncode, lines[0]
+
+
+def test_start_up_reports_the_most_basic_problem_first(tmp_path: Path) -> None:
+    """Everything wrong at once, then put right one at a time: the state dir, the database, the hub's keys, the
+    operator keys, the archive folder, the broker; each time the first problem left is the one reported."""
+    state = tmp_path / "s"
+    broken = {"ATTEST_HUB_RETENTION_DAYS": "30", "ATTEST_HUB_RETENTION_DIR": "/proc/nope"}
+    (tmp_path / "a-file").write_text("")
+    assert _serve_once(tmp_path / "a-file", broken) == (
+        3, f"error: state dir {tmp_path / 'a-file'} is not a directory: run `attest-hub --state-dir "
+           f"{tmp_path / 'a-file'} init` to create a hub there, or give the state dir of an existing hub (--state-dir "
+           "or ATTEST_HUB_STATE_DIR)")
+    code, line = _serve_once(state, broken)
+    assert (code, line.split(":")[:2]) == (3, ["error", f" state dir {state} does not exist"]), line
+    state.mkdir()
+    code, line = _serve_once(state, broken)
+    assert code == 3 and line.startswith(f"error: state dir {state} holds no hub"), line
+    subprocess.run([*HUB, "--state-dir", str(state), "init"], check=True, capture_output=True, env=_env({}))
+    good = (state / "hub.db").read_bytes()
+    key = state / "hub-signing.key.pem"
+    pem = key.read_bytes()
+    (state / "hub.db").write_bytes(b"not a database " * 512)
+    key.unlink()
+    code, line = _serve_once(state, broken)
+    assert (code, line) == (3, f"error: cannot open database sqlite:///{state}/hub.db: file is not a database"), line
+    (state / "hub.db").write_bytes(good)
+    code, line = _serve_once(state, broken)
+    assert (code, line) == (3, f"error: cannot read {key}: No such file or directory (run 'attest-hub init' to "
+                               "create the hub's keys)"), line
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    code, line = _serve_once(state, broken)
+    assert code == 1 and line.startswith("error: configuration: operator_keys is empty"), line
+    broken["ATTEST_HUB_OPERATOR_KEYS"] = str(DEMO_OPERATOR_KEY)
+    code, line = _serve_once(state, broken)
+    assert code == 1 and line.startswith("error: configuration: retention_dir: cannot create the archive folder "
+                                         "/proc/nope: no such file or directory;"), line
+    del broken["ATTEST_HUB_RETENTION_DIR"]  # state_dir/archive
+    code, line = _serve_once(state, broken)
+    assert code == 3 and line.startswith("error: broker unreachable at 127.0.0.1:"), line
+    assert (state / "archive").is_dir()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"ATTEST_HUB_RETENTION_DIR": "/proc/nope"}, "cannot create the archive folder /proc/nope: no such file or "
+                                                 "directory"),
+    ({"ATTEST_HUB_RETENTION_DIR": "{tmp}/a-file/archive", "ATTEST_HUB_RETENTION_DAYS": "90"},
+     "cannot create the archive folder {tmp}/a-file/archive: not a directory"),
+    ({"ATTEST_HUB_RETENTION_DAYS": "90", "ATTEST_HUB_STATE_DIR": "{tmp}/archive-is-a-file"},
+     "cannot create the archive folder {tmp}/archive-is-a-file/archive: file exists"),
+])
+def test_serve_refuses_an_archive_folder_it_cannot_create(tmp_path: Path, settings: dict[str, str],
+                                                           message: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    state = Path(settings.get("ATTEST_HUB_STATE_DIR", str(tmp_path / "s")).format(tmp=tmp_path))
+    subprocess.run([*HUB, "--state-dir", str(state), "init"], check=True, capture_output=True, env=_env({}))
+    (state / "archive").write_text("")  # only the default folder of the third case is in the way
+    settings = {k: v.format(tmp=tmp_path) for k, v in settings.items()}
+    code, line = _serve_once(state, {"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), **settings})
+    assert code == 1, line
+    assert line == (f"error: configuration: retention_dir: {message.format(tmp=tmp_path)}; the hub exports there what "
+                    "it prunes (retention_days, `attest-hub db prune`): set retention_dir (ATTEST_HUB_RETENTION_DIR) "
+                    "to a folder this user can create and write"), line
+
+
+def test_without_retention_the_archive_folder_is_not_needed(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    subprocess.run([*HUB, "--state-dir", str(state), "init"], check=True, capture_output=True, env=_env({}))
+    (state / "archive").write_text("")  # never used: retention_days = 0 and no retention_dir
+    code, line = _serve_once(state, {"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY)})
+    assert code == 3 and line.startswith("error: broker unreachable at 127.0.0.1:"), line
 
 
 @pytest.mark.parametrize(("url", "shown"), [

@@ -79,3 +79,20 @@ def test_two_simulator_runs_against_the_hub_raise_no_boot_rate_finding(broker: M
     finally:
         store.close()
     assert found is not None and [f for f in found if f["kind"] == anomaly.BOOTS] == [], found
+
+
+def test_the_readme_says_where_the_counts_are_kept_and_how_to_move_or_reset_them() -> None:
+    """The counts outlive the run and are shared by every run of the user: the README names the folder, the file,
+    the option and the variable that move it, and how to start again."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("`device-sim run` keeps state of its own")
+    text = " ".join(readme[start:readme.index("\n\n", start)].split())
+    default = bootcounts.default_state_dir({})
+    assert str(default).replace(str(Path.home()), "~", 1) + "/" in text
+    assert bootcounts.default_state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/device-sim")
+    assert "$XDG_STATE_HOME/device-sim" in text
+    assert bootcounts.counter_path(Path("d"), "s").name.startswith("bootcounts-")
+    assert "bootcounts-<seed digest>.json" in text
+    assert bootcounts.default_state_dir({bootcounts.ENV_STATE_DIR: "/elsewhere"}) == Path("/elsewhere")
+    assert f"{bootcounts.ENV_STATE_DIR}=DIR" in text and "--state-dir DIR" in text
+    assert "delete the file" in text and "--bootcount N" in text

@@ -161,3 +161,35 @@ def test_cli_whatif_policy_source_and_errors(env: HubEnv, tmp_path: Path) -> Non
     with env.store.transaction() as conn:
         env.store.save_policy(conn, "smart-meter", 2, policy.read_text())
     assert run(env, "whatif", "--policy", str(stale)).exit_code == 1
+
+
+def test_cli_whatif_into_a_pipe_keeps_one_device_per_line(env: HubEnv, tmp_path: Path) -> None:
+    """Off a terminal nothing is wrapped or cut: the summary and each device on one line, the reason whole."""
+    from click.testing import CliRunner
+
+    from hub.cli.main import cli
+    from hub.server.localhub import DEMO_OPERATOR_KEY
+
+    long_id = "env-sensor-building-7-floor-3-east-wing-rack-12-slot-04"
+    env.add_device(long_id, firmware.ENV_SENSOR, version="1.1.0")
+    env.pipeline().process([incoming(long_id, env.devices[long_id].make_evidence(env.epoch_nonce))])
+    signed = tmp_path / "env-2.cose"
+    signed.write_bytes(sign_manifest(next_manifest(env, wire.RELEASE_REVOKED), load_private_file(OPERATOR_KEY)))
+
+    def whatif(*extra: str, columns: str | None = None) -> str:
+        result = CliRunner().invoke(cli, ["--state-dir", str(env.settings.state_dir), "whatif", "--manifest",
+                                          str(signed), *extra],
+                                    env={"ATTEST_HUB_OPERATOR_KEYS": str(DEMO_OPERATOR_KEY), "COLUMNS": columns},
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.stdout)
+
+    outcomes = {o["device_id"]: o for o in json.loads(whatif("--json"))["outcomes"]}
+    assert set(outcomes) == {"env-sensor-0002", long_id}
+    piped = whatif().splitlines()  # CliRunner's standard output is no terminal
+    assert len(piped) == 1 + 1 + 2, piped  # the summary, the header, one line per device that would change
+    assert piped[0].startswith("What if ") and piped[0].endswith("would change status"), piped
+    (line,) = [line for line in piped if long_id in line]
+    assert outcomes[long_id]["why"] in line and len(line) > 100, piped
+    narrow = whatif(columns="80").splitlines()  # a terminal's width is still kept
+    assert all(len(line) <= 80 for line in narrow), narrow

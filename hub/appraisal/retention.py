@@ -25,6 +25,7 @@ import base64
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -263,6 +264,20 @@ def _verdict_line(row: Mapping[str, Any]) -> str:
     out["evidence"] = base64.b64encode(bytes(row["evidence"] or b"")).decode()
     out["evidence_sha256"] = bytes(row["evidence_sha256"]).hex() if row.get("evidence_sha256") else None
     return json.dumps(out, sort_keys=True)
+
+
+def check_archive(archive: Path) -> None:
+    """Create the archive folder if it is missing and write (then remove) a file in it: what ``prune`` will
+    need, checked up front (``serve`` at start). Raises ``ArchiveError`` naming the path and the reason."""
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"cannot create the archive folder {archive}: {_reason(exc)}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=archive, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ArchiveError(f"cannot write in the archive folder {archive}: {_reason(exc)}") from exc
 
 
 def _reason(exc: OSError) -> str:

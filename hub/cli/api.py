@@ -7,11 +7,11 @@ import threading
 import time
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import parse_duration
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
+from hub.cli.output import stdout_console
 from hub.server.api.tokens import SCOPES, TokenError, create_token, list_tokens, revoke_token
 from hub.store import StoreError
 
@@ -94,7 +94,7 @@ def token_list(hub: HubContext) -> None:
         for r in items:
             table.add_row(str(r["token_id"]), str(r["name"]), str(r["scope"]), _when(r["created_at"]),
                           _when(r["expires_at"]), _when(r["revoked_at"]))
-        Console().print(table)
+        stdout_console().print(table)
 
     emit(hub, rows, human)
 

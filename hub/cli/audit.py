@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hub.appraisal.report import FleetReport, build_report, format_age, parse_duration
 from hub.appraisal.retention import chain_starts
 from hub.audit import GENESIS, ChainState, by_chain, verify_export, verify_log
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table, json_time, output_width
+from hub.cli.output import Column, format_table, json_time, stdout_console
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
 from hub.crypto.hubstate import read_generation
 from hub.crypto.keys import PublicKey
@@ -182,7 +181,7 @@ def _print_entries(rows: list[dict[str, Any]]) -> None:
     columns = [Column("id"), Column("time (UTC)"), Column("actor", drop=1), Column("action"), Column("device"),
                Column("detail", wrap=True)]
     click.echo(format_table(columns, [[str(r["id"]), r["at"], r["actor"], r["action"], r["device_id"] or "-",
-                                       _detail(r["detail"])] for r in rows], output_width()), nl=False)
+                                       _detail(r["detail"])] for r in rows]), nl=False)
 
 
 def _detail(detail: Mapping[str, object]) -> str:
@@ -253,17 +252,8 @@ def report(hub: HubContext, silent_after: str) -> None:
         _print_report(summary)
 
 
-class _Console(Console):
-    """rich's console, but a closed output pipe ends the command as for every other command (exit 0, quietly)
-    instead of rich's own exit 1."""
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        raise BrokenPipeError
-
-
 def _print_report(r: FleetReport) -> None:
-    console = _Console()
+    console = stdout_console()
     console.print(f"[bold]Fleet compliance report[/] {_utc(r.generated_at)}: {r.total} devices")
     statuses = sorted(r.by_status)
     table = Table("class", *statuses, "total", title="Devices by status")

@@ -23,11 +23,13 @@ from hub.crypto.hubstate import (
     NothingToAccept,
     StateLock,
     StateLocked,
+    WalRecovered,
     accept_restore,
     adopt_generation,
     check_wal,
     missing_state_dir_message,
     open_store,
+    record_recovery,
 )
 from hub.server.announced import Announced, BrokerUnreachable, announced
 from hub.store import Store, StoreError
@@ -40,12 +42,21 @@ def db() -> None:
     """Database schema (migrate, show the revision), restore acceptance, retention (export and prune old rows)."""
 
 
-def _open(hub: HubContext) -> Store:
+def _open(hub: HubContext) -> tuple[Store, WalRecovered | None]:
+    """The database as it is (any schema revision), and the crash recovery its WAL needed, if any (recorded in
+    the audit log by the command once it is done: ``record_recovery``)."""
     if not hub.settings.database_url and not hub.settings.state_dir.is_dir():
         fail(missing_state_dir_message(hub.settings), code=3)
     try:
-        check_wal(hub.settings)  # SQLite would apply a stale WAL at the first read and keep it at the close
-        return Store(hub.settings.effective_database_url, schema=False)
+        recovered = check_wal(hub.settings)  # SQLite would apply a stale WAL at the first read, keep it at the close
+        return Store(hub.settings.effective_database_url, schema=False), recovered
+    except StoreError as exc:
+        fail(str(exc), code=3)
+
+
+def _record(hub: HubContext, recovered: WalRecovered | None) -> None:
+    try:
+        record_recovery(hub.settings, recovered)
     except StoreError as exc:
         fail(str(exc), code=3)
 
@@ -61,7 +72,7 @@ def db_upgrade(hub: HubContext) -> None:
     Example: attest-hub --config /etc/attest-hub/hub.toml db upgrade
     """
     with owner_only():
-        store = _open(hub)
+        store, recovered = _open(hub)
         try:
             before = current_revision(store.engine)
             after = upgrade(store.engine)
@@ -71,6 +82,7 @@ def db_upgrade(hub: HubContext) -> None:
             fail(f"migration failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=3)
         finally:
             store.close()
+    _record(hub, recovered)
     emit(hub, {"from": before, "to": after}, lambda d: click.echo(
         f"schema at revision {d['to']} (was {d['from']})" if d["from"] is not None
         else f"schema created at revision {d['to']} (the database was empty)"))
@@ -84,13 +96,14 @@ def db_current(hub: HubContext) -> None:
 
     Example: attest-hub --state-dir var db current --json
     """
-    store = _open(hub)
+    store, recovered = _open(hub)
     try:
         current = current_revision(store.engine)
     except SQLAlchemyError as exc:
         fail(f"cannot read the schema revision: {str(exc).splitlines()[0]}", code=3)
     finally:
         store.close()
+    _record(hub, recovered)
     data = {"current": current, "head": head_revision()}
     emit(hub, data, lambda d: click.echo(
         f"current {d['current']}, head {d['head']}" if d["current"] is not None

@@ -121,17 +121,15 @@ def serve(hub: HubContext, workers: int | None) -> None:
     On a terminal it logs one line per verdict (device, verdict, action, reason); elsewhere JSON lines. -q: only
     warnings and errors; -v, -vv: debug. A broker or database that cannot be reached at start-up ends it with one
     line and exit code 3; so does a worker that keeps dying right after each start. Without operator_keys it
-    refuses to start (exit 1) unless allow_no_operator_keys is set.
+    refuses to start (exit 1) unless allow_no_operator_keys is set. The first problem found ends it, checked in
+    this order: the state dir, the database, the keys, the configuration, the broker.
 
     \b
     Example:
       attest-hub --state-dir var --broker 127.0.0.1:1883 serve --workers 2
     """
-    from hub.server.serve import ServeError, refusal, serve_forever
+    from hub.server.serve import ServeError, serve_forever
 
-    problem = refusal(hub.settings)
-    if problem is not None:
-        fail(f"configuration: {problem}", code=1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -140,7 +138,7 @@ def serve(hub: HubContext, workers: int | None) -> None:
     try:
         serve_forever(hub.settings, workers or hub.settings.workers, stop, verbosity)
     except ServeError as exc:
-        fail(str(exc), code=3)
+        fail(str(exc), code=exc.code)
 
 
 @cli.group()

@@ -4,6 +4,8 @@ Times are UTC (``2026-11-30T17:11:01Z``) unless ``--local-time`` asks for the lo
 Tables are plain text, laid out in one pass (fast for tens of thousands of rows): identifier columns are never
 cut, a free-text column wraps, and when the terminal is still too narrow the least useful columns are left out,
 then the free text moves to indented lines under its row (``--json`` always has every field, never truncated).
+Into a pipe or a file (``output_width``) nothing wraps, nothing is left out: one record per line, whole, so
+``grep`` and ``wc -l`` work; rich's own output (``stdout_console``) follows the same width.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
+from rich.console import Console
 
 __all__ = ["DURATION", "Column", "Duration", "format_table", "iso_time", "json_time", "output_width",
-           "terminal_width"]
+           "stdout_console", "terminal_width"]
 
 
 def iso_time(at: float | None, local: bool = False) -> str:
@@ -55,6 +58,19 @@ def output_width() -> int:
     return UNBOUNDED_WIDTH
 
 
+def stdout_console() -> Console:
+    """rich's console on standard output, ``output_width`` wide: a terminal's width, whole lines into a pipe
+    (rich itself would wrap at 80 columns there). A closed pipe ends the command as for every other command
+    (exit 0, quietly) instead of rich's own exit 1."""
+    return _Console(width=output_width())
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """A table column. ``wrap``: free text that may wrap; ``drop``: left out first (higher drops earlier), 0 never."""
@@ -66,8 +82,9 @@ class Column:
 
 
 def format_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int | None = None) -> str:
-    """Rows as aligned text within ``width`` columns; ids are never cut (see the module docstring)."""
-    width = width or terminal_width()
+    """Rows as aligned text within ``width`` columns (default ``output_width``: unbounded into a pipe); ids are
+    never cut (see the module docstring)."""
+    width = width or output_width()
     keep = list(range(len(columns)))
     natural = [max([len(columns[i].title), *(len(r[i]) for r in rows)]) for i in keep]
 

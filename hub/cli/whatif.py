@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from hub.appraisal.whatif import Outcome, ProposalError, load_proposal, what_if
 from hub.cli.common import HubContext, emit, fail, json_option, pass_hub
-from hub.cli.output import Column, format_table
+from hub.cli.output import Column, format_table, stdout_console
 from hub.reference.identity import load_anchors
 from hub.reference.policy import PolicyError
 from hub.reference.values import References
@@ -65,7 +64,7 @@ def whatif(hub: HubContext, manifest_path: Path | None, policy_path: Path | None
 
 
 def _print(data: dict[str, object], rows: list[Outcome]) -> None:
-    console = Console()
+    console = stdout_console()
     console.print(f"What if [bold]{data['proposal']}[/] were published: "
                   f"{data['changes']} of {data['devices']} {data['device_class']} device(s) would change status")
     if not rows:

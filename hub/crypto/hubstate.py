@@ -69,6 +69,29 @@ class StaleWal(StoreError):
     database restored from a backup): the hub does not open the two together."""
 
 
+@dataclass(frozen=True, slots=True)
+class WalRecovered:
+    """A crash recovery: a SQLite WAL left by a hub that did not stop cleanly, found to belong to its database
+    (``check_wal``) and checkpointed into it (SQLite replays it; nothing in it is lost)."""
+
+    database: Path
+    wal_bytes: int  # the WAL's size when it was found, header included
+
+    def describe(self) -> str:
+        return (f"crash recovery: database {self.database} had the write-ahead log {self.database.name}-wal "
+                f"({self.wal_bytes} bytes) of a hub that did not stop cleanly beside it; it belongs to the file "
+                "(mark and integrity_check) and was applied and checkpointed")
+
+    def draft(self, at: float) -> AuditDraft:
+        """The hub chain's ``wal-recovered`` entry: ``{database, wal_bytes}`` (bytes)."""
+        return AuditDraft(at, "hub", WAL_RECOVERED, None, {"database": str(self.database),
+                                                           "wal_bytes": self.wal_bytes})
+
+
+WAL_RECOVERED = "wal-recovered"
+"""The audit action of a crash recovery (:class:`WalRecovered`)."""
+
+
 class StateLock:
     """An exclusive ``flock`` on ``state_dir/hub.lock``, held by ``serve`` for its lifetime and by ``db
     accept-restore``: one hub per state directory, and no restore accepted under a running hub. The kernel
@@ -212,10 +235,14 @@ def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool
 
     Raises ``StoreError`` (``StaleWal``, ``SchemaError``, ``RollbackError``) with a one-line message, or
     ``HubKeyError``; a state directory that does not exist (with the default SQLite database in it) is a
-    StoreError that says how to create one, not SQLite's "unable to open database file"."""
+    StoreError that says how to create one, not SQLite's "unable to open database file".
+
+    A crash recovery (``check_wal`` adopted a WAL) is appended to the audit log (``wal-recovered``) once the
+    database has passed these checks; without ``check_generation`` (a database that may be a restore, before
+    ``db accept-restore``) it is only logged."""
     if not settings.database_url and not settings.state_dir.is_dir():
         raise StoreError(missing_state_dir_message(settings))
-    check_wal(settings, locked=locked)
+    recovered = check_wal(settings, locked=locked)
     try:
         store = Store(settings.effective_database_url, max_pages=max_pages)
     except SchemaError as exc:
@@ -226,16 +253,63 @@ def open_store(settings: Settings, *, max_pages: int = 0, check_generation: bool
         store.audit_key = read_secret(settings.audit_key_path, "audit key")
         if check_generation:
             check_generation_of(settings, store)
+            if recovered is not None:
+                _append_recovery(store, recovered)
+        elif recovered is not None:
+            log.warning("the crash recovery of %s is not in the audit log: the database is not checked against "
+                        "the generation here", recovered.database)
     except BaseException:
         store.close()
         raise
     return store
 
 
+def _append_recovery(store: Store, recovered: WalRecovered) -> None:
+    with store.transaction() as conn:
+        append(store, conn, [recovered.draft(time.time())])
+
+
+def record_recovery(settings: Settings, recovered: WalRecovered | None) -> None:
+    """Append a crash recovery found by a command that opens the database its own way (``init``, ``db
+    upgrade``, ``db current``) through a store opened as the hub opens it. A database that cannot take it yet
+    (schema behind this release, behind the generation) gets no entry; the log says why."""
+    if recovered is None:
+        return
+    try:
+        store = open_store(settings)
+    except (StoreError, HubKeyError) as exc:
+        log.warning("the crash recovery of %s is not in the audit log: %s", recovered.database, exc)
+        return
+    try:
+        _append_recovery(store, recovered)
+    finally:
+        store.close()
+
+
 def missing_state_dir_message(settings: Settings) -> str:
+    """One line for a state directory that is not a directory: it does not exist, or something else is there."""
     where = settings.state_dir
-    return (f"state dir {where} does not exist: run `attest-hub --state-dir {where} init` to create a hub there, "
+    what = "is not a directory" if where.exists() else "does not exist"
+    return (f"state dir {where} {what}: run `attest-hub --state-dir {where} init` to create a hub there, "
             "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
+
+
+def state_dir_problem(settings: Settings) -> str | None:
+    """Why the state directory cannot be a serving hub's, or None: it is missing or not a directory, this user
+    cannot read and write it (``serve`` writes its lock, the generation record and the database mark there), or
+    it holds no hub (neither the hub's signing key nor its generation record: ``init`` was never run there).
+    Checked before anything else, so a wrong ``--state-dir`` is reported as such, not as a missing key file."""
+    where = settings.state_dir
+    if not where.is_dir():
+        return missing_state_dir_message(settings)
+    if not os.access(where, os.R_OK | os.W_OK | os.X_OK):
+        return (f"state dir {where} is not readable and writable by this user (uid {os.geteuid()}): run the hub as "
+                "the user that owns it, or give it to that user")
+    if not settings.hub_key_path.exists() and not settings.generation_path.exists():
+        return (f"state dir {where} holds no hub (no {settings.hub_key_path.name}, no "
+                f"{settings.generation_path.name}): run `attest-hub --state-dir {where} init` to create one there, "
+                "or give the state dir of an existing hub (--state-dir or ATTEST_HUB_STATE_DIR)")
+    return None
 
 
 def marks_path(settings: Settings) -> Path:
@@ -256,15 +330,21 @@ def read_marks(settings: Settings) -> tuple[int, ...] | None:
                          "again)") from exc
 
 
-def check_wal(settings: Settings, *, locked: bool = False) -> None:
+def check_wal(settings: Settings, *, locked: bool = False) -> WalRecovered | None:
     """Refuse (``StaleWal``) a SQLite WAL left beside the database that does not belong to it; adopt (checkpoint)
-    one that does. A WAL is left only by a hub that did not stop cleanly: while another process holds the state
-    directory's lock (``serve``) the WAL is that hub's live one and is not looked at, unless ``locked`` (the
-    caller holds the lock itself). Nothing is written before the verdict: the check reads the database through
-    a read-only connection (hub/store/wal.py ``foreign_wal``), which can neither checkpoint nor delete the WAL."""
+    one that does and return the crash recovery, logged once as a warning (the caller records it in the audit
+    log: ``open_store``, ``record_recovery``); None when there was nothing to recover. A WAL is left only by a hub
+    that did not stop cleanly: while another process holds the state directory's lock (``serve``) the WAL is that
+    hub's live one and is not looked at, unless ``locked`` (the caller holds the lock itself); nor is one that a
+    live connection has open (``WalFiles.in_use``: ``attest-hub api``, another command), which passed this check
+    when it opened the database, and which no crash left. Nothing is written
+    before the verdict: the check reads the database through a read-only connection (hub/store/wal.py
+    ``foreign_wal``), which can neither checkpoint nor delete the WAL. A checkpoint that a live connection kept
+    from completing is no recovery yet: the next opening checks the WAL again."""
     files = sqlite_files(settings.effective_database_url)
-    if files is None or not files.leftover() or (not locked and StateLock.held(settings)):
-        return
+    size = files.leftover() if files is not None else 0
+    if files is None or not size or (not locked and StateLock.held(settings)) or files.in_use():
+        return None
     try:
         problem = foreign_wal(files, read_marks(settings))
     except sqlite3.Error as exc:
@@ -272,17 +352,26 @@ def check_wal(settings: Settings, *, locked: bool = False) -> None:
     if problem is not None:
         raise StaleWal(stale_wal_message(files, problem))
     try:
-        adopt(files)
+        done = adopt(files)
     except sqlite3.Error as exc:  # left for the next opening to check again; opening the store reports real faults
         log.warning("the write-ahead log %s was not checkpointed: %s", files.wal, exc)
+        return None
+    if not done:
+        log.warning("the write-ahead log %s belongs to the database but a live connection kept it from being "
+                    "checkpointed; it is checked again next time", files.wal)
+        return None
+    recovered = WalRecovered(files.database, size)
+    log.warning("%s", recovered.describe())
+    return recovered
 
 
 def stale_wal_message(files: WalFiles, problem: str) -> str:
-    return (f"database {files.database}: the write-ahead log {files.wal.name} beside it does not belong to it "
-            f"({problem}): a restored database with a stale write-ahead log, which SQLite would apply to it; the "
-            f"hub will not open them together. Move {files.wal.name} and {files.shm.name} aside (keep them), then "
-            f"run `attest-hub db accept-restore`; if it finds nothing to accept, the backup is from the last "
-            f"generation period and what the hub accepted after it is lost ({RESTORE_DOC})")
+    """One line: what is wrong (``problem`` says why, SQLite's own words at most once), then the remedy."""
+    return (f"database {files.database}: a restored database with a stale write-ahead log: {files.wal.name} "
+            f"beside it does not belong to it ({problem}) and SQLite would apply it, so the hub will not open the "
+            f"two. Move {files.wal.name} and {files.shm.name} aside (keep them), then run `attest-hub db "
+            f"accept-restore`; if it finds nothing to accept, the backup is from the last generation period and "
+            f"what the hub accepted after it is lost ({RESTORE_DOC})")
 
 
 def stamp_database(settings: Settings) -> None:
@@ -393,7 +482,7 @@ def init_hub(settings: Settings) -> str:
     (``SchemaError``): the database was lost, not new."""
     belongs = settings.hub_key_path.exists() or settings.generation_path.exists()
     init_state(settings)
-    check_wal(settings)  # an existing database with a stale WAL beside it is refused, not opened
+    recovered = check_wal(settings)  # an existing database with a stale WAL beside it is refused, not opened
     with owner_only():  # a new SQLite file (and its -wal, -shm) is created owner-only
         store = Store(settings.effective_database_url, max_pages=settings.sqlite_max_pages, schema=False)
         try:
@@ -409,9 +498,10 @@ def init_hub(settings: Settings) -> str:
                 return "created"
             Store(settings.effective_database_url).close()  # SchemaError unless a hub database at head
             adopt_generation(settings, store)
-            return "existing"
         finally:
             store.close()
+    record_recovery(settings, recovered)
+    return "existing"
 
 
 @dataclass(frozen=True, slots=True)

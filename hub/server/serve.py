@@ -2,7 +2,11 @@
 
 Infrastructure faults (hub keys missing, database or broker unreachable, a
 worker in a crash loop) end in :class:`ServeError` with a one-line message;
-the CLI prints it and exits 3 (the documented code), never a traceback.
+the CLI prints it and exits 3 (the documented code), never a traceback. A
+configuration the hub refuses to serve with (no operator keys, an archive
+folder it cannot create or write) is a :class:`ServeRefused`, exit 1. The
+start-up checks run the most basic first (``preflight``), so the first line
+names the problem to fix first.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import logging
 import socket
 import threading
 
+from hub.appraisal.retention import ArchiveError, check_archive
 from hub.broker.enforcement import EnforcementError
 from hub.broker.transport import TransportError
 from hub.config import Settings
 from hub.crypto.hubkeys import HubKeyError, load_hub_keys
-from hub.crypto.hubstate import StateLock, check_announced, missing_state_dir_message, open_store, stamp_database
+from hub.crypto.hubstate import StateLock, check_announced, open_store, stamp_database, state_dir_problem
 from hub.crypto.keys import KeyFileError
 from hub.server.announced import BrokerUnreachable, announced
 from hub.server.presence import wait_for_earlier_workers
@@ -28,7 +33,15 @@ _FAULTS = (HubKeyError, KeyFileError, StoreError, TransportError, EnforcementErr
 
 
 class ServeError(RuntimeError):
-    """An infrastructure fault at start-up, or a crash loop; the message is one line."""
+    """An infrastructure fault at start-up, or a crash loop; the message is one line, ``code`` the exit code."""
+
+    code = 3
+
+
+class ServeRefused(ServeError):
+    """A configuration ``serve`` refuses to start with (``refusal``, ``retention_refusal``); exit code 1."""
+
+    code = 1
 
 
 NO_OPERATOR_KEYS = ("operator_keys is empty: the hub would trust no manifest or policy and quarantine nothing for "
@@ -47,19 +60,50 @@ def refusal(settings: Settings) -> str | None:
     return None
 
 
-def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | None = None) -> None:
-    """Hub keys load; the database opens as the hub opens it (schema at head, generation not behind the state
-    directory's); ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on
-    it; the broker accepts TCP; the database is not behind the epoch and generation this hub published
-    (signed, retained) on the broker; else ServeError, one line (refused here once, not in each worker)."""
-    if not settings.state_dir.is_dir():
-        raise ServeError(missing_state_dir_message(settings))
+def retention_refusal(settings: Settings) -> str | None:
+    """Why the archive folder cannot be used (``retention_dir``, default ``state_dir/archive``), or None: checked
+    (created if missing, a file written and removed) when this host's leader prunes (``retention_days`` > 0) or
+    ``retention_dir`` is set, so a folder the hub cannot create or write stops the start instead of every
+    retention pass."""
+    if not settings.retention_dir and not (settings.retention_days > 0 and settings.leader):
+        return None
     try:
-        keys = load_hub_keys(settings)
+        check_archive(settings.archive_dir)
+    except ArchiveError as exc:
+        return (f"retention_dir: {exc}; the hub exports there what it prunes (retention_days, `attest-hub db "
+                "prune`): set retention_dir (ATTEST_HUB_RETENTION_DIR) to a folder this user can create and write")
+    return None
+
+
+def preflight(settings: Settings, timeout_s: float = 5.0, *, lock: StateLock | None = None) -> None:
+    """The start-up checks, the most basic first, each refused here once (not in each worker) in one line:
+
+    1. the state directory exists, is usable and holds a hub (``state_dir_problem``);
+    2. the database opens as the hub opens it (schema at head, no stale WAL, generation not behind the state
+       directory's);
+    3. the hub's keys and the operator keys load;
+    4. the configuration is one the hub serves with (``refusal``, then ``retention_refusal``: ServeRefused,
+       exit 1);
+    5. ``lock`` (the state directory's, see :class:`StateLock`) is taken, so no other hub serves on it;
+    6. the broker accepts TCP, and the database is not behind the epoch and generation this hub published
+       (signed, retained) on it.
+
+    Raises ServeError (exit 3) or ServeRefused (exit 1)."""
+    problem = state_dir_problem(settings)
+    if problem is not None:
+        raise ServeError(problem)
+    try:
         store = open_store(settings)
-    except (HubKeyError, KeyFileError, StoreError) as exc:
+    except (HubKeyError, StoreError) as exc:
         raise ServeError(str(exc)) from exc
     try:
+        try:
+            keys = load_hub_keys(settings)
+        except (HubKeyError, KeyFileError) as exc:
+            raise ServeError(str(exc)) from exc
+        problem = refusal(settings) or retention_refusal(settings)
+        if problem is not None:
+            raise ServeRefused(f"configuration: {problem}")
         if lock is not None:  # before the broker check: under mutual TLS it resumes worker 0's session
             try:
                 lock.acquire()

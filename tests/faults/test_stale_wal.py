@@ -4,15 +4,18 @@ SQLite replays a WAL on whatever database file lies beside it (it checks the fra
 header only), and the first connection to close checkpoints the mix into the file. An operator who copies a
 backup over ``hub.db`` after a crash but leaves ``hub.db-wal`` and ``hub.db-shm`` gets an older file under
 newer pages: a corrupt or silently inconsistent database. Every command, ``serve`` and ``db accept-restore``
-included, refuses that pair in one line (exit 3) and leaves both files as they were; a WAL that belongs to its
-file (an honest crash) is checked, checkpointed, and nothing in it is lost.
+included, refuses that pair in one line (exit 3) and leaves the database, the WAL and ``-shm`` as they were
+(contents and modification times); a WAL that belongs to its file (an honest crash) is checked, checkpointed,
+and nothing in it is lost.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -46,8 +49,15 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def _files(db: Path) -> dict[str, str | None]:
-    return {suffix: _digest(Path(f"{db}{suffix}")) for suffix in ("", "-wal")}
+def _files(db: Path) -> dict[str, tuple[str, int] | None]:
+    """Each of the three files' digest and modification time (ns), None if absent; and the folder's names."""
+    found: dict[str, tuple[str, int] | None] = {}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{db}{suffix}")
+        found[suffix] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) \
+            if path.exists() else None
+    found["folder: " + " ".join(sorted(p.name for p in db.parent.iterdir()))] = None
+    return found
 
 
 def _read_only(db: Path, sql: str) -> list[tuple[object, ...]]:
@@ -121,7 +131,7 @@ def test_a_backup_from_an_earlier_run_restored_beside_the_crashed_hubs_wal_is_re
                     ["db", "accept-restore"], ["init"]):
         line = _assert_refused(state, *command)
         assert "mark" in line, line  # the file is not the one the hub last stamped
-        assert _files(db) == before, f"{command}: the refusal changed hub.db or its WAL"
+        assert _files(db) == before, f"{command}: the refusal changed hub.db, its WAL or -shm"
 
     for suffix in ("-wal", "-shm"):  # the documented way out
         Path(f"{db}{suffix}").rename(tmp_path / f"aside{suffix}")
@@ -174,6 +184,8 @@ def test_a_backup_from_this_run_older_than_a_checkpoint_is_refused_by_integrity_
     for command in (["device", "list"], ["db", "accept-restore"]):
         line = _assert_refused(state, *command)
         assert found in line, line
+        sqlite_said = re.findall(r"Page \d+:|wrong # of entries|missing from index|never used", line)
+        assert len(sqlite_said) == 1, f"SQLite's detail once, not {sqlite_said}: {line}"
         assert _files(db) == before_files
 
 
@@ -196,7 +208,45 @@ def test_a_wal_whose_database_file_was_removed_is_refused_not_turned_into_a_data
         assert db.exists() == emptied and (not emptied or db.stat().st_size == 0)
 
 
-def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(tmp_path: Path) -> None:
+def test_without_a_shm_file_the_check_creates_none_and_still_tells_its_own_wal_from_a_stale_one(
+        tmp_path: Path) -> None:
+    """SQLite creates ``-shm`` to read a WAL: the check reads the two through links in a folder of its own."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    db = state / "hub.db"
+    _served(settings)
+    backup = tmp_path / "backup.db"
+    shutil.copy(db, backup)  # during this run: the mark agrees
+    _audit_rows(db, 0, 400, 300)  # a checkpoint past the backup: only integrity_check tells
+    Path(f"{db}-shm").unlink()
+    stale = tmp_path / "stale"
+    shutil.copytree(state, stale)
+    _restore_leaving_the_wal(backup, stale / "hub.db")
+    before = _files(stale / "hub.db")
+    assert before["-shm"] is None
+    line = _assert_refused(stale, "device", "list")
+    assert "integrity_check" in line, line
+    assert _files(stale / "hub.db") == before, "no -shm and no folder was left behind"
+
+    listed = _invoke(state, "device", "list")
+    assert listed.exit_code == 0, listed.output
+    assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0, "the WAL was checkpointed"
+    assert _read_only(db, "SELECT count(*) FROM audit WHERE chain = 'w9'") == [(400,)]  # all of the WAL's rows
+    assert not [p.name for p in state.iterdir() if p.name.startswith(".wal-check")]
+
+
+def _recoveries(state: Path) -> list[dict[str, object]]:
+    shown = _invoke(state, "audit", "show", "--action", "wal-recovered", "--json")
+    assert shown.exit_code == 0, shown.output
+    return [entry["detail"] for entry in json.loads(shown.stdout)]
+
+
+@pytest.mark.parametrize("command", [["device", "list"], ["db", "current"], ["init"]])
+def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(
+        tmp_path: Path, command: list[str]) -> None:
+    """Every way in (a command's store, ``db``'s own opening, ``init``) adopts the WAL, says so once as a warning
+    and records it once in the audit log, so an operator sees that a crash recovery happened."""
     state = tmp_path / "hub"
     assert _invoke(state, "init").exit_code == 0
     settings = _settings(state)
@@ -205,11 +255,73 @@ def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(
     _crash_writing(db, 400, size=2000, checkpoint_after=300)
     written = _read_only(db, "SELECT count(*) FROM hub_state WHERE key LIKE 'filler:%'")
     assert written == [(400,)]
-    listed = _invoke(state, "device", "list")
+    wal_bytes = Path(f"{db}-wal").stat().st_size
+    listed = _invoke(state, *command)
     assert listed.exit_code == 0, listed.output
+    warned = [line for line in listed.stderr.splitlines() if "crash recovery" in line]
+    assert len(warned) == 1 and '"level": "warning"' in warned[0] and f"({wal_bytes} bytes)" in warned[0], \
+        listed.stderr
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0, "the WAL was checkpointed"
     assert _read_only(db, "SELECT count(*) FROM hub_state WHERE key LIKE 'filler:%'") == written
+    assert _recoveries(state) == [{"database": str(db), "wal_bytes": wal_bytes}]
+    again = _invoke(state, "device", "list")
+    assert again.exit_code == 0 and "crash recovery" not in again.stderr, again.stderr
+    assert len(_recoveries(state)) == 1, "recorded once"
     assert _invoke(state, "audit", "verify").exit_code == 0
+
+
+def test_a_wal_a_live_connection_holds_is_no_crash_to_recover_until_its_process_dies(tmp_path: Path) -> None:
+    """``attest-hub api`` or another command has the database open without the state dir's lock: its WAL is not
+    checked, checkpointed or recorded as a crash recovery; once that process is killed it is one."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    db = state / "hub.db"
+    _served(_settings(state))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys, time
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        for i in range(50):
+            conn.execute("INSERT INTO hub_state (key, value) VALUES (?, 'x')", (f"live:{{i}}",))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        wal = _digest(Path(f"{db}-wal"))
+        listed = _invoke(state, "device", "list")
+        assert listed.exit_code == 0 and "crash recovery" not in listed.stderr, listed.stderr
+        assert _digest(Path(f"{db}-wal")) == wal, "the live connection's WAL was left to it"
+        assert _recoveries(state) == []
+    finally:
+        writer.kill()  # a crash: the kernel drops its locks, the WAL stays
+        writer.communicate()
+    listed = _invoke(state, "device", "list")
+    assert listed.exit_code == 0 and "crash recovery" in listed.stderr, listed.stderr
+    assert len(_recoveries(state)) == 1
+
+
+def test_a_connection_of_this_process_keeps_its_wal_and_its_lock(tmp_path: Path) -> None:
+    """A command run in a process that has the database open (the demo, a test) sees that connection's WAL as
+    live, every time: asking for the lock must not drop it (closing any descriptor of ``-shm`` would)."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    _served(settings)
+    files = sqlite_files(settings.effective_database_url)
+    assert files is not None
+    store = open_store(settings)
+    try:
+        with store.transaction() as conn:
+            store.set_state(conn, "note", "written by this process")
+        assert files.leftover() and files.in_use()
+        for _ in range(3):
+            listed = _invoke(state, "device", "list")
+            assert listed.exit_code == 0 and "crash recovery" not in listed.stderr, listed.stderr
+        assert files.in_use(), "this process still holds its connection's lock"
+    finally:
+        store.close()
+    assert not files.in_use()
 
 
 def test_the_lock_probe_of_a_command_does_not_refuse_a_serve_starting_at_that_moment(tmp_path: Path) -> None:
@@ -314,13 +426,18 @@ def test_serve_starts_after_a_kill_9_with_its_own_wal_and_loses_no_verdict(
             wait_until(lambda: _verdicts(db) >= 6, 15, "the verdicts before the crash")
     finally:
         _killed(first)
-    assert Path(f"{db}-wal").stat().st_size > 32, "the killed hub left its WAL"
+    wal_bytes = Path(f"{db}-wal").stat().st_size
+    assert wal_bytes > 32, "the killed hub left its WAL"
     before = _read_only(db, "SELECT id, device_id, dedup_key, status FROM verdict ORDER BY id")
     assert len(before) >= 6
 
     second = HubProcess(env).start()
     try:
-        wait_until(lambda: "serving with" in second.log_tail(), 30, f"serve to start\n{second.log_tail()}")
+        # the log file is the first run's too: wait for the second start-up line
+        wait_until(lambda: second.log_tail(10_000).count("serving with") == 2, 30,
+                   f"serve to start\n{second.log_tail()}")
+        warned = [line for line in second.log_tail(10_000).splitlines() if "crash recovery" in line]
+        assert len(warned) == 1 and '"level": "warning"' in warned[0], second.log_tail()
         after = _read_only(db, "SELECT id, device_id, dedup_key, status FROM verdict ORDER BY id")
         assert after[:len(before)] == before, "every verdict committed before the crash is still there"
         with Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
@@ -334,3 +451,4 @@ def test_serve_starts_after_a_kill_9_with_its_own_wal_and_loses_no_verdict(
     files = sqlite_files(env.settings.effective_database_url)
     assert files is not None and read_marks(env.settings) == (files.mark(),)
     assert _invoke(env.settings.state_dir, "audit", "verify").exit_code == 0
+    assert _recoveries(env.settings.state_dir) == [{"database": str(db), "wal_bytes": wal_bytes}]
