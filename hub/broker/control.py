@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.broker.enforcement import EnforcementError
-from hub.broker.transport import BrokerAddress, MqttTransport
+from hub.broker.transport import BrokerAddress, MqttTransport, send_without_delay
 from hub.envelope import Outgoing
 
 __all__ = ["CONTROL_TOPIC", "RESPONSE_TOPIC", "Command", "ConnectionExecutor", "Correlator", "Executor",
@@ -118,6 +118,7 @@ class ConnectionExecutor:
         if self._address.tls_ca:
             client.tls_set(ca_certs=self._address.tls_ca, certfile=self._address.tls_cert or None,
                            keyfile=self._address.tls_key or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.on_socket_open = send_without_delay
         client.on_connect = lambda c, _u, _f, rc, _p: (
             ready.put(f"refused: {rc}") if rc.is_failure else c.subscribe(RESPONSE_TOPIC, qos=0))
         client.on_subscribe = lambda _c, _u, _m, rcs, _p: ready.put(
