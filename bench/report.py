@@ -180,24 +180,36 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def _thread_table(data: dict[str, Any]) -> list[str]:
-    """The whole hub's CPU per evidence in the one-worker drain, by thread (bench/hubproc.py THREAD_ROLES):
-    where the time outside the in-process stages goes."""
-    columns = {}
+    """The whole hub's CPU per evidence by thread (bench/hubproc.py THREAD_ROLES), one worker: saturated (the
+    drain) and at the low rate (the quiet fleet). Where the time outside the in-process stages goes, and what
+    the quiet fleet pays that the drain does not."""
+    columns: dict[str, dict[str, float]] = {}
     for name, db in data["databases"].items():
         one = next((d for d in db.get("drain", []) if d["workers"] == 1 and d.get("thread_cpu_s")), None)
         if one is not None and one["messages"]:
-            columns[name] = {role: s * 1e6 / one["messages"] for role, s in one["thread_cpu_s"].items()}
-            whole = one["hub_cpu_s"] * 1e6 / one["messages"]
-            columns[name]["threads that ended during the drain"] = max(0.0, whole - sum(columns[name].values()))
-            columns[name]["whole hub"] = whole
+            columns[f"{name}, drain"] = _per_evidence(one["thread_cpu_s"], one["hub_cpu_s"], one["messages"])
+        low = db.get("low_rate")
+        if low and low.get("thread_cpu_s") and low["rate"] and low["seconds"]:
+            evidence = low["rate"] * low["seconds"]
+            columns[f"{name}, {low['rate']:.0f}/s"] = _per_evidence(
+                low["thread_cpu_s"], low["hub_cpu_per_s"] * low["seconds"], evidence)
     if not columns:
         return []
     raw = data["raw_verify_per_cpu_s"]
     bare = 1e6 / raw if raw else 0.0
     names = list(columns)
-    lines = ["", "## Whole hub, by thread (drain, 1 worker, µs of CPU per evidence; /proc per-thread times)", "",
+    lines = ["", "## Whole hub, by thread (1 worker: the drain and the low rate; µs of CPU per evidence; /proc "
+             "per-thread times)", "",
              "| thread | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for role in next(iter(columns.values())):
         lines.append(f"| {role} | " + " | ".join(f"{columns[n].get(role, 0.0):.0f}" for n in names) + " |")
     lines.append("| raw ES256 verify (same run) | " + " | ".join(f"{bare:.0f}" for _ in names) + " |")
     return lines
+
+
+def _per_evidence(thread_cpu_s: dict[str, float], hub_cpu_s: float, evidence: float) -> dict[str, float]:
+    row = {role: s * 1e6 / evidence for role, s in thread_cpu_s.items()}
+    whole = hub_cpu_s * 1e6 / evidence
+    row["threads that ended meanwhile"] = max(0.0, whole - sum(row.values()))
+    row["whole hub"] = whole
+    return row

@@ -89,10 +89,31 @@ def start_hub(stage: Stage, workers: int, work: Path, factory: loadgen.EvidenceF
     hub.wait_workers()
     epoch = loadgen.read_epoch(stage.broker.host, stage.broker.port, stage.hub_key_pem)
     time.sleep(1.0)  # every worker connected and subscribed
+    await_first_pass(hub)
     if factory is None:
         return hub, loadgen.EvidenceFactory(stage.pool, epoch)
     factory.epoch = epoch
     return hub, factory
+
+
+def await_first_pass(hub: HubProcess, appear_s: float = 5.0, quiet_s: float = 0.5, limit_s: float = 30.0) -> float:
+    """Wait until the leader's first anomaly pass after a start has ended; returns its CPU seconds so far.
+
+    That pass reads the detector's whole stored state (seconds of CPU after the drains' tens of thousands of
+    verdicts), once per hub start; later passes cost what is new. A steady phase measures the hub in its steady
+    state, so it starts after it (docs/SCALING.md). The pass has ended when the pass process's CPU time has not
+    moved for ``quiet_s``; a hub whose pass has not started within ``appear_s`` is not waited for."""
+    began = time.monotonic()
+    last = hub.thread_usage().get("anomaly pass", 0.0)
+    still_since = began
+    while time.monotonic() - began < limit_s:
+        time.sleep(0.1)
+        now = hub.thread_usage().get("anomaly pass", 0.0)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= (quiet_s if last > 0 else appear_s):
+            break
+    return last
 
 
 def _max_verdict_id(stage: Stage) -> int:
@@ -163,6 +184,8 @@ class SteadyResult:
     quarantine_ms: dict[str, float]
     hub_cpu_per_s: float
     worker_rss_mb: list[float]
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)
+    """The hub's CPU while evidence was published, by thread role (bench/hubproc.py ``THREAD_ROLES``)."""
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -189,12 +212,12 @@ def steady(stage: Stage, cursor: Cursor, hub: HubProcess, factory: loadgen.Evide
     watcher = loadgen.Watcher(stage.broker.host, stage.broker.port, stage.hub_key_pem)
     publisher = loadgen.Publisher(stage.broker.host, stage.broker.port)
     sent: dict[str, tuple[float, bool]] = {}
-    cpu0, t0 = hub.usage().cpu_s, time.perf_counter()
+    cpu0, t0, threads0 = hub.usage().cpu_s, time.perf_counter(), hub.thread_usage()
     try:
         for item, at in publisher.paced(schedule, rate * len(schedule) / count):
             sent[item.device_id] = (at, item.contraindicated)
         t_pub = time.perf_counter()
-        cpu_pub = hub.usage().cpu_s
+        cpu_pub, threads_pub = hub.usage().cpu_s, hub.thread_usage()
         deadline = time.monotonic() + 30
         while len(watcher.results) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -211,6 +234,7 @@ def steady(stage: Stage, cursor: Cursor, hub: HubProcess, factory: loadgen.Evide
         completed=len(results), latency_ms=_percentiles(results), probes=len(probes), quarantined=len(quarantine),
         quarantine_ms=_percentiles(quarantine), hub_cpu_per_s=round((cpu_pub - cpu0) / (t_pub - t0), 3),
         worker_rss_mb=[round(r / 2**20, 1) for r in usage.worker_rss],
+        thread_cpu_s={role: round(max(0.0, threads_pub[role] - threads0.get(role, 0.0)), 3) for role in threads_pub},
     )
 
 

@@ -37,6 +37,10 @@ def test_bench_writes_every_figure_for_both_stores(tmp_path: Path) -> None:
             threads = drain["thread_cpu_s"]
             assert set(threads) == set(THREAD_ROLES)
             assert 0 < sum(threads.values()) <= drain["hub_cpu_s"] + 0.05  # 10 ms ticks: a tiny drain is coarse
+        low = data["databases"][store]["low_rate"]
+        assert set(low["thread_cpu_s"]) == set(THREAD_ROLES) and low["thread_cpu_s"]["evidence loop"] > 0
+        header = next(line for line in report.splitlines() if line.startswith("| thread |"))
+        assert f" {store}, drain |" in header and f" {store}, {low['rate']:.0f}/s |" in header
         for scale in data["databases"][store]["scale"]:
             assert scale["completed"] == scale["published"], "a result for every published evidence"
             assert scale["quarantined"] == scale["probes"] > 0, "every contraindicated probe was quarantined"
