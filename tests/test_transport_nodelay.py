@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from device_sim.fleet import Fleet
+from hub.broker import control
 from hub.broker.process import MosquittoProcess
-from hub.broker.transport import send_without_delay
+from hub.broker.transport import BrokerAddress, send_without_delay
 from hub.server.localhub import LocalHub
 from hub.store import Store
 from tests.e2e import make_env
@@ -85,3 +86,18 @@ def test_a_worker_connects_to_the_broker_with_nodelay(broker: MosquittoProcess, 
                 assert store.count_verdicts(conn) == len(env.devices)
     finally:
         store.close()
+
+
+@pytest.mark.broker
+def test_the_operator_cli_control_connection_opens_with_nodelay(
+        broker: MosquittoProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def recording(client: object, userdata: object, sock: socket.socket) -> None:
+        send_without_delay(client, userdata, sock)  # type: ignore[arg-type]
+        seen.append(_nodelay(sock))
+
+    monkeypatch.setattr(control, "send_without_delay", recording)
+    executor = control.ConnectionExecutor(BrokerAddress(broker.host, broker.port, "nodelay-cli"), timeout=2.0)
+    assert executor([]) == []  # no command: connected, subscribed, nothing to wait for
+    assert seen and all(value != 0 for value in seen)

@@ -82,9 +82,9 @@ def send_without_delay(_client: mqtt.Client, _userdata: object, sock: object) ->
     broker connection.
 
     With it on, a small write that follows one the broker has not yet acknowledged waits for that ACK, and
-    the broker's kernel delays a lone ACK (up to 40 ms on Linux) when it has nothing to send back: a
+    the broker's kernel delays a lone ACK (40 ms at least on Linux) when it has nothing to send back: a
     result and its quarantine command published after a quiet spell arrived ~40 ms late (the last
-    evidence of the bench's 200/s phase: 44-48 ms instead of ~12). paho leaves the option off; the
+    evidence of the bench's 200/s phase: 44-48 ms instead of ~12, docs/SCALING.md). paho leaves the option off; the
     broker's side is ``set_tcp_nodelay true`` (broker_config/). TLS sockets pass the option to their TCP
     socket; a socket that is not TCP (a Unix socket) is left as it is."""
     setsockopt = getattr(sock, "setsockopt", None)
