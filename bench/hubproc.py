@@ -57,7 +57,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 THREAD_ROLES = ("evidence loop", "commit thread", "MQTT network thread", "anomaly pass", "other threads")
-"""How ``thread_cpu`` groups a hub's threads, by the OS names the hub gives them (hub/osthread.py)."""
+"""How ``thread_cpu`` groups a hub's threads, by the OS names the hub gives them (hub/server/osthread.py)."""
 
 
 def _role(pid: int, tid: int, name: str, workers: set[int]) -> str:

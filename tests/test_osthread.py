@@ -1,4 +1,4 @@
-"""OS thread names (hub/osthread.py): what ``top -H`` and ``/proc/PID/task/TID/comm`` show for the hub's threads.
+"""OS thread names (hub/server/osthread.py): what ``top -H`` and ``/proc/PID/task/TID/comm`` show for the hub's threads.
 
 The unit tests read the kernel's view of a thread's name; the broker test runs a worker against a real
 Mosquitto and finds its MQTT network thread by that name.
@@ -15,8 +15,8 @@ import pytest
 
 from device_sim.fleet import Fleet
 from hub.broker.process import MosquittoProcess
-from hub.osthread import OS_NAME_MAX, name_thread
 from hub.server.localhub import LocalHub
+from hub.server.osthread import OS_NAME_MAX, name_thread
 from hub.store import Store
 from tests.e2e import make_env
 

@@ -28,7 +28,6 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from hub.envelope import Incoming, Outgoing
-from hub.osthread import name_thread
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,12 @@ def publish_properties(prototype: _PublishProperties, content_type: str | None, 
 
 
 class MqttTransport:
-    def __init__(self, address: BrokerAddress, subscriptions: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, address: BrokerAddress, subscriptions: Sequence[tuple[str, int]],
+                 on_network_thread: Callable[[], object] | None = None) -> None:
+        """``on_network_thread`` is called on paho's network thread at each connection (the worker names the
+        thread for the OS with it)."""
         self.address = address
+        self._on_network_thread = on_network_thread
         self._publish_prototype = _PublishProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         self.subscriptions = list(subscriptions)
         self.inbox: queue.Queue[Incoming] = queue.Queue()
@@ -268,7 +271,8 @@ class MqttTransport:
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: object,
                     _props: object) -> None:
-        name_thread(f"mqtt-{self.address.client_id}")  # paho's network thread, for top -H and the bench
+        if self._on_network_thread is not None:
+            self._on_network_thread()
         if getattr(reason, "is_failure", False):
             self.last_error = f"connection refused: {reason}"
             log.error("broker refused the connection: %s", reason)

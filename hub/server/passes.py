@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 
 from hub.anomaly.watch import AnomalyWatch, PassResult, detector_config, fleet_counts
 from hub.config import Settings
-from hub.osthread import name_thread
+from hub.server.osthread import name_thread
 from hub.store import StoreError
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,6 @@ from hub.crypto.freshness import epoch_nonce
 from hub.crypto.hubkeys import HubKeys, load_hub_keys
 from hub.crypto.hubstate import open_store, step_generation
 from hub.envelope import Incoming, Outgoing
-from hub.osthread import name_thread
 from hub.reference.identity import load_anchors
 from hub.reference.manifests import ManifestError
 from hub.reference.policy import PolicyError
@@ -57,6 +56,7 @@ from hub.server.announced import generation_message
 from hub.server.http import HealthView, serve_http
 from hub.server.metrics import HubMetrics
 from hub.server.observe import export_anomalies, record_batch
+from hub.server.osthread import name_thread
 from hub.server.passes import ProcessPasses, ThreadPasses
 from hub.server.retained import TOPICS as RETAINED_TOPICS
 from hub.server.retained import RetainedGuard
@@ -157,6 +157,7 @@ class HubWorker:
                 tls_key=settings.worker_tls(index)[1],
             ),
             subscriptions,
+            on_network_thread=lambda: name_thread(f"mqtt-{settings.hub_id}-w{index}"),  # for top -H, the bench
         )
         self.pipeline.decider.remediation = settings.remediation
         # Its own audit chain, named by its client id (unique across machines): no audit head shared with
