@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_sim.device import SimDevice
+from device_sim.fleet import Fleet
 from device_sim.profiles import build_fleet
 from hub.appraisal.operations import Enrolment
 from hub.broker.process import MosquittoProcess
@@ -166,6 +167,25 @@ class HubEnv:
                         for v in store.verdict_history(conn, d.device_id, limit=10_000)]
         finally:
             store.close()
+
+    def verdict_count(self) -> int:
+        store = Store(self.settings.effective_database_url)
+        try:
+            with store.reading() as conn:
+                return store.count_verdicts(conn)
+        finally:
+            store.close()
+
+    def attest_round(self, fleet: Fleet, timeout: float = 20.0) -> int:
+        """One round of evidence from every device, published and flushed after the hub's epoch reached the
+        fleet; waits until each has a verdict (or ``timeout`` s) and returns the verdict count."""
+        assert fleet.wait_for_epoch(10) is not None
+        fleet.publish_round()
+        assert fleet.flush(10)
+        deadline = time.monotonic() + timeout
+        while (count := self.verdict_count()) < len(self.devices) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return count
 
     def device_status(self, device_id: str) -> str:
         store = self.store()

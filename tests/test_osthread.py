@@ -17,7 +17,6 @@ from device_sim.fleet import Fleet
 from hub.broker.process import MosquittoProcess
 from hub.server.localhub import LocalHub
 from hub.server.osthread import OS_NAME_MAX, name_thread
-from hub.store import Store
 from tests.e2e import make_env
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
@@ -72,21 +71,9 @@ def test_a_long_name_is_cut_to_what_the_kernel_keeps_and_an_unstarted_thread_is_
 @pytest.mark.broker
 def test_a_worker_names_its_mqtt_network_thread(broker: MosquittoProcess, tmp_path: Path) -> None:
     env = make_env(broker, tmp_path, 4, "honest:1", epoch_period_s=3600.0)
-    store = Store(env.settings.effective_database_url)
-    try:
-        with LocalHub(env.settings, count=1) as hub, \
-                Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
-            assert fleet.wait_for_epoch(10) is not None
-            fleet.publish_round()
-            assert fleet.flush(10)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                with store.reading() as conn:
-                    if store.count_verdicts(conn) >= len(env.devices):
-                        break
-                time.sleep(0.1)
-            client_id = hub.workers[0].transport.address.client_id
-            names = _os_names()
-        assert f"mqtt-{client_id}"[:OS_NAME_MAX] in names, names  # the commit thread: tests/test_worker_settle.py
-    finally:
-        store.close()
+    with LocalHub(env.settings, count=1) as hub, \
+            Fleet(broker.host, broker.port, env.devices, env.hub_key_pem) as fleet:
+        assert env.attest_round(fleet) == len(env.devices)
+        client_id = hub.workers[0].transport.address.client_id
+        names = _os_names()
+    assert f"mqtt-{client_id}"[:OS_NAME_MAX] in names, names  # the commit thread: tests/test_worker_settle.py

@@ -157,7 +157,7 @@ class HubWorker:
                 tls_key=settings.worker_tls(index)[1],
             ),
             subscriptions,
-            on_network_thread=lambda: name_thread(f"mqtt-{settings.hub_id}-w{index}"),  # for top -H, the bench
+            on_network_thread=lambda: name_thread(f"mqtt-{self.transport.address.client_id}"),  # top -H, the bench
         )
         self.pipeline.decider.remediation = settings.remediation
         # Its own audit chain, named by its client id (unique across machines): no audit head shared with
