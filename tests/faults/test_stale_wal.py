@@ -90,6 +90,16 @@ def _settings(state: Path) -> Settings:
     return load_settings(None, environ={}, state_dir=state, broker_host="127.0.0.1", broker_port=1)
 
 
+def _served_hub(tmp_path: Path) -> tuple[Path, Settings, Path]:
+    """A hub made by ``init`` in ``tmp_path/hub`` and started once (``_served``): its state dir, settings and
+    SQLite database."""
+    state = tmp_path / "hub"
+    assert _invoke(state, "init").exit_code == 0
+    settings = _settings(state)
+    _served(settings)
+    return state, settings, state / "hub.db"
+
+
 def _served(settings: Settings) -> None:
     """What ``serve`` does to the database at a start: stamp it, step the generation (the leader)."""
     stamp_database(settings)
@@ -115,11 +125,7 @@ def _restore_leaving_the_wal(backup: Path, db: Path) -> None:
 
 def test_a_backup_from_an_earlier_run_restored_beside_the_crashed_hubs_wal_is_refused_by_every_command(
         tmp_path: Path) -> None:
-    state = tmp_path / "hub"
-    assert _invoke(state, "init").exit_code == 0
-    settings = _settings(state)
-    db = state / "hub.db"
-    _served(settings)
+    state, settings, db = _served_hub(tmp_path)
     backup = tmp_path / "backup.db"
     shutil.copy(db, backup)  # last night's backup
     _served(settings)  # a later run of the hub
@@ -168,11 +174,7 @@ def test_a_backup_from_this_run_older_than_a_checkpoint_is_refused_by_integrity_
         tmp_path: Path, before: int, after: int, checkpoint_after: int, found: str) -> None:
     """The backup carries the current mark (taken during the same run), so only the content can tell. In the
     second case every b-tree is well formed (``quick_check`` passes); only the index against its table shows it."""
-    state = tmp_path / "hub"
-    assert _invoke(state, "init").exit_code == 0
-    settings = _settings(state)
-    db = state / "hub.db"
-    _served(settings)
+    state, _, db = _served_hub(tmp_path)
     if before:
         _audit_rows(db, 0, before, None)
     backup = tmp_path / "backup.db"
@@ -190,11 +192,7 @@ def test_a_backup_from_this_run_older_than_a_checkpoint_is_refused_by_integrity_
 
 
 def test_a_wal_whose_database_file_was_removed_is_refused_not_turned_into_a_database(tmp_path: Path) -> None:
-    state = tmp_path / "hub"
-    assert _invoke(state, "init").exit_code == 0
-    settings = _settings(state)
-    db = state / "hub.db"
-    _served(settings)
+    state, _, db = _served_hub(tmp_path)
     _crash_writing(db, 50)
     wal = _digest(Path(f"{db}-wal"))
     for emptied in (False, True):
@@ -211,11 +209,7 @@ def test_a_wal_whose_database_file_was_removed_is_refused_not_turned_into_a_data
 def test_without_a_shm_file_the_check_creates_none_and_still_tells_its_own_wal_from_a_stale_one(
         tmp_path: Path) -> None:
     """SQLite creates ``-shm`` to read a WAL: the check reads the two through links in a folder of its own."""
-    state = tmp_path / "hub"
-    assert _invoke(state, "init").exit_code == 0
-    settings = _settings(state)
-    db = state / "hub.db"
-    _served(settings)
+    state, _, db = _served_hub(tmp_path)
     backup = tmp_path / "backup.db"
     shutil.copy(db, backup)  # during this run: the mark agrees
     _audit_rows(db, 0, 400, 300)  # a checkpoint past the backup: only integrity_check tells
@@ -247,11 +241,7 @@ def test_an_honest_crash_leaves_a_wal_that_is_checked_adopted_and_loses_nothing(
         tmp_path: Path, command: list[str]) -> None:
     """Every way in (a command's store, ``db``'s own opening, ``init``) adopts the WAL, says so once as a warning
     and records it once in the audit log, so an operator sees that a crash recovery happened."""
-    state = tmp_path / "hub"
-    assert _invoke(state, "init").exit_code == 0
-    settings = _settings(state)
-    db = state / "hub.db"
-    _served(settings)
+    state, _, db = _served_hub(tmp_path)
     _crash_writing(db, 400, size=2000, checkpoint_after=300)
     written = _read_only(db, "SELECT count(*) FROM hub_state WHERE key LIKE 'filler:%'")
     assert written == [(400,)]
